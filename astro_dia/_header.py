@@ -1,0 +1,74 @@
+"""Look-ups of detector keywords in FITS headers and ``meta`` dicts (private)."""
+
+__all__ = []
+
+GAIN_KEYWORDS = ("GAIN", "EGAIN", "CCDGAIN")
+READ_NOISE_KEYWORDS = ("RDNOISE", "READNOIS", "RON", "READNOISE")
+EM_GAIN_KEYWORDS = ("EMGAIN", "EM_GAIN")
+SKY_KEYWORDS = ("SKYLEVEL", "SKY", "SKYSUB")
+FLAT_KEYWORDS = ("FLATFILE", "FLATNAME", "FLAT")
+SATURATION_KEYWORDS = ("SATURATE", "SATLEVEL")
+
+
+def find_keyword(meta, keywords):
+    """
+    Find the first of ``keywords`` present in ``meta``.
+
+    Keys are matched without regard to case, as FITS keywords are.
+
+    Parameters
+    ----------
+    meta : dict-like
+        A `~astropy.io.fits.Header` or the ``meta`` dict of an NDData.
+    keywords : tuple of str
+        Keywords to try, in order.
+
+    Returns
+    -------
+    keyword, value : str, object or None, None
+        The keyword found and its value (the value of a ``(value, comment)``
+        tuple), or ``(None, None)``.
+    """
+    if meta is None:
+        return None, None
+    upper = {str(key).upper(): key for key in meta.keys()}
+    for keyword in keywords:
+        if keyword in upper:
+            value = meta[upper[keyword]]
+            if isinstance(value, tuple):
+                value = value[0]
+            return keyword, value
+    return None, None
+
+
+def header_float(meta, keywords, what):
+    """
+    Read a finite number from the first of ``keywords`` present.
+
+    Returns
+    -------
+    keyword, value : str, float or None, None
+
+    Raises
+    ------
+    ValueError
+        If the keyword is present but its value is not a finite number.
+    """
+    keyword, value = find_keyword(meta, keywords)
+    if keyword is None:
+        return None, None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"header keyword {keyword} should give the {what} as a number, "
+            f"got {value!r}") from None
+    return keyword, number
+
+
+def keyword_list(keywords):
+    """Format keywords for an error message: ``'GAIN, EGAIN or CCDGAIN'``."""
+    keywords = list(keywords)
+    if len(keywords) == 1:
+        return keywords[0]
+    return ", ".join(keywords[:-1]) + " or " + keywords[-1]

@@ -1,0 +1,149 @@
+"""Validation and normalisation of input images at the public boundary (private)."""
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from astropy import units as u
+from astropy.nddata import NDData
+from astropy.utils.exceptions import AstropyUserWarning
+
+from .exceptions import DIAError
+
+__all__ = []
+
+#: Largest allowed disagreement of the two WCS, in target pixels.
+WCS_TOLERANCE = 0.1
+
+
+@dataclass
+class Image:
+    """A validated image: float64 data, a full bad-pixel mask, and what came with it."""
+
+    data: np.ndarray
+    bad: np.ndarray
+    input_mask: np.ndarray
+    unit: object
+    meta: object
+    uncertainty: object
+    wcs: object
+    source: NDData
+
+
+def as_image(obj, name):
+    """
+    Validate one input image and copy it into an `Image`.
+
+    Non-finite pixels are added to the bad-pixel mask (with a warning if
+    they were not masked already). The input is never modified.
+
+    Raises
+    ------
+    TypeError
+        If ``obj`` is not an NDData (CCDData included).
+    ValueError
+        If the data are not a non-empty 2-D numeric array.
+    """
+    if not isinstance(obj, NDData):
+        raise TypeError(
+            f"{name} must be a CCDData or NDData, got {type(obj).__name__}; wrap an array "
+            f"as CCDData(array, unit='adu')")
+    data = np.asarray(obj.data)
+    if data.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D image, got data of shape {data.shape}")
+    if data.size == 0:
+        raise ValueError(f"{name} is empty (shape {data.shape})")
+    if not (np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)):
+        raise TypeError(f"{name} data must be numeric, got dtype {data.dtype}")
+    # float64 in native byte order, whatever came in (int, float16, big-endian FITS).
+    data = data.astype(np.float64, copy=True)
+    input_mask = (np.zeros(data.shape, bool) if obj.mask is None
+                  else np.broadcast_to(np.asarray(obj.mask, dtype=bool), data.shape).copy())
+    nonfinite = ~np.isfinite(data)
+    unmasked_nonfinite = int((nonfinite & ~input_mask).sum())
+    if unmasked_nonfinite:
+        warnings.warn(
+            f"the {name} has {unmasked_nonfinite} NaN or infinite pixels that are not in its "
+            "mask; they are masked and left out of the fit", AstropyUserWarning)
+    bad = input_mask | nonfinite
+    if bad.all():
+        raise DIAError(f"every pixel of the {name} is masked or not finite; nothing to fit")
+    unit = obj.unit if obj.unit is not None else u.dimensionless_unscaled
+    return Image(data=data, bad=bad, input_mask=input_mask, unit=unit, meta=obj.meta,
+                 uncertainty=obj.uncertainty, wcs=obj.wcs, source=obj)
+
+
+def check_pair(reference, target):
+    """
+    Check that two images can be differenced; convert the reference's unit.
+
+    Returns
+    -------
+    reference : `Image`
+        The reference, converted to the target's unit when needed.
+
+    Raises
+    ------
+    ValueError
+        Shape or WCS mismatch.
+    astropy.units.UnitsError
+        Units that cannot be converted into each other.
+    """
+    if reference.data.shape != target.data.shape:
+        raise ValueError(
+            f"reference and target must be on the same pixel grid, got shapes "
+            f"{reference.data.shape} and {target.data.shape}; resample one onto the other "
+            "first (e.g. with the reproject package)")
+    if reference.unit != target.unit:
+        if not reference.unit.is_equivalent(target.unit):
+            raise u.UnitsError(
+                f"the reference unit {reference.unit} cannot be converted to the target unit "
+                f"{target.unit}; convert one of them first (e.g. ccdproc.gain_correct)")
+        factor = reference.unit.to(target.unit)
+        reference.data = reference.data * factor
+        reference.unit = target.unit
+    _check_wcs(reference.wcs, target.wcs, target.data.shape)
+    return reference
+
+
+def _check_wcs(reference_wcs, target_wcs, shape):
+    if reference_wcs is None or target_wcs is None:
+        return
+    ny, nx = shape
+    x = np.array([0, nx - 1, 0, nx - 1, (nx - 1) / 2])
+    y = np.array([0, 0, ny - 1, ny - 1, (ny - 1) / 2])
+    try:
+        world = reference_wcs.pixel_to_world_values(x, y)
+        x2, y2 = target_wcs.world_to_pixel_values(*world)
+    except Exception as exc:  # a WCS that cannot be evaluated is not comparable
+        raise ValueError(f"the reference and target WCS cannot be compared: {exc}") from exc
+    offset = float(np.nanmax(np.hypot(np.asarray(x2) - x, np.asarray(y2) - y)))
+    if not np.isfinite(offset) or offset > WCS_TOLERANCE:
+        raise ValueError(
+            f"the reference and target WCS disagree by up to {offset:.3g} pixels (tolerance "
+            f"{WCS_TOLERANCE}); the images must be on the same pixel grid: resample one onto "
+            "the other (e.g. reproject), or drop a wrong WCS")
+
+
+def footprint_touches(bad, kernel_size):
+    """
+    Valid-region pixels whose kernel footprint touches a ``bad`` pixel.
+
+    Parameters
+    ----------
+    bad : (ny, nx) bool ndarray
+    kernel_size : int
+
+    Returns
+    -------
+    touched : (ny - 2h, nx - 2h) bool ndarray
+    """
+    from scipy.ndimage import uniform_filter1d
+
+    h = kernel_size // 2
+    counts = bad.astype(np.float64)
+    # A box sum along each axis (kept exact by rounding the small integers).
+    counts = uniform_filter1d(counts, kernel_size, axis=0, mode="constant") * kernel_size
+    counts = uniform_filter1d(counts, kernel_size, axis=1, mode="constant") * kernel_size
+    ny, nx = bad.shape
+    return np.rint(counts[h:ny - h, h:nx - h]) > 0

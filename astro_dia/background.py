@@ -1,0 +1,93 @@
+"""Polynomial differential backgrounds (paper eq. 18-19)."""
+
+import numpy as np
+
+__all__ = ["polynomial_terms", "background_basis", "evaluate_background"]
+
+
+def polynomial_terms(degree):
+    """
+    Exponents ``(m, n)`` of the polynomial terms of total degree <= ``degree``.
+
+    Parameters
+    ----------
+    degree : int
+        Non-negative polynomial degree.
+
+    Returns
+    -------
+    terms : list of tuple of int
+        ``(m, n)`` for the term :math:`\\eta^m \\xi^n`, the constant first.
+
+    Examples
+    --------
+    >>> polynomial_terms(1)
+    [(0, 0), (0, 1), (1, 0)]
+    """
+    if isinstance(degree, bool) or not isinstance(degree, (int, np.integer)) or degree < 0:
+        raise ValueError(f"background_degree must be a non-negative integer, got {degree!r}")
+    return [(m, n) for m in range(degree + 1) for n in range(degree + 1 - m)]
+
+
+def background_basis(shape, degree, *, region=None):
+    """
+    The basis images :math:`\\eta^m\\xi^n` of a polynomial background.
+
+    Coordinates are normalised as in paper eq. 19,
+    :math:`\\eta = (x - x_c)/N_x`, :math:`\\xi = (y - y_c)/N_y`, with
+    :math:`(x_c, y_c)` the centre of the full image of ``shape``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(ny, nx)`` of the full image.
+    degree : int
+        Polynomial degree; 0 gives one constant image.
+    region : tuple of slice, optional
+        Evaluate only on this part of the image.
+
+    Returns
+    -------
+    basis : (n_terms, ny', nx') ndarray
+        In the order of `polynomial_terms`.
+    """
+    ny, nx = shape
+    y, x = np.mgrid[0:ny, 0:nx].astype(float)
+    if region is not None:
+        y, x = y[region], x[region]
+    eta = (x - (nx - 1) / 2) / nx
+    xi = (y - (ny - 1) / 2) / ny
+    return np.stack([eta ** m * xi ** n for m, n in polynomial_terms(degree)])
+
+
+def evaluate_background(coefficients, shape, *, region=None):
+    """
+    Evaluate a polynomial background from its coefficients.
+
+    Parameters
+    ----------
+    coefficients : (n_terms,) array-like
+        Coefficients in the order of `polynomial_terms`; their number fixes
+        the degree.
+    shape : tuple of int
+        ``(ny, nx)`` of the full image.
+    region : tuple of slice, optional
+        Evaluate only on this part of the image.
+
+    Returns
+    -------
+    background : ndarray
+
+    Examples
+    --------
+    >>> evaluate_background([5.0], (2, 3))
+    array([[5., 5., 5.],
+           [5., 5., 5.]])
+    """
+    coefficients = np.asarray(coefficients, dtype=float)
+    n = len(coefficients)
+    degree = int(round((np.sqrt(8 * n + 1) - 3) / 2))
+    if len(polynomial_terms(degree)) != n:
+        raise ValueError(f"{n} coefficients do not make a full 2-D polynomial")
+    basis = background_basis(shape, degree, region=region)
+    return np.tensordot(coefficients, basis, axes=1)

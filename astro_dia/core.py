@@ -1,0 +1,492 @@
+"""The `DifferenceImager`: validate, fit ``R (x) K + B`` to the target, build the result."""
+
+import logging
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from astropy import units as u
+from astropy.nddata import CCDData, StdDevUncertainty
+from astropy.stats import mad_std
+
+from . import __version__
+from ._problem import FitProblem
+from ._provenance import copy_meta, stamp
+from ._torch import flush_denormals, resolve_device, resolve_dtype, to_numpy, to_tensor
+from ._validation import as_image, check_pair, footprint_touches
+from .background import background_basis, polynomial_terms
+from .exceptions import ConvergenceWarning, DIAError
+from .kernels import check_kernel_size, delta_kernel, gaussian_kernel
+from .losses import get_loss
+from .noise import make_noise_model, uncertainty_variance
+from .solvers.iterative import solve_iterative
+
+__all__ = ["DifferenceImager", "DifferenceResult"]
+
+log = logging.getLogger(__name__)
+
+_SOLVERS = ("iterative",)
+
+
+class DifferenceResult:
+    """
+    The outcome of one `DifferenceImager.fit`.
+
+    Attributes
+    ----------
+    difference : `~astropy.nddata.CCDData`
+        ``target - model`` in the target's unit, with a
+        `~astropy.nddata.StdDevUncertainty` (the noise model at the fitted
+        model), a mask (input masks, non-finite pixels, the border where the
+        convolution is undefined, and pixels whose kernel footprint touches a
+        bad reference pixel) and provenance keywords in ``meta``. Pixels
+        where the model is undefined are NaN.
+    model : `~astropy.nddata.CCDData`
+        The model ``R (x) K + B``, NaN where undefined.
+    kernel : (K, K) ndarray
+        The convolution kernel, such that the model is the reference
+        *convolved* with it (a kernel peaked at ``(+1, +1)`` from the centre
+        shifts the reference by ``+1`` pixel in ``y`` and ``x``).
+    scale_factor : float
+        Photometric scale factor P, the sum of the kernel (paper eq. 3).
+    background : `~astropy.units.Quantity`
+        The differential background image (full frame).
+    background_coefficients : `~astropy.units.Quantity`
+        Coefficients of the background polynomial, in the order of
+        `~astro_dia.background.polynomial_terms`; the first is B0, the
+        background at the image centre.
+    fit_mask : (M, N) bool ndarray
+        True for the pixels that entered the fit.
+    n_data : int
+        Number of pixels in the fit.
+    n_iterations : int
+        Solver iterations.
+    converged : bool
+        Whether the solver met its tolerance.
+    loss_value : float
+        Final value of the objective, with its normalising constant.
+    fit_time : float
+        Wall-clock seconds spent in `DifferenceImager.fit`.
+    noise_settings : dict
+        The resolved noise-model settings and where each came from.
+    """
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+    @property
+    def background_offset(self):
+        """B0, the constant term of the background, as a Quantity."""
+        return self.background_coefficients[0]
+
+    def normalized_residuals(self):
+        """
+        The difference divided by its uncertainty, on the fitted pixels.
+
+        Returns
+        -------
+        z : 1-D ndarray
+        """
+        diff = self.difference
+        return (diff.data / diff.uncertainty.array)[self.fit_mask]
+
+    def __repr__(self):
+        return (f"<DifferenceResult kernel={self.kernel.shape[0]}x{self.kernel.shape[1]} "
+                f"P={self.scale_factor:.6g} B0={self.background_offset:.6g} "
+                f"converged={self.converged}>")
+
+
+class DifferenceImager:
+    """
+    Fit a pixel kernel and a differential background, and difference two images.
+
+    The target ``I`` is modelled as ``M = R (x) K + B`` (paper eq. 1-2),
+    with ``K`` a square pixel array and ``B`` a polynomial of
+    ``background_degree`` in normalised coordinates (eq. 18-19). Only the
+    pixels where the convolution is fully defined enter the fit. ``K`` and
+    ``B`` minimise the negative log-likelihood of the target under the
+    chosen noise model (eq. 8, or the Huber loss of eq. 13), optionally
+    with a Laplacian penalty on the kernel (eq. 20).
+
+    Configure once, then apply to any number of pairs with :meth:`fit`
+    (the full result) or by calling the instance (the difference image).
+
+    Parameters
+    ----------
+    kernel_size : int, optional
+        Odd side of the square kernel, 19 by default. Choose about three to
+        four times the larger PSF FWHM.
+    noise_model : {'ccd', 'emccd', 'uniform', 'uncertainty'} or `~astro_dia.noise.NoiseModel`
+        Per-pixel variance of the target as a function of the model: the
+        CCD model (eq. 6), the EMCCD model (eq. 7), one unknown constant,
+        or the target's own ``uncertainty`` (fixed weights).
+    loss : {'gaussian', 'huber', 'student_t'} or callable
+        Per-pixel negative log-likelihood ``rho(z)`` of the normalised
+        residual; see `astro_dia.losses`.
+    background_degree : int, optional
+        Degree of the background polynomial; 0 (default) is a constant.
+    regularization : float, optional
+        Strength lambda of the Laplacian kernel penalty (eq. 20); 0 turns it
+        off.
+    reference_noise : bool, optional
+        If true, the reference's variance propagated through the kernel,
+        ``sigma_R**2 (x) K**2``, is added to the target variance in the
+        fit's weights and in the output uncertainty. It comes from the
+        reference's ``uncertainty``, or else from the noise model applied to
+        the reference and its header. Use it for a single-epoch reference.
+    gain, read_noise, flat, sky, em_gain, excess_noise_factor : optional
+        Detector settings for a named ``noise_model``; see
+        `~astro_dia.noise.CCDNoiseModel` and
+        `~astro_dia.noise.EMCCDNoiseModel`. What is not given is read from
+        the target's header.
+    kernel_init : {'flat', 'delta'}, float or ndarray, optional
+        Shape of the starting kernel: flat (the paper's choice), a delta
+        function, a Gaussian of this standard deviation in pixels, or an
+        array. Its scale and the background are then set by a linear
+        least-squares fit.
+    solver : {'iterative'}, optional
+        The paper's Adam then L-BFGS optimisation.
+    device : str, optional
+        ``'auto'`` (CUDA when present, else the CPU), ``'cpu'`` or ``'cuda'``.
+    dtype : {'float32', 'float64'}, optional
+        Precision of the fit.
+    max_iter : int, optional
+        Maximum number of L-BFGS iterations.
+    max_adam_iter : int, optional
+        Maximum number of Adam steps before L-BFGS (0 skips Adam).
+    adam_tol : float, optional
+        Relative loss change at which Adam hands over to L-BFGS.
+    add_keyword : bool, optional
+        Write provenance keywords into the difference image's ``meta``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For settings that are of the wrong kind or out of range, here
+        rather than at the first fit.
+
+    See Also
+    --------
+    astro_dia.simulate.make_image_pair : synthetic pairs to try it on.
+
+    Notes
+    -----
+    With a model-dependent variance the Gaussian likelihood (eq. 8) is not
+    a weighted least-squares problem: its ``sum(ln sigma)`` term makes the
+    optimum sit about ``1 / (2 G F)`` below the data, a shift absorbed by
+    B0. This is the paper's objective; use ``noise_model='uncertainty'``
+    for fixed weights.
+
+    Examples
+    --------
+    >>> from astro_dia import DifferenceImager
+    >>> from astro_dia.simulate import make_image_pair
+    >>> reference, target, truth = make_image_pair(shape=(64, 64), seed=1)
+    >>> imager = DifferenceImager(kernel_size=9, flat=1, sky=0)
+    >>> result = imager.fit(reference, target)
+    >>> abs(result.scale_factor - truth.scale_factor) < 0.05
+    True
+    >>> result.difference.unit
+    Unit("adu")
+    """
+
+    def __init__(self, kernel_size=19, *, noise_model="ccd", loss="gaussian",
+                 background_degree=0, regularization=0.0, reference_noise=False,
+                 gain=None, read_noise=None, flat=None, sky=None, em_gain=None,
+                 excess_noise_factor=None, kernel_init="flat", solver="iterative",
+                 device="auto", dtype="float32", max_iter=5000, max_adam_iter=200,
+                 adam_tol=1e-6, add_keyword=True):
+        self.kernel_size = check_kernel_size(kernel_size)
+        self.noise_model = make_noise_model(
+            noise_model, gain=gain, read_noise=read_noise, flat=flat, sky=sky,
+            em_gain=em_gain, excess_noise_factor=excess_noise_factor)
+        self.loss = get_loss(loss)
+        self.background_degree = background_degree
+        polynomial_terms(background_degree)  # validates
+        regularization = float(regularization)
+        if not np.isfinite(regularization) or regularization < 0:
+            raise ValueError(f"regularization must be non-negative and finite, got "
+                             f"{regularization}")
+        self.regularization = regularization
+        self.reference_noise = bool(reference_noise)
+        self.kernel_init = self._check_kernel_init(kernel_init)
+        if solver not in _SOLVERS:
+            raise ValueError(f"solver must be one of {list(_SOLVERS)}, got {solver!r}")
+        self.solver = solver
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        for name, value in (("max_iter", max_iter), ("max_adam_iter", max_adam_iter)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if max_iter == 0:
+            raise ValueError("max_iter must be at least 1")
+        self.max_iter, self.max_adam_iter = int(max_iter), int(max_adam_iter)
+        self.adam_tol = float(adam_tol)
+        self.add_keyword = bool(add_keyword)
+
+    def _check_kernel_init(self, kernel_init):
+        if isinstance(kernel_init, str):
+            if kernel_init not in ("flat", "delta"):
+                raise ValueError(
+                    f"kernel_init must be 'flat', 'delta', a Gaussian sigma or an array, "
+                    f"got {kernel_init!r}")
+            return kernel_init
+        if np.ndim(kernel_init) == 0:
+            gaussian_kernel(self.kernel_size, float(kernel_init))  # validates sigma
+            return float(kernel_init)
+        kernel_init = np.array(kernel_init, dtype=float)
+        shape = (self.kernel_size, self.kernel_size)
+        if kernel_init.shape != shape or not np.isfinite(kernel_init).all():
+            raise ValueError(f"a kernel_init array must be finite with shape {shape}, "
+                             f"got shape {kernel_init.shape}")
+        return kernel_init
+
+    def _initial_kernel_shape(self):
+        size = self.kernel_size
+        if isinstance(self.kernel_init, str):
+            if self.kernel_init == "flat":
+                return np.full((size, size), 1.0 / size ** 2)
+            return delta_kernel(size)
+        if isinstance(self.kernel_init, float):
+            return gaussian_kernel(size, self.kernel_init)
+        return self.kernel_init
+
+    def __call__(self, reference, target):
+        """
+        Difference ``target`` against ``reference``.
+
+        Shorthand for ``self.fit(reference, target).difference``.
+        """
+        return self.fit(reference, target).difference
+
+    def fit(self, reference, target):
+        """
+        Fit the kernel and background, and build the difference image.
+
+        Parameters
+        ----------
+        reference, target : `~astropy.nddata.CCDData` or `~astropy.nddata.NDData`
+            Images of the same field on the same pixel grid, with units.
+            Neither is modified.
+
+        Returns
+        -------
+        result : `DifferenceResult`
+
+        Raises
+        ------
+        TypeError
+            If an input is not an NDData.
+        ValueError
+            For mismatched shapes or WCS, a kernel larger than the image,
+            missing detector settings, or too few usable pixels
+            (`~astro_dia.exceptions.DIAError`).
+        astropy.units.UnitsError
+            If the units cannot be reconciled.
+
+        Warns
+        -----
+        astropy.utils.exceptions.AstropyUserWarning
+            For unmasked NaN pixels (which are masked),
+            `~astro_dia.exceptions.NoiseModelWarning` when a subtracted sky
+            had to be estimated, `~astro_dia.exceptions.ConvergenceWarning`
+            when the solver hit its iteration limit.
+        """
+        start = time.perf_counter()
+        target_image = as_image(target, "target")
+        reference_image = check_pair(as_image(reference, "reference"), target_image)
+        check_kernel_size(self.kernel_size, target_image.data.shape)
+
+        terms = self.noise_model.variance_terms(target_image.source, mask=target_image.bad)
+        reference_variance = self._reference_variance(reference_image)
+        reference_bad = reference_image.bad.copy()
+        if reference_variance is not None:
+            reference_bad |= ~np.isfinite(reference_variance)
+        target_bad = target_image.bad | (terms.bad if terms.bad is not None else False)
+
+        shape = target_image.data.shape
+        h = self.kernel_size // 2
+        valid = (slice(h, shape[0] - h), slice(h, shape[1] - h))
+        model_undefined = footprint_touches(reference_bad, self.kernel_size)
+        fit_mask = ~(target_bad[valid] | model_undefined)
+        self._check_enough_pixels(fit_mask, reference_image, valid)
+
+        problem = FitProblem(
+            np.where(reference_bad, 0.0, reference_image.data),
+            np.where(target_bad, 0.0, target_image.data), fit_mask,
+            background_basis(shape, self.background_degree, region=valid),
+            terms.cropped(valid), self.kernel_size, self.loss, self.regularization,
+            None if reference_variance is None else np.where(reference_bad, 0.0,
+                                                             reference_variance),
+            device=self.device, dtype=self.dtype)
+        with flush_denormals():
+            state = self._solve(problem, terms, target_image, valid)
+        if not state.converged:
+            warnings.warn(
+                f"the {self.solver} solver stopped after {state.n_iterations} iterations "
+                f"without converging ({state.message}); raise max_iter, or check the inputs",
+                ConvergenceWarning)
+        log.info("fit: %d iterations, %s", state.n_iterations, state.message)
+        return self._build_result(state, problem, terms, target_image, reference_image,
+                                  reference_bad, valid, model_undefined, fit_mask, start)
+
+    # -- pieces of fit ----------------------------------------------------------
+    def _reference_variance(self, reference_image):
+        if not self.reference_noise:
+            return None
+        if reference_image.uncertainty is not None:
+            return uncertainty_variance(reference_image.source, name="reference") * (
+                reference_image.source.unit.to(reference_image.unit) ** 2
+                if reference_image.source.unit is not None else 1.0)
+        terms = self.noise_model.variance_terms(reference_image.source,
+                                                mask=reference_image.bad)
+        if terms.estimate_scale:
+            raise ValueError(
+                "reference_noise=True needs the reference's variance: give the reference an "
+                "uncertainty, or use a noise model with detector settings ('ccd', 'emccd')")
+        variance = terms.variance(np.where(reference_image.bad, 0.0, reference_image.data))
+        if terms.bad is not None:
+            variance = np.where(terms.bad, np.nan, variance)
+        return variance
+
+    def _check_enough_pixels(self, fit_mask, reference_image, valid):
+        n_unknowns = self.kernel_size ** 2 + len(polynomial_terms(self.background_degree))
+        n_data = int(fit_mask.sum())
+        if n_data == 0:
+            raise DIAError(
+                "no pixel is left to fit: every pixel of the valid region is masked in the "
+                "target or lies within half a kernel of a masked reference pixel")
+        if n_data < 2 * n_unknowns:
+            raise DIAError(
+                f"only {n_data} usable pixels for {n_unknowns} unknowns; use a smaller "
+                "kernel_size, a lower background_degree, or larger images")
+        reference = reference_image.data[reference_image.bad == 0]
+        if np.ptp(reference) == 0:
+            raise DIAError("the reference is constant, so no kernel shape can be fitted; "
+                           "check that the right frame was given as the reference")
+
+    def _solve(self, problem, terms, target_image, valid):
+        shape = to_tensor(self._initial_kernel_shape(), device=problem.device,
+                          dtype=problem.dtype)
+        weights = problem.weights(problem.target)
+        kernel, coefficients = problem.linear_start(shape, weights)
+        if terms.estimate_scale:
+            self._set_uniform_scale(problem, kernel, coefficients)
+        passes = 3 if problem.reference_variance is not None else 1
+        n_iterations = 0
+        for _ in range(passes):
+            problem.update_reference_variance(kernel)
+            state = solve_iterative(problem, kernel, coefficients, max_iter=self.max_iter,
+                                    adam_tol=self.adam_tol, max_adam_iter=self.max_adam_iter)
+            n_iterations += state.n_iterations
+            change = float(torch.abs(state.kernel.sum() - kernel.sum()))
+            kernel, coefficients = state.kernel, state.coefficients
+            if change <= 1e-6 * abs(float(kernel.sum())):
+                break
+        state.n_iterations = n_iterations
+        return state
+
+    @staticmethod
+    def _set_uniform_scale(problem, kernel, coefficients):
+        """For the uniform model, set the constant variance from the start's residuals."""
+        with torch.no_grad():
+            residual = (problem.target - problem.model(kernel, coefficients))[problem.mask]
+        sigma = float(mad_std(to_numpy(residual)))
+        problem.constant = torch.full_like(problem.constant, max(sigma, 1e-30) ** 2)
+
+    def _build_result(self, state, problem, terms, target_image, reference_image,
+                      reference_bad, valid, model_undefined, fit_mask, start):
+        shape = target_image.data.shape
+        kernel = to_numpy(state.kernel)
+        coefficients = to_numpy(problem.uncentred_coefficients(state.kernel,
+                                                               state.coefficients))
+        # The final model in float64, from the un-centred reference.
+        reference = torch.as_tensor(np.where(reference_bad, 0.0, reference_image.data))
+        model_valid = F.conv2d(reference[None, None],
+                               torch.as_tensor(kernel[::-1, ::-1].copy())[None, None])[0, 0]
+        model_valid = model_valid.numpy()
+        basis = background_basis(shape, self.background_degree)
+        background = np.tensordot(coefficients, basis, axes=1)
+        model_valid = model_valid + background[valid]
+        model_valid[model_undefined] = np.nan
+        model = np.full(shape, np.nan)
+        model[valid] = model_valid
+
+        cropped = terms.cropped(valid)
+        variance_valid = cropped.variance(model_valid)
+        if problem.reference_variance is not None:
+            ref_var = torch.as_tensor(np.where(reference_bad, 0.0,
+                                               to_numpy(problem.reference_variance[0, 0])))
+            k2 = torch.as_tensor((kernel[::-1, ::-1] ** 2).copy())
+            variance_valid = variance_valid + F.conv2d(ref_var[None, None],
+                                                       k2[None, None])[0, 0].numpy()
+        difference = target_image.data - model
+        if terms.estimate_scale:
+            sigma = float(mad_std(difference[valid][fit_mask]))
+            variance_valid = np.full(model_valid.shape, sigma ** 2)
+        sigma = np.full(shape, np.nan)
+        sigma[valid] = np.sqrt(variance_valid)
+        mask = target_image.bad | ~np.isfinite(model)
+        if terms.bad is not None:
+            mask |= terms.bad
+        sigma[mask] = np.nan
+        full_fit_mask = np.zeros(shape, bool)
+        full_fit_mask[valid] = fit_mask
+
+        unit = target_image.unit
+        scale_factor = float(kernel.sum())
+        meta = copy_meta(target_image.meta)
+        if self.add_keyword:
+            stamp(meta, self._provenance(state, scale_factor, coefficients, terms,
+                                         int(fit_mask.sum())))
+        wcs = target_image.wcs
+        result = DifferenceResult(
+            difference=CCDData(difference, unit=unit, uncertainty=StdDevUncertainty(sigma),
+                               mask=mask, meta=meta, wcs=wcs),
+            model=CCDData(model, unit=unit, mask=~np.isfinite(model), meta=copy_meta(meta),
+                          wcs=wcs),
+            kernel=kernel,
+            scale_factor=scale_factor,
+            background=background * unit,
+            background_coefficients=coefficients * unit,
+            background_degree=self.background_degree,
+            fit_mask=full_fit_mask,
+            n_data=int(fit_mask.sum()),
+            n_iterations=int(state.n_iterations),
+            converged=bool(state.converged),
+            loss_value=float(state.loss_value),
+            fit_time=time.perf_counter() - start,
+            noise_settings=dict(terms.settings, sky=(terms.offset,
+                                                     terms.settings.get("sky", "none"))),
+            solver=self.solver,
+        )
+        return result
+
+    def _provenance(self, state, scale_factor, coefficients, terms, n_data):
+        loss_name = getattr(self.loss, "name", type(self.loss).__name__)
+        cards = [
+            ("DIA_VER", __version__, "astro_dia version"),
+            ("DIA_KSZ", self.kernel_size, "kernel size (pixels)"),
+            ("DIA_P", scale_factor, "photometric scale factor P = sum(K)"),
+            ("DIA_B0", float(coefficients[0]), "background B0 at the image centre"),
+            ("DIA_BDEG", self.background_degree, "background polynomial degree"),
+            ("DIA_LOSS", loss_name, "loss function"),
+            ("DIA_NOIS", self.noise_model.name, "noise model"),
+            ("DIA_SOLV", self.solver, "solver"),
+            ("DIA_NIT", int(state.n_iterations), "solver iterations"),
+            ("DIA_CONV", bool(state.converged), "solver converged"),
+            ("DIA_NDAT", n_data, "pixels in the fit"),
+            ("DIA_LAMB", self.regularization, "Laplacian regularisation lambda"),
+            ("DIA_REFN", self.reference_noise, "reference noise in the weights"),
+            ("DIA_SKY", float(terms.offset), "sky added back in the variance"),
+        ]
+        return cards
+
+    def __repr__(self):
+        return (f"DifferenceImager(kernel_size={self.kernel_size}, "
+                f"noise_model={self.noise_model.name!r}, "
+                f"loss={getattr(self.loss, 'name', self.loss)!r}, "
+                f"background_degree={self.background_degree}, solver={self.solver!r}, "
+                f"device={str(self.device)!r}, dtype={str(self.dtype).replace('torch.', '')!r})")

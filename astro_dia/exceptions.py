@@ -1,0 +1,21 @@
+"""Exceptions and warnings raised by astro_dia."""
+
+from astropy.utils.exceptions import AstropyUserWarning
+
+__all__ = ["DIAError", "KernelFitWarning", "ConvergenceWarning", "NoiseModelWarning"]
+
+
+class DIAError(ValueError):
+    """Base class for astro_dia errors about data that cannot be differenced."""
+
+
+class KernelFitWarning(AstropyUserWarning):
+    """The kernel fit finished, but its result needs a careful look."""
+
+
+class ConvergenceWarning(KernelFitWarning):
+    """The solver stopped at its iteration limit before meeting its tolerance."""
+
+
+class NoiseModelWarning(AstropyUserWarning):
+    """The noise model had to estimate something the header did not say."""

@@ -1,0 +1,5 @@
+"""Solvers for the kernel and background (functional core of `DifferenceImager`)."""
+
+from .iterative import solve_iterative  # noqa: F401
+
+__all__ = ["solve_iterative"]
