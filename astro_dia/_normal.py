@@ -1,0 +1,120 @@
+"""Chunked assembly of the weighted normal equations (private).
+
+The design matrix ``A`` of the linear model has one column per kernel pixel
+(the reference shifted by that pixel's offset, an im2col of ``R``) and one
+per background basis image; rows are the fitted pixels. ``A^T W A`` and
+``A^T W y`` are built strip by strip of image rows with one matrix product
+per strip, so memory stays bounded, and accumulated in float64.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .losses import laplacian_matrix
+
+__all__ = []
+
+#: Default memory for one strip of the im2col matrix.
+DEFAULT_CHUNK_BYTES = 256 * 2 ** 20
+
+
+def _strips(problem, max_bytes):
+    """Row ranges of the valid region, each small enough for one im2col strip."""
+    n_columns = problem.kernel_size ** 2 + problem.basis.shape[0]
+    ny, nx = problem.target.shape
+    itemsize = torch.finfo(problem.dtype).bits // 8
+    rows = max(1, int(max_bytes // (n_columns * nx * itemsize)))
+    return [(start, min(start + rows, ny)) for start in range(0, ny, rows)]
+
+
+def design_strip(problem, start, stop):
+    """
+    Rows ``start:stop`` of the valid region as a dense design matrix.
+
+    Returns
+    -------
+    design : (n_pixels, n_kernel + n_basis) tensor
+        Only the pixels of ``problem.mask`` in the strip.
+    mask : (n_rows * nx,) bool tensor
+        Which pixels of the strip were kept.
+    """
+    size = problem.kernel_size
+    reference = problem.reference[:, :, start:stop + size - 1, :]
+    patches = F.unfold(reference, size)[0]            # (K*K, pixels), correlation order
+    mask = problem.mask[start:stop].reshape(-1)
+    # Kernel pixel (i, j) multiplies patch element (K-1-i, K-1-j): reverse.
+    kernel_columns = torch.flip(patches[:, mask], (0,)).T
+    basis_columns = problem.basis[:, start:stop].reshape(problem.basis.shape[0], -1)[:, mask].T
+    return torch.cat([kernel_columns, basis_columns], dim=1), mask
+
+
+def assemble_normal_equations(problem, weights, *, max_bytes=DEFAULT_CHUNK_BYTES,
+                              dtype=None):
+    """
+    ``A^T W A`` and ``A^T W y`` of the current problem.
+
+    Parameters
+    ----------
+    problem : `~astro_dia._problem.FitProblem`
+    weights : (ny', nx') tensor
+        Per-pixel weights on the valid region (zero outside the fit mask).
+    max_bytes : int
+        Memory allowed for one strip of the design matrix.
+    dtype : `torch.dtype`, optional
+        Precision of the matrix products; the problem's by default.
+
+    Returns
+    -------
+    normal : (n, n) float64 tensor
+    rhs : (n,) float64 tensor
+        With ``y`` the target.
+    """
+    n = problem.kernel_size ** 2 + problem.basis.shape[0]
+    normal = torch.zeros((n, n), dtype=torch.float64, device=problem.device)
+    rhs = torch.zeros(n, dtype=torch.float64, device=problem.device)
+    dtype = problem.dtype if dtype is None else dtype
+    for start, stop in _strips(problem, max_bytes):
+        design, mask = design_strip(problem, start, stop)
+        design = design.to(dtype)
+        w = weights[start:stop].reshape(-1)[mask].to(dtype)
+        y = problem.target[start:stop].reshape(-1)[mask].to(dtype)
+        weighted = design * w[:, None]
+        normal += (weighted.T @ design).to(torch.float64)
+        rhs += (weighted.T @ y).to(torch.float64)
+    return normal, rhs
+
+
+def add_regularization(normal, problem):
+    """Add the Hessian ``2 lambda N_data L`` of the Laplacian penalty (eq. 20) in place."""
+    if problem.regularization > 0:
+        n_kernel = problem.kernel_size ** 2
+        lap = torch.as_tensor(laplacian_matrix(problem.kernel_size), dtype=normal.dtype,
+                              device=normal.device)
+        normal[:n_kernel, :n_kernel] += 2 * problem.regularization * problem.n_data * lap
+    return normal
+
+
+def cholesky(matrix):
+    """
+    Cholesky factor of a symmetric positive semi-definite matrix.
+
+    A diagonal jitter, growing from zero to 1e-6 of the diagonal, is added
+    until the factorisation succeeds.
+
+    Returns
+    -------
+    factor : tensor or None
+        Lower-triangular factor, or None if the matrix stays singular.
+    """
+    diagonal = torch.diagonal(matrix).clamp(min=0)
+    scale = float(diagonal.max()) if diagonal.numel() else 0.0
+    if not math.isfinite(scale) or scale <= 0:
+        return None
+    for jitter in (0.0, 1e-12, 1e-9, 1e-6):
+        factor, info = torch.linalg.cholesky_ex(
+            matrix + jitter * torch.diag(diagonal + 1e-30 * scale))
+        if int(info) == 0:
+            return factor
+    return None
