@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from scipy.fft import next_fast_len
 
 from ._torch import to_tensor
 from .losses import laplacian_penalty
@@ -70,6 +70,12 @@ class FitProblem:
         self.reference_mean = float(np.mean(reference[self.valid]))
         tensor = dict(device=device, dtype=dtype)
         self.reference = to_tensor(reference - self.reference_mean, **tensor)[None, None]
+        # Convolutions are products of spectra: their cost does not grow with
+        # the kernel size. Padding to a fast length leaves the valid region
+        # free of wrap-around.
+        self.fft_shape = (next_fast_len(ny, real=True), next_fast_len(nx, real=True))
+        self.shape = (ny, nx)
+        self.reference_spectrum = torch.fft.rfft2(self.reference[0, 0], s=self.fft_shape)
         self.target = to_tensor(target[self.valid], **tensor)
         self.mask = torch.as_tensor(fit_mask, device=device)
         self.n_data = int(fit_mask.sum())
@@ -80,14 +86,21 @@ class FitProblem:
         self.offset = float(terms.offset)
         self.loss = loss
         self.regularization = float(regularization)
-        self.reference_variance = (None if reference_variance is None
-                                   else to_tensor(reference_variance, **tensor)[None, None])
+        self.reference_variance_spectrum = (
+            None if reference_variance is None
+            else torch.fft.rfft2(to_tensor(reference_variance, **tensor), s=self.fft_shape))
         self.extra_variance = None  # reference noise through K**2, held fixed per pass
 
     # -- model -------------------------------------------------------------
     def convolve(self, kernel):
         """Valid-region convolution of the centred reference with ``kernel``."""
-        return F.conv2d(self.reference, torch.flip(kernel, (0, 1))[None, None])[0, 0]
+        return self._convolve_spectrum(self.reference_spectrum, kernel)
+
+    def _convolve_spectrum(self, spectrum, kernel):
+        full = torch.fft.irfft2(spectrum * torch.fft.rfft2(kernel, s=self.fft_shape),
+                                s=self.fft_shape)
+        k = self.kernel_size - 1
+        return full[k:self.shape[0], k:self.shape[1]]
 
     def background(self, coefficients):
         return torch.tensordot(coefficients, self.basis, dims=1)
@@ -106,11 +119,11 @@ class FitProblem:
 
     def update_reference_variance(self, kernel):
         """Propagate the reference variance through the current ``K**2`` (fixed)."""
-        if self.reference_variance is None:
+        if self.reference_variance_spectrum is None:
             return
         with torch.no_grad():
-            k2 = torch.flip(kernel.detach() ** 2, (0, 1))[None, None]
-            self.extra_variance = F.conv2d(self.reference_variance, k2)[0, 0]
+            self.extra_variance = torch.clamp(self._convolve_spectrum(
+                self.reference_variance_spectrum, kernel.detach() ** 2), min=0.0)
 
     # -- objective ---------------------------------------------------------
     def objective(self, kernel, coefficients):
@@ -147,9 +160,13 @@ class FitProblem:
         the weight image; ``d_B[j] = sum_p w_p basis_j(p)^2``.
         """
         with torch.no_grad():
-            r2 = self.reference ** 2
-            d_kernel = F.conv2d(r2, weights[None, None])[0, 0]
-            d_kernel = torch.flip(d_kernel, (0, 1))
+            r2 = torch.fft.rfft2(self.reference[0, 0] ** 2, s=self.fft_shape)
+            w = torch.fft.rfft2(torch.flip(weights, (0, 1)), s=self.fft_shape)
+            full = torch.fft.irfft2(r2 * w, s=self.fft_shape)
+            ny, nx = weights.shape
+            # full[a + ny - 1, b + nx - 1] = sum_p w_p R^2_{p + (a, b)}
+            block = full[ny - 1:ny - 1 + self.kernel_size, nx - 1:nx - 1 + self.kernel_size]
+            d_kernel = torch.flip(block, (0, 1))
             d_background = (weights[None] * self.basis ** 2).sum(dim=(1, 2))
         floor = torch.finfo(self.dtype).tiny
         return torch.clamp(d_kernel, min=floor), torch.clamp(d_background, min=floor)

@@ -6,10 +6,10 @@ import warnings
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from astropy import units as u
 from astropy.nddata import CCDData, StdDevUncertainty
 from astropy.stats import mad_std
+from scipy.signal import fftconvolve
 
 from . import __version__
 from ._normal import add_regularization, assemble_normal_equations, cholesky
@@ -344,7 +344,8 @@ class DifferenceImager:
                 ConvergenceWarning)
         log.info("fit: %d iterations, %s", state.n_iterations, state.message)
         return self._build_result(state, problem, terms, target_image, reference_image,
-                                  reference_bad, valid, model_undefined, fit_mask, start)
+                                  reference_bad, reference_variance, valid, model_undefined,
+                                  fit_mask, start)
 
     # -- pieces of fit ----------------------------------------------------------
     def _reference_variance(self, reference_image):
@@ -393,7 +394,7 @@ class DifferenceImager:
             kernel, coefficients = problem.linear_start(shape, weights)
         if terms.estimate_scale:
             self._set_uniform_scale(problem, kernel, coefficients)
-        passes = 3 if problem.reference_variance is not None else 1
+        passes = 3 if problem.reference_variance_spectrum is not None else 1
         n_iterations = 0
         for _ in range(passes):
             problem.update_reference_variance(kernel)
@@ -430,16 +431,15 @@ class DifferenceImager:
         problem.constant = torch.full_like(problem.constant, max(sigma, 1e-30) ** 2)
 
     def _build_result(self, state, problem, terms, target_image, reference_image,
-                      reference_bad, valid, model_undefined, fit_mask, start):
+                      reference_bad, reference_variance, valid, model_undefined, fit_mask,
+                      start):
         shape = target_image.data.shape
         kernel = to_numpy(state.kernel)
         coefficients = to_numpy(problem.uncentred_coefficients(state.kernel,
                                                                state.coefficients))
         # The final model in float64, from the un-centred reference.
-        reference = torch.as_tensor(np.where(reference_bad, 0.0, reference_image.data))
-        model_valid = F.conv2d(reference[None, None],
-                               torch.as_tensor(kernel[::-1, ::-1].copy())[None, None])[0, 0]
-        model_valid = model_valid.numpy()
+        reference = np.where(reference_bad, 0.0, reference_image.data)
+        model_valid = fftconvolve(reference, kernel, mode="valid")
         basis = background_basis(shape, self.background_degree)
         background = np.tensordot(coefficients, basis, axes=1)
         model_valid = model_valid + background[valid]
@@ -449,12 +449,9 @@ class DifferenceImager:
 
         cropped = terms.cropped(valid)
         variance_valid = cropped.variance(model_valid)
-        if problem.reference_variance is not None:
-            ref_var = torch.as_tensor(np.where(reference_bad, 0.0,
-                                               to_numpy(problem.reference_variance[0, 0])))
-            k2 = torch.as_tensor((kernel[::-1, ::-1] ** 2).copy())
-            variance_valid = variance_valid + F.conv2d(ref_var[None, None],
-                                                       k2[None, None])[0, 0].numpy()
+        if reference_variance is not None:
+            variance_valid = variance_valid + np.maximum(fftconvolve(
+                np.where(reference_bad, 0.0, reference_variance), kernel ** 2, mode="valid"), 0)
         difference = target_image.data - model
         if terms.estimate_scale:
             sigma = float(mad_std(difference[valid][fit_mask]))

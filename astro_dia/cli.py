@@ -1,0 +1,184 @@
+"""
+The ``astro-dia`` command.
+
+::
+
+    astro-dia --version
+    astro-dia demo [--out DIR] [--size N] [--kernel-size K] [--seed S]
+                   [--device D] [--dtype {float32,float64}] [--no-plot]
+
+Errors in the input are reported on one line, ``astro-dia: error:
+<message>``, on standard error, with exit status 2.
+"""
+
+import argparse
+import logging
+import sys
+
+from astropy.units import UnitsError
+
+from . import __version__
+from .demo import DEFAULT_SEED, run_demo
+
+__all__ = ["main", "build_parser"]
+
+PROG = "astro-dia"
+
+#: Exit status for bad input, as argparse uses.
+EXIT_USAGE = 2
+
+#: Exit status after Ctrl-C, as shells report it.
+EXIT_INTERRUPTED = 130
+
+# Errors that mean "the input was not usable", reported without a traceback.
+# astropy.units.UnitsError does not derive from ValueError, so it is listed.
+_INPUT_ERRORS = (ValueError, TypeError, OSError, UnitsError)
+
+
+class _UsageError(Exception):
+    """A command-line parsing error, raised instead of argparse's exit."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser that raises `_UsageError` instead of printing usage and exiting."""
+
+    def error(self, message):
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _one_line(message):
+    return " ".join(str(message).split())
+
+
+def build_parser():
+    """
+    Build the argument parser of the ``astro-dia`` command.
+
+    Returns
+    -------
+    parser : `argparse.ArgumentParser`
+        Its ``error`` method raises an exception rather than exiting; use
+        `main` to run the command.
+    """
+    parser = _ArgumentParser(
+        prog=PROG,
+        description="Difference Image Analysis of CCD and EMCCD images on PyTorch. "
+                    "Fits a pixel convolution kernel and a differential background that "
+                    "turn a reference image into a target image.",
+        epilog="Run 'astro-dia demo' to try it on a simulated star field.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the astro_dia version and exit")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log the steps of the run to standard error")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = commands.add_parser(
+        "demo", help="difference a simulated star-field pair and report the fit",
+        description="Simulate a crowded star field seen by a CCD twice: a stacked reference "
+                    "and a target with a wider PSF, a photometric scale factor P = 0.9, "
+                    "a sky difference B0 = 210 adu and a sub-pixel shift. Fit the kernel and "
+                    "background, compare them with the truth, and write the difference "
+                    "image (FITS) and a figure (PNG, if matplotlib is installed).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    demo.add_argument("--out", metavar="DIR", default="astro_dia_demo",
+                      help="directory for difference.fits and demo.png (created if needed; "
+                           "existing files are overwritten)")
+    demo.add_argument("--size", metavar="N", type=int, default=256,
+                      help="side of the square simulated images, in pixels")
+    demo.add_argument("--kernel-size", metavar="K", type=int, default=15,
+                      help="odd side of the square convolution kernel, in pixels")
+    demo.add_argument("--seed", metavar="S", type=int, default=DEFAULT_SEED,
+                      help="random seed of the simulation (a non-negative integer)")
+    demo.add_argument("--device", metavar="D", default="auto",
+                      help="torch device: 'auto' (CUDA when present, else the CPU), 'cpu', "
+                           "'cuda' or 'cuda:N'")
+    demo.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                      help="floating-point precision of the fit")
+    demo.add_argument("--no-plot", dest="plot", action="store_false",
+                      help="do not write the PNG figure")
+    demo.set_defaults(handler=_run_demo_command)
+    return parser
+
+
+def _run_demo_command(arguments):
+    summary = run_demo(arguments.out, size=arguments.size, kernel_size=arguments.kernel_size,
+                       seed=arguments.seed, device=arguments.device, dtype=arguments.dtype,
+                       plot=arguments.plot)
+    print(format_report(summary))
+    return 0
+
+
+def format_report(summary):
+    """
+    Format the result of `astro_dia.demo.run_demo` as a short human-readable report.
+
+    Parameters
+    ----------
+    summary : dict
+        As returned by `~astro_dia.demo.run_demo`.
+
+    Returns
+    -------
+    report : str
+        Several lines, without a trailing newline.
+    """
+    ny, nx = summary["shape"]
+    size = summary["kernel_size"]
+    unit = summary["unit"]
+    status = "converged" if summary["converged"] else "NOT converged"
+    if summary["plot_path"] is not None:
+        plot = summary["plot_path"]
+    else:
+        plot = f"not written ({summary['plot_note']})"
+    lines = [
+        f"astro_dia {__version__} demo: {ny} x {nx} simulated star field, {size} x {size} "
+        f"kernel, seed {summary['seed']}, {summary['device']}, {summary['dtype']}",
+        f"  scale factor P     fitted {summary['scale_factor']:.5f}   "
+        f"true {summary['scale_factor_true']:.5f}",
+        f"  background B0      fitted {summary['background_offset']:.3f} {unit}   "
+        f"true {summary['background_offset_true']:.3f} {unit}",
+        f"  std of D / sigma   {summary['normalized_residual_std']:.4f}   "
+        "(1 when the noise model is right)",
+        f"  iterations         {summary['n_iterations']} ({status})",
+        f"  time               {summary['fit_time']:.2f} s fit, "
+        f"{summary['total_time']:.2f} s with simulation and output",
+        f"  difference image   {summary['difference_path']}",
+        f"  figure             {plot}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    """
+    Run the ``astro-dia`` command.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments, without the program name; ``sys.argv[1:]`` by
+        default.
+
+    Returns
+    -------
+    status : int
+        0 on success (and for ``--help`` and ``--version``), 2 for bad
+        input, reported on one line on standard error, 130 if interrupted.
+    """
+    parser = build_parser()
+    try:
+        arguments = parser.parse_args(argv)
+    except _UsageError as exc:
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help and --version
+        return exc.code if isinstance(exc.code, int) else 0
+    if arguments.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    try:
+        return arguments.handler(arguments)
+    except _INPUT_ERRORS as exc:
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

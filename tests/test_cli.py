@@ -1,0 +1,185 @@
+"""Tests of the ``astro-dia`` command line and of `astro_dia.demo.run_demo`."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from astropy import units as u
+from astropy.nddata import CCDData
+
+import astro_dia
+from astro_dia import cli
+from astro_dia.demo import DIFFERENCE_FILENAME, PLOT_FILENAME, run_demo
+
+# Small enough that each demo run takes well under a second.
+SMALL = ["--size", "96", "--kernel-size", "9"]
+
+
+def run_main(capsys, *argv):
+    """Run ``main(argv)``; return (exit status, stdout, stderr)."""
+    status = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def assert_one_line_error(status, out, err, *fragments):
+    assert status == 2
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("astro-dia: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "Traceback" not in err
+
+
+def test_version(capsys):
+    status, out, err = run_main(capsys, "--version")
+    assert status == 0
+    assert out.strip() == f"astro-dia {astro_dia.__version__}"
+    assert err == ""
+
+
+def test_help(capsys):
+    status, out, _ = run_main(capsys, "--help")
+    assert status == 0
+    assert "demo" in out and "--version" in out
+    status, out, _ = run_main(capsys, "demo", "--help")
+    assert status == 0
+    for option in ("--out", "--size", "--kernel-size", "--seed", "--device", "--dtype",
+                   "--no-plot"):
+        assert option in out
+
+
+def test_demo_writes_fits_and_reports(tmp_path, capsys):
+    status, out, err = run_main(capsys, "demo", "--out", str(tmp_path), *SMALL, "--no-plot")
+    assert status == 0, err
+    path = tmp_path / DIFFERENCE_FILENAME
+    assert path.is_file()
+    assert not (tmp_path / PLOT_FILENAME).exists()
+    difference = CCDData.read(path)
+    assert difference.shape == (96, 96)
+    assert difference.unit == u.adu
+    assert difference.uncertainty is not None and difference.mask is not None
+    # The border half a kernel wide is undefined and masked.
+    assert difference.mask[:4].all() and not difference.mask[48, 48]
+    assert difference.header["DIA_KSZ"] == 9
+
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert str(path) in out
+    assert "not requested" in out
+    fitted, true = (float(word) for word in lines["scale"].split()[4::2])
+    assert true == 0.9
+    assert abs(fitted - true) < 0.03
+    assert "converged" in lines["iterations"]
+
+
+def test_run_demo_summary(tmp_path):
+    summary = run_demo(tmp_path / "nested" / "out", size=96, kernel_size=9, plot=False)
+    assert summary["scale_factor_true"] == 0.9
+    assert summary["background_offset_true"] == pytest.approx(210.0)
+    assert summary["scale_factor"] == pytest.approx(0.9, abs=0.03)
+    assert summary["background_offset"] == pytest.approx(210.0, abs=3.0)
+    assert summary["normalized_residual_std"] == pytest.approx(1.0, abs=0.1)
+    assert summary["unit"] == "adu"
+    assert summary["converged"] and summary["n_iterations"] > 0
+    assert 0 < summary["fit_time"] <= summary["total_time"]
+    assert summary["plot_path"] is None
+    assert os.path.isfile(summary["difference_path"])
+    # Same seed, same simulation and fit.
+    again = run_demo(tmp_path / "again", size=96, kernel_size=9, plot=False)
+    assert again["scale_factor"] == summary["scale_factor"]
+
+
+def test_demo_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    status, out, err = run_main(capsys, "demo", "--out", str(tmp_path), "--size", "64",
+                                "--kernel-size", "7")
+    assert status == 0, err
+    path = tmp_path / PLOT_FILENAME
+    assert path.is_file()
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(path) in out
+
+
+def test_plot_leaves_pyplot_alone(tmp_path):
+    pyplot = pytest.importorskip("matplotlib.pyplot")
+    import matplotlib
+
+    backend, figures = matplotlib.get_backend(), pyplot.get_fignums()
+    summary = run_demo(tmp_path, size=64, kernel_size=7)
+    assert summary["plot_path"] is not None and summary["plot_note"] is None
+    assert matplotlib.get_backend() == backend
+    assert pyplot.get_fignums() == figures
+
+
+def test_demo_without_matplotlib(tmp_path, monkeypatch):
+    # A None entry in sys.modules makes the import raise ImportError.
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    summary = run_demo(tmp_path, size=64, kernel_size=7, plot=True)
+    assert summary["plot_path"] is None
+    assert "matplotlib" in summary["plot_note"]
+    assert not (tmp_path / PLOT_FILENAME).exists()
+    assert (tmp_path / DIFFERENCE_FILENAME).is_file()
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["demo", "--kernel-size", "4"], "odd"),
+    (["demo", "--kernel-size", "0"], "positive"),
+    (["demo", "--size", "5"], "kernel_size"),
+    (["demo", "--size", "0"], "size"),
+    (["demo", "--size", "12", "--kernel-size", "9"], "usable pixels"),
+    (["demo", "--device", "tpu"], "device"),
+    (["demo", "--seed", "-1"], ""),
+    (["demo", "--dtype", "float16"], "--dtype"),
+    (["demo", "--size", "big"], "--size"),
+    (["demo", "--bogus"], "--bogus"),
+    (["frobnicate"], "frobnicate"),
+    ([], "required"),
+])
+def test_bad_input(tmp_path, capsys, argv, fragment):
+    out_dir = tmp_path / "out"
+    if argv and argv[0] == "demo":
+        argv = argv + ["--out", str(out_dir), "--no-plot"]
+    status, out, err = run_main(capsys, *argv)
+    assert_one_line_error(status, out, err, "error", fragment)
+    assert not (out_dir / DIFFERENCE_FILENAME).exists()
+
+
+def test_unwritable_output(tmp_path, capsys):
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    status, out, err = run_main(capsys, "demo", "--out", str(not_a_directory), *SMALL,
+                                "--no-plot")
+    assert_one_line_error(status, out, err, str(not_a_directory))
+
+
+def test_run_demo_rejects_bad_arguments(tmp_path):
+    with pytest.raises(TypeError, match="size"):
+        run_demo(tmp_path, size=96.0)
+    with pytest.raises(ValueError, match="odd"):
+        run_demo(tmp_path, size=96, kernel_size=8)
+    with pytest.raises(ValueError, match="dtype"):
+        run_demo(tmp_path, size=96, kernel_size=9, dtype="float16")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_python_dash_m_version():
+    completed = subprocess.run([sys.executable, "-m", "astro_dia", "--version"],
+                               capture_output=True, text=True, timeout=120, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == f"astro-dia {astro_dia.__version__}"
+
+
+def test_python_dash_m_error_has_no_traceback(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "astro_dia", "demo", "--kernel-size", "4", "--out",
+         str(tmp_path)], capture_output=True, text=True, timeout=120, check=False)
+    assert completed.returncode == 2
+    assert completed.stdout == ""
+    lines = [line for line in completed.stderr.splitlines() if line.strip()]
+    assert lines == ["astro-dia: error: kernel_size must be odd, got 4"]
+    assert np.size(list(tmp_path.iterdir())) == 0
