@@ -4,23 +4,26 @@ The ``astro-dia`` command.
 ::
 
     astro-dia --version
-    astro-dia demo [--out DIR] [--size N] [--kernel-size K] [--seed S]
+    astro-dia [-v] demo [--out DIR] [--size N] [--kernel-size K] [--seed S]
                    [--device D] [--dtype {float32,float64}] [--no-plot]
 
 Errors in the input are reported on one line, ``astro-dia: error:
-<message>``, on standard error, with exit status 2.
+<message>``, on standard error, with exit status 2 (with ``--verbose``,
+after the traceback).
 """
 
 import argparse
+import contextlib
 import logging
 import sys
+import traceback
 
 from astropy.units import UnitsError
 
 from . import __version__
 from .demo import DEFAULT_SEED, run_demo
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "format_report"]
 
 PROG = "astro-dia"
 
@@ -69,7 +72,8 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
                         help="print the astro_dia version and exit")
     parser.add_argument("-v", "--verbose", action="store_true",
-                        help="log the steps of the run to standard error")
+                        help="log the steps of the run to standard error, and show the "
+                             "traceback of an error")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     demo = commands.add_parser(
@@ -78,22 +82,23 @@ def build_parser():
                     "and a target with a wider PSF, a photometric scale factor P = 0.9, "
                     "a sky difference B0 = 210 adu and a sub-pixel shift. Fit the kernel and "
                     "background, compare them with the truth, and write the difference "
-                    "image (FITS) and a figure (PNG, if matplotlib is installed).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "image (FITS) and a figure (PNG, if matplotlib is installed).")
     demo.add_argument("--out", metavar="DIR", default="astro_dia_demo",
-                      help="directory for difference.fits and demo.png (created if needed; "
-                           "existing files are overwritten)")
+                      help="directory for difference.fits and demo.png, created if needed; "
+                           "existing files are overwritten (default: %(default)s)")
     demo.add_argument("--size", metavar="N", type=int, default=256,
-                      help="side of the square simulated images, in pixels")
+                      help="side of the square simulated images, in pixels (default: %(default)s)")
     demo.add_argument("--kernel-size", metavar="K", type=int, default=15,
-                      help="odd side of the square convolution kernel, in pixels")
+                      help="odd side of the square convolution kernel, in pixels "
+                           "(default: %(default)s)")
     demo.add_argument("--seed", metavar="S", type=int, default=DEFAULT_SEED,
-                      help="random seed of the simulation (a non-negative integer)")
+                      help="random seed of the simulation, a non-negative integer "
+                           "(default: %(default)s)")
     demo.add_argument("--device", metavar="D", default="auto",
                       help="torch device: 'auto' (CUDA when present, else the CPU), 'cpu', "
-                           "'cuda' or 'cuda:N'")
+                           "'cuda' or 'cuda:N' (default: %(default)s)")
     demo.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                      help="floating-point precision of the fit")
+                      help="floating-point precision of the fit (default: %(default)s)")
     demo.add_argument("--no-plot", dest="plot", action="store_false",
                       help="do not write the PNG figure")
     demo.set_defaults(handler=_run_demo_command)
@@ -172,13 +177,33 @@ def main(argv=None):
         return EXIT_USAGE
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
-    if arguments.verbose:
-        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    with _verbose_logging(arguments.verbose):
+        try:
+            return arguments.handler(arguments)
+        except _INPUT_ERRORS as exc:
+            if arguments.verbose:
+                traceback.print_exc(file=sys.stderr)
+            print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+
+@contextlib.contextmanager
+def _verbose_logging(verbose):
+    """Send astro_dia's INFO log records to standard error for the duration, if asked."""
+    if not verbose:
+        yield
+        return
+    logger = logging.getLogger("astro_dia")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(name)s: %(message)s"))
+    previous_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
-        return arguments.handler(arguments)
-    except _INPUT_ERRORS as exc:
-        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)

@@ -21,7 +21,7 @@ from .background import background_basis, polynomial_terms
 from .exceptions import ConvergenceWarning, DIAError
 from .kernels import check_kernel_size, delta_kernel, gaussian_kernel
 from .losses import get_loss
-from .noise import make_noise_model, uncertainty_variance
+from .noise import SKY_ESTIMATED, make_noise_model, refine_sky, uncertainty_variance
 from .solvers.iterative import solve_iterative
 
 __all__ = ["DifferenceImager", "DifferenceResult"]
@@ -337,6 +337,8 @@ class DifferenceImager:
             device=self.device, dtype=self.dtype)
         with flush_denormals():
             state = self._solve(problem, terms)
+            if terms.settings.get("sky") == SKY_ESTIMATED:
+                state = self._refit_with_refined_sky(problem, terms, valid, state)
         if not state.converged:
             warnings.warn(
                 f"the {self.solver} solver stopped after {state.n_iterations} iterations "
@@ -408,6 +410,19 @@ class DifferenceImager:
                 break
         state.n_iterations = n_iterations
         return state
+
+    def _refit_with_refined_sky(self, problem, terms, valid, state):
+        """Estimate the subtracted sky from the residuals, then polish the fit."""
+        with torch.no_grad():
+            model = problem.model(state.kernel, state.coefficients)
+            residual = to_numpy(problem.target - model)
+        terms.offset = refine_sky(terms.cropped(valid), to_numpy(model), residual,
+                                  to_numpy(problem.mask).astype(bool))
+        problem.offset = terms.offset
+        refined = solve_iterative(problem, state.kernel, state.coefficients,
+                                  max_iter=self.max_iter, cholesky_factor=None)
+        refined.n_iterations += state.n_iterations
+        return refined
 
     @staticmethod
     def _normal_start(problem, weights):

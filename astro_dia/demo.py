@@ -58,6 +58,16 @@ def _check_size(size):
     return size
 
 
+def _check_seed(seed):
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be a non-negative integer or None, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer or None, got {seed}")
+    return int(seed)
+
+
 def run_demo(out_dir, *, size=256, kernel_size=15, seed=DEFAULT_SEED, device="auto",
              dtype="float32", plot=True):
     """
@@ -107,10 +117,9 @@ def run_demo(out_dir, *, size=256, kernel_size=15, seed=DEFAULT_SEED, device="au
     Raises
     ------
     TypeError, ValueError
-        For a size, kernel size, seed, device or dtype that is not
-        usable, before anything is simulated or written (except a seed,
-        which the simulation checks), or for an image too small for the
-        kernel.
+        For a size, kernel size, seed, device or dtype that is not usable
+        (before anything is simulated or written), or for an image with
+        too few pixels for the kernel's unknowns.
     OSError
         If ``out_dir`` cannot be created or written to.
 
@@ -125,6 +134,7 @@ def run_demo(out_dir, *, size=256, kernel_size=15, seed=DEFAULT_SEED, device="au
     """
     start = time.perf_counter()
     size = _check_size(size)
+    seed = _check_seed(seed)
     kernel_size = check_kernel_size(kernel_size, (size, size))
     # Validates the device and dtype before any work is done.
     imager = DifferenceImager(kernel_size=kernel_size, flat=1, sky=0, device=device,

@@ -30,13 +30,16 @@ from .exceptions import NoiseModelWarning
 
 __all__ = ["VarianceTerms", "NoiseModel", "CCDNoiseModel", "EMCCDNoiseModel",
            "UniformNoiseModel", "UncertaintyNoiseModel", "make_noise_model",
-           "uncertainty_variance"]
+           "uncertainty_variance", "refine_sky"]
 
 _COUNT_UNITS = (u.adu, u.electron)
 
 #: A sky-pixel variance this many times above the prediction of the noise
 #: model means the data have probably been sky-subtracted.
 SKY_EXCESS_THRESHOLD = 1.5
+
+#: How `VarianceTerms.settings` records a sky level estimated from the data.
+SKY_ESTIMATED = "estimated from the data"
 
 
 @dataclass
@@ -301,28 +304,65 @@ class _PhotonNoiseModel(NoiseModel):
         return self._estimate_sky(image, terms, mask)
 
     def _estimate_sky(self, image, terms, mask):
-        """Detect a subtracted sky from the scatter of sky pixels (with a warning)."""
+        """
+        Detect a subtracted sky from the scatter of sky pixels (with a warning).
+
+        The scatter is measured on the low side of the pixel distribution,
+        which faint stars do not reach. `DifferenceImager` refines the level
+        from the fit's residuals (`refine_sky`).
+        """
         data = np.asarray(image.data, dtype=float)
         good = np.isfinite(data)
         if mask is not None:
             good &= ~mask
         if good.sum() < 100:
             return 0.0, "none (too few pixels to check)"
-        _, median, std = sigma_clipped_stats(data[good], sigma=3.0, maxiters=10)
+        _, median, _ = sigma_clipped_stats(data[good], sigma=3.0, maxiters=10)
+        low_side = median - np.percentile(data[good], 15.865)
         slope = float(np.median(terms.slope))
         constant = float(np.median(terms.constant))
         predicted = constant + slope * max(median, 0.0)
-        observed = std ** 2
+        observed = low_side ** 2
         if observed <= SKY_EXCESS_THRESHOLD * predicted or slope <= 0:
             return 0.0, "none"
-        sky = (observed - constant) / slope - median
+        sky = max((observed - constant) / slope - max(median, 0.0), 0.0)
         warnings.warn(
             f"the sky pixels scatter with variance {observed:.4g} where the noise model "
             f"predicts {predicted:.4g} at their level {median:.4g}: the image looks "
-            f"sky-subtracted, so a sky of {sky:.4g} {image.unit} is added back in the "
-            f"variance; give sky= (or a header keyword {keyword_list(SKY_KEYWORDS)}) to "
-            "set it, or sky=0 if the data are not sky-subtracted", NoiseModelWarning)
-        return float(sky), "estimated from sky-pixel scatter"
+            f"sky-subtracted, so a sky of about {sky:.4g} {image.unit} (refined from the fit "
+            f"residuals) is added back in the variance; give sky= (or a header keyword "
+            f"{keyword_list(SKY_KEYWORDS)}) to set it, or sky=0 if the data are not "
+            "sky-subtracted", NoiseModelWarning)
+        return float(sky), SKY_ESTIMATED
+
+
+def refine_sky(terms, model, residual, mask):
+    """
+    Re-estimate a subtracted sky level from the residuals of a fit.
+
+    Solves ``sum(D**2) = sum(constant + slope * (M + S))`` for ``S`` over
+    the fitted pixels whose residual is within five sigma.
+
+    Parameters
+    ----------
+    terms : `VarianceTerms`
+        Terms (on the same pixels as ``model``) whose ``offset`` is the
+        current estimate.
+    model, residual : ndarray
+        Model and ``target - model``.
+    mask : bool ndarray
+        The fitted pixels.
+
+    Returns
+    -------
+    sky : float
+    """
+    variance = terms.variance(model)
+    keep = mask & (np.abs(residual) < 5 * np.sqrt(variance))
+    constant = np.broadcast_to(terms.constant, model.shape)[keep]
+    slope = np.broadcast_to(terms.slope, model.shape)[keep]
+    excess = residual[keep] ** 2 - constant - slope * model[keep]
+    return max(float(np.sum(excess) / np.sum(slope)), 0.0)
 
 
 class CCDNoiseModel(_PhotonNoiseModel):

@@ -35,6 +35,20 @@ def design_matrix(reference, kernel_size, degree=0):
     return np.hstack([kernel_part, background])
 
 
+def _solve(design, y, weights, kernel_size, model_shape, covariance=True):
+    keep = weights > 0
+    a = design[keep]
+    weighted = a * weights[keep, None]
+    normal = a.T @ weighted
+    rhs = weighted.T @ y[keep]
+    factor = linalg.cho_factor(normal)
+    theta = linalg.cho_solve(factor, rhs)
+    cov = linalg.cho_solve(factor, np.eye(len(theta))) if covariance else None
+    n_kernel = kernel_size * kernel_size
+    model = (design @ theta).reshape(model_shape)
+    return theta[:n_kernel].reshape(kernel_size, kernel_size), theta[n_kernel:], cov, model
+
+
 def solve_weighted(reference, target, weights, kernel_size, degree=0):
     """
     Weighted linear least squares for fixed weights on the valid region.
@@ -51,19 +65,9 @@ def solve_weighted(reference, target, weights, kernel_size, degree=0):
     h = kernel_size // 2
     ny, nx = target.shape
     y = target[h:ny - h, h:nx - h].ravel()
-    w = np.asarray(weights).ravel()
     design = design_matrix(reference, kernel_size, degree)
-    keep = w > 0
-    a = design[keep]
-    normal = a.T @ (a * w[keep, None])
-    rhs = a.T @ (w[keep] * y[keep])
-    factor = linalg.cho_factor(normal)
-    theta = linalg.cho_solve(factor, rhs)
-    covariance = linalg.cho_solve(factor, np.eye(len(theta)))
-    n_kernel = kernel_size * kernel_size
-    model = (design @ theta).reshape(ny - 2 * h, nx - 2 * h)
-    return (theta[:n_kernel].reshape(kernel_size, kernel_size), theta[n_kernel:], covariance,
-            model)
+    return _solve(design, y, np.asarray(weights, float).ravel(), kernel_size,
+                  (ny - 2 * h, nx - 2 * h))
 
 
 def solve_reweighted(reference, target, variance_of_model, kernel_size, degree=0, mask=None,
@@ -75,19 +79,22 @@ def solve_reweighted(reference, target, variance_of_model, kernel_size, degree=0
     """
     h = kernel_size // 2
     ny, nx = target.shape
+    shape = (ny - 2 * h, nx - 2 * h)
     valid_target = target[h:ny - h, h:nx - h]
-    keep = np.ones(valid_target.shape, bool) if mask is None else mask
+    keep = np.ones(shape, bool) if mask is None else mask
+    design = design_matrix(reference, kernel_size, degree)
+    y = valid_target.ravel()
     weights = np.where(keep, 1.0 / variance_of_model(valid_target), 0.0)
     scale = None
     for _ in range(n_max):
-        kernel, coefficients, covariance, model = solve_weighted(
-            reference, target, weights, kernel_size, degree)
+        kernel, _, _, model = _solve(design, y, weights.ravel(), kernel_size, shape,
+                                     covariance=False)
         weights = np.where(keep, 1.0 / variance_of_model(model), 0.0)
         new_scale = kernel.sum()
         if scale is not None and abs(new_scale - scale) <= tol * abs(scale):
             break
         scale = new_scale
-    return kernel, coefficients, covariance, model
+    return _solve(design, y, weights.ravel(), kernel_size, shape)
 
 
 def scale_factor_error(covariance, kernel_size):
