@@ -193,11 +193,11 @@ class DifferenceImager:
     --------
     >>> from astro_dia import DifferenceImager
     >>> from astro_dia.simulate import make_image_pair
-    >>> reference, target, truth = make_image_pair(shape=(64, 64), seed=1)
+    >>> reference, target, truth = make_image_pair(shape=(64, 64), density=100, seed=1)
     >>> imager = DifferenceImager(kernel_size=9, flat=1, sky=0)
     >>> result = imager.fit(reference, target)
-    >>> abs(result.scale_factor - truth.scale_factor) < 0.05
-    True
+    >>> print(f"P = {result.scale_factor:.2f} (true {truth.scale_factor})")
+    P = 0.99 (true 1.0)
     >>> result.difference.unit
     Unit("adu")
     """

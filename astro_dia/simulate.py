@@ -306,7 +306,7 @@ def make_bias_test(kind, *, shape=(142, 142), kernel_size=19, psf_sigma=1.5, bac
     Examples
     --------
     >>> reference, target, truth = make_bias_test("shift", shape=(48, 48), kernel_size=5, seed=0)
-    >>> truth.kernel[3, 3], truth.scale_factor
+    >>> float(truth.kernel[3, 3]), truth.scale_factor
     (1.0, 1.0)
     """
     from scipy import ndimage

@@ -26,15 +26,21 @@ the machine is offline:
 ``sphinx-build -D disable_intersphinx=1`` (sphinx-astropy's switch) also
 turns intersphinx off, but does not relax the nitpicky checks below.
 
-Offline, references to those packages cannot be resolved, so the nitpicky
-check ignores them (``nitpick_ignore_regex`` below) while still checking
-every reference to astro_dia itself. Online, everything is checked.
+Offline, references into other packages cannot be resolved, so the
+nitpicky check ignores targets in the standard library, numpy, scipy,
+astropy, ccdproc, photutils, torch and matplotlib, and Python builtins
+(``nitpick_ignore_regex`` below), while still checking every other
+reference, in particular those to astro_dia itself. Online, everything is
+checked.
 Set ``ASTRO_DIA_NITPICKY=0`` to turn the nitpicky check off altogether.
 """
 
+import builtins
 import datetime
 import os
+import re
 import socket
+import sys
 
 # The shared astropy configuration: extensions (autodoc, numpydoc,
 # automodapi, intersphinx, doctestplus, ...), theme and defaults.
@@ -118,9 +124,18 @@ nitpicky = os.environ.get("ASTRO_DIA_NITPICKY", "1").strip().lower() not in (
 nitpick_ignore = []
 nitpick_ignore_regex = []
 if OFFLINE:
-    # Without their inventories, references to these packages cannot resolve.
+    # Without the inventories, references into other packages (numpy, astropy,
+    # torch, the standard library, ...) and to Python builtins cannot resolve;
+    # ignore exactly those, so that a bare or misspelt name of our own (say
+    # `NoiseModelWarning` written without its module) is still reported.
+    _external = sorted(set(sys.stdlib_module_names)
+                       | {"numpy", "scipy", "astropy", "ccdproc", "photutils", "torch",
+                          "matplotlib"})
     nitpick_ignore_regex.append(
-        (r"py:.*", r"(python|numpy|scipy|astropy|ccdproc|photutils|torch)(\..*)?"))
+        (r"py:.*", r"(%s)(\..*)?" % "|".join(re.escape(name) for name in _external)))
+    nitpick_ignore_regex.append(
+        (r"py:.*", r"(%s)" % "|".join(re.escape(name) for name in dir(builtins)
+                                     if not name.startswith("_"))))
 
 # -- Options for HTML output ----------------------------------------------------
 
