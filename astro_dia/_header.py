@@ -1,5 +1,7 @@
 """Look-ups of detector keywords in FITS headers and ``meta`` dicts (private)."""
 
+import math
+
 __all__ = []
 
 GAIN_KEYWORDS = ("GAIN", "EGAIN", "CCDGAIN")
@@ -52,17 +54,22 @@ def header_float(meta, keywords, what):
     Raises
     ------
     ValueError
-        If the keyword is present but its value is not a finite number.
+        If the keyword is present but its value is not a finite number
+        (booleans included).
     """
     keyword, value = find_keyword(meta, keywords)
     if keyword is None:
         return None, None
+    if isinstance(value, bool):
+        value = None
     try:
         number = float(value)
     except (TypeError, ValueError):
+        number = float("nan")
+    if not math.isfinite(number):
         raise ValueError(
-            f"header keyword {keyword} should give the {what} as a number, "
-            f"got {value!r}") from None
+            f"header keyword {keyword} should give the {what} as a finite number, "
+            f"got {value!r}")
     return keyword, number
 
 

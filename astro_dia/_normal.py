@@ -29,37 +29,21 @@ def _strips(problem, max_bytes):
     return [(start, min(start + rows, ny)) for start in range(0, ny, rows)]
 
 
-def design_strip(problem, start, stop):
-    """
-    Rows ``start:stop`` of the valid region as a dense design matrix.
-
-    Returns
-    -------
-    design : (n_pixels, n_kernel + n_basis) tensor
-        Only the pixels of ``problem.mask`` in the strip.
-    mask : (n_rows * nx,) bool tensor
-        Which pixels of the strip were kept.
-    """
-    size = problem.kernel_size
-    reference = problem.reference[:, :, start:stop + size - 1, :]
-    patches = F.unfold(reference, size)[0]            # (K*K, pixels), correlation order
-    mask = problem.mask[start:stop].reshape(-1)
-    # Kernel pixel (i, j) multiplies patch element (K-1-i, K-1-j): reverse.
-    kernel_columns = torch.flip(patches[:, mask], (0,)).T
-    basis_columns = problem.basis[:, start:stop].reshape(problem.basis.shape[0], -1)[:, mask].T
-    return torch.cat([kernel_columns, basis_columns], dim=1), mask
-
-
 def assemble_normal_equations(problem, weights, *, max_bytes=DEFAULT_CHUNK_BYTES,
                               dtype=None):
     """
     ``A^T W A`` and ``A^T W y`` of the current problem.
 
+    Pixels outside the fit mask get zero weight, so every strip is used
+    whole; the kernel columns come straight from an im2col (``unfold``) of
+    the reference in correlation order and are put in kernel order by
+    reversing the rows and columns of the small result.
+
     Parameters
     ----------
-    problem : `~astro_dia._problem.FitProblem`
+    problem : ``astro_dia._problem.FitProblem``
     weights : (ny', nx') tensor
-        Per-pixel weights on the valid region (zero outside the fit mask).
+        Per-pixel weights on the valid region.
     max_bytes : int
         Memory allowed for one strip of the design matrix.
     dtype : `torch.dtype`, optional
@@ -71,19 +55,29 @@ def assemble_normal_equations(problem, weights, *, max_bytes=DEFAULT_CHUNK_BYTES
     rhs : (n,) float64 tensor
         With ``y`` the target.
     """
-    n = problem.kernel_size ** 2 + problem.basis.shape[0]
+    dtype = problem.dtype if dtype is None else dtype
+    size = problem.kernel_size
+    n_kernel = size * size
+    n_basis = problem.basis.shape[0]
+    n = n_kernel + n_basis
     normal = torch.zeros((n, n), dtype=torch.float64, device=problem.device)
     rhs = torch.zeros(n, dtype=torch.float64, device=problem.device)
-    dtype = problem.dtype if dtype is None else dtype
+    reference = problem.reference.to(dtype)
+    weights = torch.where(problem.mask, weights, 0.0).to(dtype)
     for start, stop in _strips(problem, max_bytes):
-        design, mask = design_strip(problem, start, stop)
-        design = design.to(dtype)
-        w = weights[start:stop].reshape(-1)[mask].to(dtype)
-        y = problem.target[start:stop].reshape(-1)[mask].to(dtype)
-        weighted = design * w[:, None]
-        normal += (weighted.T @ design).to(torch.float64)
-        rhs += (weighted.T @ y).to(torch.float64)
-    return normal, rhs
+        patches = F.unfold(reference[:, :, start:stop + size - 1, :], size)[0]   # (K*K, L)
+        w = weights[start:stop].reshape(-1)
+        y = problem.target[start:stop].reshape(-1).to(dtype)
+        basis = problem.basis[:, start:stop].reshape(n_basis, -1).to(dtype)
+        columns = torch.cat([patches, basis])                                     # (n, L)
+        weighted = columns * w
+        normal += (weighted @ columns.T).to(torch.float64)
+        rhs += (weighted @ y).to(torch.float64)
+    # Correlation order -> kernel order: kernel pixel (i, j) is patch row
+    # (K-1-i, K-1-j), so the kernel block is reversed.
+    order = torch.cat([torch.arange(n_kernel - 1, -1, -1), torch.arange(n_kernel, n)])
+    order = order.to(problem.device)
+    return normal[order][:, order], rhs[order]
 
 
 def add_regularization(normal, problem):

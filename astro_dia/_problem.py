@@ -136,7 +136,7 @@ class FitProblem:
         variance = self.variance(model)
         z = (self.target - model) / torch.sqrt(variance)
         per_pixel = self.loss(z) + 0.5 * torch.log(variance)
-        value = per_pixel[self.mask].to(torch.float64).sum()
+        value = torch.sum(torch.where(self.mask, per_pixel, 0.0), dtype=torch.float64)
         if self.regularization > 0:
             value = value + (self.regularization * self.n_data
                              * laplacian_penalty(kernel).to(torch.float64))

@@ -86,6 +86,8 @@ def evaluate_background(coefficients, shape, *, region=None):
     """
     coefficients = np.asarray(coefficients, dtype=float)
     n = len(coefficients)
+    if n == 0:
+        raise ValueError("0 coefficients do not make a full 2-D polynomial")
     degree = int(round((np.sqrt(8 * n + 1) - 3) / 2))
     if len(polynomial_terms(degree)) != n:
         raise ValueError(f"{n} coefficients do not make a full 2-D polynomial")

@@ -503,14 +503,15 @@ class DifferenceImager:
             converged=bool(state.converged),
             loss_value=float(state.loss_value),
             fit_time=time.perf_counter() - start,
-            noise_settings=dict(terms.settings, sky=(terms.offset,
+            noise_settings=dict(terms.settings, sky=(float(terms.offset),
                                                      terms.settings.get("sky", "none"))),
             solver=self.solver,
         )
         return result
 
     def _provenance(self, state, scale_factor, coefficients, terms, n_data):
-        loss_name = getattr(self.loss, "name", type(self.loss).__name__)
+        loss_name = getattr(self.loss, "name", getattr(self.loss, "__name__",
+                                                        type(self.loss).__name__))
         cards = [
             ("DIA_VER", __version__, "astro_dia version"),
             ("DIA_KSZ", self.kernel_size, "kernel size (pixels)"),

@@ -108,6 +108,10 @@ def delta_kernel(kernel_size, *, offset=(0, 0)):
     """
     kernel_size = check_kernel_size(kernel_size)
     half = kernel_size // 2
+    if any(abs(int(o)) > half for o in offset):
+        raise ValueError(
+            f"offset {tuple(offset)} falls outside a {kernel_size} x {kernel_size} kernel; "
+            f"each component must be within +-{half}")
     kernel = np.zeros((kernel_size, kernel_size))
     kernel[half + offset[0], half + offset[1]] = 1.0
     return kernel

@@ -202,13 +202,13 @@ def _resolve_read_noise(explicit, image, electrons_per_unit, *, required, model_
     if explicit is not None:
         if isinstance(explicit, u.Quantity) and explicit.unit == u.adu:
             if electrons_per_unit != 1.0 or image.unit == u.adu:
-                value = explicit.to_value(u.adu)
+                value = float(explicit.to_value(u.adu))
             else:
                 raise u.UnitsError(
                     "read_noise is in adu but the data are in electrons; give it in electrons")
         else:
             noise = _as_quantity(explicit, u.electron, "read_noise", bare_unit=u.electron)
-            value = noise.to_value(u.electron) / electrons_per_unit
+            value = float(noise.to_value(u.electron)) / electrons_per_unit
         if not np.isfinite(value) or value < 0:
             raise ValueError(f"read_noise must be non-negative and finite, got {explicit}")
         return value, "argument"
@@ -271,9 +271,25 @@ class _PhotonNoiseModel(NoiseModel):
         self.read_noise = read_noise
         self.flat = flat
         self.sky = sky
-        if gain is not None:  # validate early
+        # Validate what can be checked without an image, here rather than at the fit.
+        if gain is not None:
             _positive_finite(_as_quantity(gain, u.electron / u.adu, "gain",
                                           bare_unit=u.electron / u.adu), "gain", "argument")
+        if read_noise is not None:
+            value = (read_noise.value if isinstance(read_noise, u.Quantity)
+                     else _as_quantity(read_noise, u.electron, "read_noise",
+                                       bare_unit=u.electron).value)
+            if not np.isfinite(value) or value < 0:
+                raise ValueError(f"read_noise must be non-negative and finite, got {read_noise}")
+        if sky is not None and not isinstance(sky, u.Quantity):
+            try:
+                sky_value = float(sky)
+            except (TypeError, ValueError):
+                raise TypeError(f"sky must be a Quantity or a number, got {sky!r}") from None
+            if not np.isfinite(sky_value):
+                raise ValueError(f"sky must be finite, got {sky}")
+        if flat is not None and not isinstance(flat, NDData) and np.ndim(flat) == 0:
+            _load_flat(flat, None, None, self.name)
 
     def _photon_terms(self, image, mask):
         """Subclasses: return (constant, slope, minimum, settings) before sky handling."""
@@ -300,6 +316,9 @@ class _PhotonNoiseModel(NoiseModel):
             found, value = find_keyword(image.meta, (keyword,))
             if found is not None and not isinstance(value, (bool, np.bool_)):
                 _, sky = header_float(image.meta, (keyword,), "subtracted sky level")
+                if not np.isfinite(sky):
+                    raise ValueError(f"header keyword {keyword} gives a sky level of {sky}; "
+                                     "it must be finite (or pass sky= explicitly)")
                 return sky, f"header {keyword}"
         return self._estimate_sky(image, terms, mask)
 
@@ -391,7 +410,7 @@ class CCDNoiseModel(_PhotonNoiseModel):
         Sky level an earlier pipeline subtracted, in the data unit. Default:
         header keyword SKYLEVEL, SKY or SKYSUB; if none, the sky pixels'
         scatter is compared with the model and, when it is clearly larger,
-        the sky is estimated from it with a `NoiseModelWarning`. ``sky=0``
+        the sky is estimated from it with a `~astro_dia.exceptions.NoiseModelWarning`. ``sky=0``
         states that the data are not sky-subtracted.
 
     Raises
@@ -557,6 +576,7 @@ def uncertainty_variance(image, *, name="target"):
             f"the {name} has no uncertainty; attach one (e.g. with ccdproc.create_deviation) "
             "or choose a noise model such as 'ccd'")
     array = np.asarray(uncertainty.array, dtype=float)
+    bad = ~np.isfinite(array) | (array <= 0)
     data_unit = image.unit if image.unit is not None else u.dimensionless_unscaled
     unc_unit = uncertainty.unit
     if isinstance(uncertainty, StdDevUncertainty):
@@ -568,7 +588,7 @@ def uncertainty_variance(image, *, name="target"):
     elif isinstance(uncertainty, InverseVariance):
         with np.errstate(divide="ignore"):
             variance = 1.0 / array
-        factor = 1.0 if unc_unit is None else (1 / unc_unit).to(data_unit ** 2)
+        factor = 1.0 if unc_unit is None else (unc_unit ** -1).to(data_unit ** 2)
     else:
         raise TypeError(
             f"the {name}'s uncertainty must be a StdDevUncertainty, VarianceUncertainty or "
@@ -578,7 +598,7 @@ def uncertainty_variance(image, *, name="target"):
             f"the {name}'s uncertainty has shape {np.shape(variance)}, "
             f"its data {np.shape(image.data)}")
     variance = variance * factor
-    variance[~np.isfinite(variance) | (variance <= 0)] = np.nan
+    variance[bad | ~np.isfinite(variance)] = np.nan
     return variance
 
 

@@ -144,8 +144,11 @@ def make_image_pair(shape=(142, 142), *, psf_sigma=1.5, kernel_sigma=1.5, scale_
         Read noise in adu; the RDNOISE keyword holds it in electrons.
     reference_variance_ratio : float, optional
         Reference variance over that of a single exposure: 0.1 for the S10
-        set, 1 for a single-epoch reference as noisy as the target. The
-        reference header's GAIN and RDNOISE describe this stacked noise.
+        set, 1 for a single-epoch reference as noisy as the target. For data
+        in adu the reference header's GAIN and RDNOISE describe this stacked
+        noise; for data in electrons no header can (the CCD model then has
+        unit gain), so use the reference's ``uncertainty``, which is always
+        the true one.
     noise : bool, optional
         Add noise; False gives noiseless images (with uncertainties).
     noise_model : {'ccd', 'emccd'}, optional
@@ -173,6 +176,8 @@ def make_image_pair(shape=(142, 142), *, psf_sigma=1.5, kernel_sigma=1.5, scale_
     -------
     reference, target : `~astropy.nddata.CCDData`
     truth : `SimulationTruth`
+        ``truth.background`` is the B0 of the returned images (zero when
+        they are sky-subtracted).
 
     Examples
     --------
@@ -221,7 +226,8 @@ def make_image_pair(shape=(142, 142), *, psf_sigma=1.5, kernel_sigma=1.5, scale_
         header = fits.Header()
         header["GAIN"] = (gain / ratio, "e-/adu (effective, for a stack)")
         if noise_model == "ccd":
-            header["RDNOISE"] = (np.sqrt(ratio) * read_noise * gain / ratio, "read noise (e-)")
+            header["RDNOISE"] = (float(np.sqrt(ratio) * read_noise * gain / ratio),
+                                 "read noise (e-)")
         else:
             header["EMGAIN"] = (em_gain, "electron-multiplying gain")
         if sky_subtracted and record_sky:
@@ -251,7 +257,8 @@ def make_image_pair(shape=(142, 142), *, psf_sigma=1.5, kernel_sigma=1.5, scale_
 
     truth = SimulationTruth(
         scale_factor=float(scale_factor),
-        background=float((target_sky - scale_factor * reference_sky) * factor),
+        background=0.0 if sky_subtracted else float(
+            (target_sky - scale_factor * reference_sky) * factor),
         kernel=scale_factor * gaussian_kernel(2 * int(np.ceil(4 * kernel_sigma)) + 1,
                                               kernel_sigma, center=(dy, dx)),
         reference_noiseless=reference_clean * factor, target_noiseless=target_clean * factor,
@@ -337,7 +344,7 @@ def make_bias_test(kind, *, shape=(142, 142), kernel_size=19, psf_sigma=1.5, bac
     for data in (reference, target):
         variance = read_noise ** 2 + np.maximum(data, 0) / gain
         variances.append(variance)
-        images.append(CCDData(data, unit="adu", meta=header.copy(),
+        images.append(CCDData(data.copy(), unit="adu", meta=header.copy(),
                               uncertainty=StdDevUncertainty(np.sqrt(variance))))
     truth = SimulationTruth(scale_factor=float(kernel.sum()), background=float(background),
                             kernel=kernel, reference_noiseless=reference,

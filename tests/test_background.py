@@ -108,9 +108,6 @@ def test_evaluate_background_wrong_number_of_coefficients(n_coefficients):
         evaluate_background(np.ones(n_coefficients), (4, 4))
 
 
-@pytest.mark.xfail(strict=True, reason="background.py evaluate_background: no coefficients "
-                                       "give degree -1, and the error blames "
-                                       "background_degree, which the caller never passed")
 def test_evaluate_background_without_coefficients():
     with pytest.raises(ValueError, match="0 coefficients"):
         evaluate_background([], (4, 4))

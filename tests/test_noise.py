@@ -243,7 +243,7 @@ def test_explicit_bad_gain_fails_at_construction(model_class, gain):
 
 @pytest.mark.parametrize("value", [0.0, -1.5, np.nan, np.inf])
 def test_header_bad_gain(value):
-    with pytest.raises(ValueError, match="gain must be positive and finite.*header keyword EGAIN"):
+    with pytest.raises(ValueError, match=r"finite.*EGAIN|EGAIN.*finite"):
         CCDNoiseModel(flat=1, sky=0).variance_terms(
             image(meta={"EGAIN": value, "RDNOISE": 5.0}))
 
@@ -260,7 +260,8 @@ def test_gain_in_wrong_unit():
 
 @pytest.mark.parametrize("value", [-1.0, np.nan])
 def test_header_bad_read_noise(value):
-    with pytest.raises(ValueError, match="read noise must be non-negative and finite"):
+    with pytest.raises(ValueError, match=r"(read noise must be non-negative|RON should give the "
+                                         r"read noise .* as a) finite"):
         CCDNoiseModel(flat=1, sky=0).variance_terms(image(meta={"GAIN": 2.0, "RON": value}))
 
 
@@ -326,9 +327,10 @@ def test_flat_zero_negative_and_nan_pixels_are_flagged_bad():
 
 
 def test_flat_shape_mismatch():
-    with pytest.raises(ValueError, match=r"flat must have the image shape \(12, 10\), got \(3, 3\)"):
-        CCDNoiseModel(gain=2.0, read_noise=4.0, flat=np.ones((3, 3)), sky=0).variance_terms(
-            image())
+    model = CCDNoiseModel(gain=2.0, read_noise=4.0, flat=np.ones((3, 3)), sky=0)
+    message = r"flat must have the image shape \(12, 10\), got \(3, 3\)"
+    with pytest.raises(ValueError, match=message):
+        model.variance_terms(image())
 
 
 def test_flat_without_any_good_pixel():
@@ -409,8 +411,6 @@ def test_explicit_sky_in_wrong_unit_or_not_finite():
         CCDNoiseModel(flat=1, sky=np.nan).variance_terms(image(meta=meta))
 
 
-@pytest.mark.xfail(strict=True, reason="header sky level is not checked for finiteness "
-                                       "(noise.py _resolve_sky), unlike sky=")
 def test_header_sky_that_is_not_finite_is_rejected():
     meta = {"GAIN": 2.0, "RDNOISE": 4.0, "SKYLEVEL": np.nan}
     with pytest.raises(ValueError, match="sky"):
@@ -568,7 +568,7 @@ def test_emccd_excess_noise_factor_one_is_allowed():
 def test_emccd_bad_em_gain(value):
     with pytest.raises(ValueError, match="em_gain must be positive and finite"):
         EMCCDNoiseModel(em_gain=value)
-    with pytest.raises(ValueError, match="em_gain must be positive and finite.*EMGAIN"):
+    with pytest.raises(ValueError, match=r"finite.*EMGAIN|EMGAIN.*finite"):
         EMCCDNoiseModel(flat=1, sky=0).variance_terms(
             image(meta={"GAIN": 2.0, "EMGAIN": value}))
 
@@ -591,12 +591,6 @@ def test_uniform_model_is_constant_with_scale_estimated(unit):
         image()).estimate_scale is False
 
 
-IVAR_WITH_UNIT_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="noise.py uncertainty_variance: (1 / unc_unit) is a Quantity, so an "
-           "InverseVariance with a unit (any on a CCDData) yields a Quantity variance")
-
-
 def make_uncertainty(kind, sigma):
     with np.errstate(divide="ignore"):
         if kind == "std":
@@ -606,7 +600,7 @@ def make_uncertainty(kind, sigma):
         return InverseVariance(1 / sigma ** 2)
 
 
-@pytest.mark.parametrize("kind", ["std", "var", pytest.param("ivar", marks=IVAR_WITH_UNIT_BUG)])
+@pytest.mark.parametrize("kind", ["std", "var", "ivar"])
 def test_uncertainty_model_classes_give_the_same_variance(kind):
     sigma = np.random.default_rng(0).uniform(1.0, 5.0, SHAPE)
     uncertainty = make_uncertainty(kind, sigma)
@@ -617,7 +611,7 @@ def test_uncertainty_model_classes_give_the_same_variance(kind):
     assert terms.settings["uncertainty"][0] == type(uncertainty).__name__
 
 
-@pytest.mark.parametrize("kind", ["std", "var", pytest.param("ivar", marks=IVAR_WITH_UNIT_BUG)])
+@pytest.mark.parametrize("kind", ["std", "var", "ivar"])
 def test_uncertainty_zero_and_nan_are_bad(kind):
     sigma = np.full(SHAPE, 2.0)
     sigma[1, 1], sigma[2, 3] = 0.0, np.nan
@@ -631,9 +625,6 @@ def test_uncertainty_zero_and_nan_are_bad(kind):
     assert_allclose(variance[~expected], 4.0, rtol=1e-14)
 
 
-@pytest.mark.xfail(strict=True, reason="a negative StdDevUncertainty is squared before the "
-                                       "check for non-positive values (noise.py "
-                                       "uncertainty_variance), so it is not masked")
 def test_negative_standard_deviation_is_bad():
     sigma = np.full(SHAPE, 2.0)
     sigma[4, 4] = -2.0
@@ -663,8 +654,7 @@ def test_uncertainty_shape_mismatch():
 @pytest.mark.parametrize("uncertainty, expected", [
     (StdDevUncertainty(np.full(SHAPE, 3.0), unit="mJy"), 9e-6),
     (VarianceUncertainty(np.full(SHAPE, 9.0), unit="mJy2"), 9e-6),
-    pytest.param(InverseVariance(np.full(SHAPE, 1 / 9.0), unit="1 / mJy2"), 9e-6,
-                 marks=IVAR_WITH_UNIT_BUG),
+    (InverseVariance(np.full(SHAPE, 1 / 9.0), unit="1 / mJy2"), 9e-6),
     (StdDevUncertainty(np.full(SHAPE, 3.0)), 9.0),
 ])
 def test_uncertainty_variance_converts_to_the_data_unit(uncertainty, expected):

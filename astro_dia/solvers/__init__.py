@@ -1,4 +1,4 @@
-"""Solvers for the kernel and background (functional core of `DifferenceImager`)."""
+"""Solvers for the kernel and background (functional core of `~astro_dia.DifferenceImager`)."""
 
 from .iterative import solve_iterative  # noqa: F401
 

@@ -76,7 +76,7 @@ def solve_iterative(problem, kernel, coefficients, *, max_iter=2000, adam_tol=1e
 
     Parameters
     ----------
-    problem : `~astro_dia._problem.FitProblem`
+    problem : ``astro_dia._problem.FitProblem``
     kernel : (K, K) tensor
         Starting kernel.
     coefficients : (n_terms,) tensor
@@ -96,7 +96,7 @@ def solve_iterative(problem, kernel, coefficients, *, max_iter=2000, adam_tol=1e
 
     Returns
     -------
-    state : `~astro_dia._problem.FitState`
+    state : ``astro_dia._problem.FitState``
     """
     kernel = kernel.detach().clone()
     coefficients = coefficients.detach().clone()
