@@ -14,6 +14,7 @@ from scipy.signal import fftconvolve
 from . import __version__
 from ._normal import add_regularization, assemble_normal_equations, cholesky
 from ._problem import FitProblem
+from ._header import SATURATION_KEYWORDS, header_float, keyword_list
 from ._provenance import copy_meta, stamp
 from ._torch import flush_denormals, resolve_device, resolve_dtype, to_numpy, to_tensor
 from ._validation import as_image, check_pair, footprint_touches
@@ -23,6 +24,8 @@ from .kernels import check_kernel_size, delta_kernel, gaussian_kernel
 from .losses import get_loss
 from .noise import SKY_ESTIMATED, make_noise_model, refine_sky, uncertainty_variance
 from .solvers.iterative import solve_iterative
+from .uncertainty import (background_errors, covariance_from_information, fisher_information,
+                          scale_factor_error)
 
 __all__ = ["DifferenceImager", "DifferenceResult"]
 
@@ -72,6 +75,28 @@ class DifferenceResult:
         Wall-clock seconds spent in `DifferenceImager.fit`.
     noise_settings : dict
         The resolved noise-model settings and where each came from.
+    covariance : (n, n) ndarray or None
+        Covariance of the parameters of ``M = R (x) K + B``: the ``K**2``
+        kernel pixels (C order, dimensionless), then the background
+        coefficients (target unit), from the inverse of the observed Fisher
+        information (paper eq. 15-17); the kernel-background block is in the
+        target unit, the background block in its square. None with
+        ``compute_errors=False``. See `astro_dia.uncertainty`.
+    scale_factor_error : float or None
+        Standard error sigma_P of the scale factor, ``sqrt(1^T C_KK 1)``.
+    background_error : `~astropy.units.Quantity` or None
+        Standard errors of ``background_coefficients`` (target unit); the
+        first is sigma_B0.
+    kernel_error : (K, K) ndarray or None
+        Standard errors of the kernel pixels.
+    covariance_valid : bool or None
+        False when the information matrix failed the checks of paper
+        section 2.5 (a `~astro_dia.exceptions.KernelFitWarning` was
+        issued); the errors are then not to be trusted.
+    saturation_levels : dict
+        The saturation levels used for masking, ``{'reference': (level,
+        source), 'target': (level, source)}``, in the target unit; a level is
+        None when no saturation masking was done for that image.
     """
 
     def __init__(self, **values):
@@ -168,6 +193,20 @@ class DifferenceImager:
         Gauss-Newton normal matrix (default; converges in tens of
         iterations), or its diagonal only (the paper's cost per step, but
         thousands of steps on sharp images).
+    compute_errors : bool, optional
+        Compute the covariance of the kernel and background from the
+        observed Fisher information after the fit (default), and with it
+        sigma_P and sigma_B0; see `astro_dia.uncertainty`.
+    saturation : `~astropy.units.Quantity`, float or None, optional
+        Saturation level of both images, as a Quantity convertible to the
+        target's unit or a float in the target's unit. None (default) reads
+        each image's own level from its header (SATURATE or SATLEVEL, in
+        that image's data unit); an image without either keyword is not
+        masked for saturation, which is not an error. Target pixels at or
+        above the level are left out of the fit and masked in the output;
+        reference pixels at or above it are treated as bad reference pixels,
+        so that the target pixels whose kernel footprint touches them are
+        left out and masked too.
     add_keyword : bool, optional
         Write provenance keywords into the difference image's ``meta``.
 
@@ -207,7 +246,8 @@ class DifferenceImager:
                  gain=None, read_noise=None, flat=None, sky=None, em_gain=None,
                  excess_noise_factor=None, kernel_init="flat", solver="iterative",
                  device="auto", dtype="float32", max_iter=2000, max_adam_iter=0,
-                 adam_tol=1e-6, preconditioner="normal", add_keyword=True):
+                 adam_tol=1e-6, preconditioner="normal", compute_errors=True, saturation=None,
+                 add_keyword=True):
         self.kernel_size = check_kernel_size(kernel_size)
         self.noise_model = make_noise_model(
             noise_model, gain=gain, read_noise=read_noise, flat=flat, sky=sky,
@@ -238,7 +278,30 @@ class DifferenceImager:
             raise ValueError(
                 f"preconditioner must be 'normal' or 'diagonal', got {preconditioner!r}")
         self.preconditioner = preconditioner
+        self.compute_errors = bool(compute_errors)
+        self.saturation = self._check_saturation(saturation)
         self.add_keyword = bool(add_keyword)
+
+    @staticmethod
+    def _check_saturation(saturation):
+        if saturation is None:
+            return None
+        if isinstance(saturation, bool):
+            raise TypeError(f"saturation must be a Quantity, a float or None, got {saturation!r}")
+        if isinstance(saturation, u.Quantity):
+            if not saturation.isscalar:
+                raise ValueError(f"saturation must be a scalar, got shape {saturation.shape}")
+            value = float(saturation.value)
+        else:
+            try:
+                value = float(saturation)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"saturation must be a Quantity, a float or None, got "
+                                f"{saturation!r}") from exc
+            saturation = value
+        if not np.isfinite(value) or value <= 0:
+            raise ValueError(f"saturation must be positive and finite, got {saturation!r}")
+        return saturation
 
     def _check_kernel_init(self, kernel_init):
         if isinstance(kernel_init, str):
@@ -312,6 +375,13 @@ class DifferenceImager:
         target_image = as_image(target, "target")
         reference_image = check_pair(as_image(reference, "reference"), target_image)
         check_kernel_size(self.kernel_size, target_image.data.shape)
+        saturation_levels = {}
+        for name, image in (("reference", reference_image), ("target", target_image)):
+            level, source = self._saturation_level(image, target_image.unit, name)
+            saturation_levels[name] = (level, source)
+            if level is not None:
+                # a new array: the Image's mask is our own copy, never the input's
+                image.bad = image.bad | (np.nan_to_num(image.data, nan=-np.inf) >= level)
 
         terms = self.noise_model.variance_terms(target_image.source, mask=target_image.bad)
         reference_variance = self._reference_variance(reference_image)
@@ -347,9 +417,30 @@ class DifferenceImager:
         log.info("fit: %d iterations, %s", state.n_iterations, state.message)
         return self._build_result(state, problem, terms, target_image, reference_image,
                                   reference_bad, reference_variance, valid, model_undefined,
-                                  fit_mask, start)
+                                  fit_mask, start, saturation_levels)
 
     # -- pieces of fit ----------------------------------------------------------
+    def _saturation_level(self, image, unit, name):
+        """Saturation level of one image in ``unit`` (its data's unit) and its source."""
+        if self.saturation is not None:
+            if isinstance(self.saturation, u.Quantity):
+                if not self.saturation.unit.is_equivalent(unit):
+                    raise u.UnitsError(
+                        f"saturation is in {self.saturation.unit}, which cannot be converted "
+                        f"to the data unit {unit}")
+                return float(self.saturation.to_value(unit)), "argument"
+            return float(self.saturation), "argument"
+        keyword, value = header_float(image.meta, SATURATION_KEYWORDS,
+                                      f"{name} saturation level")
+        if keyword is None:
+            return None, f"none (no {keyword_list(SATURATION_KEYWORDS)} keyword)"
+        if value <= 0:
+            raise ValueError(f"header keyword {keyword} of the {name} should give a positive "
+                             f"saturation level, got {value!r}")
+        source_unit = image.source.unit
+        factor = source_unit.to(unit) if source_unit is not None else 1.0
+        return value * factor, f"header {keyword}"
+
     def _reference_variance(self, reference_image):
         if not self.reference_noise:
             return None
@@ -447,7 +538,7 @@ class DifferenceImager:
 
     def _build_result(self, state, problem, terms, target_image, reference_image,
                       reference_bad, reference_variance, valid, model_undefined, fit_mask,
-                      start):
+                      start, saturation_levels):
         shape = target_image.data.shape
         kernel = to_numpy(state.kernel)
         coefficients = to_numpy(problem.uncentred_coefficients(state.kernel,
@@ -482,10 +573,15 @@ class DifferenceImager:
 
         unit = target_image.unit
         scale_factor = float(kernel.sum())
+        errors = dict(covariance=None, scale_factor_error=None, background_error=None,
+                      kernel_error=None, covariance_valid=None)
+        if self.compute_errors:
+            errors = self._errors(problem, state, terms, difference[valid][fit_mask])
+            errors["background_error"] = errors["background_error"] * unit
         meta = copy_meta(target_image.meta)
         if self.add_keyword:
             stamp(meta, self._provenance(state, scale_factor, coefficients, terms,
-                                         int(fit_mask.sum())))
+                                         int(fit_mask.sum()), errors, saturation_levels))
         wcs = target_image.wcs
         result = DifferenceResult(
             difference=CCDData(difference, unit=unit, uncertainty=StdDevUncertainty(sigma),
@@ -506,10 +602,31 @@ class DifferenceImager:
             noise_settings=dict(terms.settings, sky=(float(terms.offset),
                                                      terms.settings.get("sky", "none"))),
             solver=self.solver,
+            saturation_levels=saturation_levels,
+            **errors,
         )
         return result
 
-    def _provenance(self, state, scale_factor, coefficients, terms, n_data):
+    def _errors(self, problem, state, terms, residuals):
+        """Covariance, sigma_P, sigma_B0 and kernel errors from the Fisher information."""
+        information = fisher_information(problem, state.kernel, state.coefficients)
+        n_kernel = self.kernel_size ** 2
+        covariance, valid = covariance_from_information(
+            information, reference_mean=problem.reference_mean, n_kernel=n_kernel)
+        if terms.estimate_scale:
+            # The 'uniform' weights were 1/constant with the constant from the
+            # starting residuals; the output's variance is that of the final ones.
+            constant = float(problem.constant.reshape(-1)[0])
+            covariance = covariance * float(mad_std(residuals)) ** 2 / constant
+        diagonal = np.maximum(np.diag(covariance)[:n_kernel], 0.0)
+        return dict(covariance=covariance,
+                    scale_factor_error=scale_factor_error(covariance, n_kernel),
+                    background_error=background_errors(covariance, n_kernel),
+                    kernel_error=np.sqrt(diagonal).reshape(self.kernel_size, self.kernel_size),
+                    covariance_valid=bool(valid))
+
+    def _provenance(self, state, scale_factor, coefficients, terms, n_data, errors,
+                    saturation_levels):
         loss_name = getattr(self.loss, "name", getattr(self.loss, "__name__",
                                                         type(self.loss).__name__))
         cards = [
@@ -528,6 +645,17 @@ class DifferenceImager:
             ("DIA_REFN", self.reference_noise, "reference noise in the weights"),
             ("DIA_SKY", float(terms.offset), "sky added back in the variance"),
         ]
+        if errors["scale_factor_error"] is not None:
+            cards += [
+                ("DIA_PERR", errors["scale_factor_error"], "sigma_P (Fisher information)"),
+                ("DIA_B0ER", float(errors["background_error"][0].value),
+                 "sigma_B0 (Fisher information)"),
+                ("DIA_CVOK", errors["covariance_valid"], "covariance passed validity checks"),
+            ]
+        for key, name in (("DIA_RSAT", "reference"), ("DIA_TSAT", "target")):
+            level = saturation_levels[name][0]
+            if level is not None:
+                cards.append((key, level, f"{name} saturation level (masked at or above)"))
         return cards
 
     def __repr__(self):

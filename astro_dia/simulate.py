@@ -114,7 +114,8 @@ def make_image_pair(shape=(142, 142), *, psf_sigma=1.5, kernel_sigma=1.5, scale_
                     gain=1.0, read_noise=5.0, reference_variance_ratio=0.1, noise=True,
                     noise_model="ccd", em_gain=300.0, excess_noise_factor=2.0, unit="adu",
                     sky_subtracted=False, record_sky=True, saturation=None, bad_columns=(),
-                    n_cosmic_rays=0, variable_flux=0.0, with_uncertainty=True, seed=None):
+                    n_cosmic_rays=0, variable_flux=0.0, with_uncertainty=True, seed=None,
+                    noise_seed=None):
     """
     Simulate a reference and target CCDData pair of one star field.
 
@@ -171,6 +172,11 @@ def make_image_pair(shape=(142, 142), *, psf_sigma=1.5, kernel_sigma=1.5, scale_
     with_uncertainty : bool, optional
         Attach the true standard deviation as a StdDevUncertainty.
     seed : int or `numpy.random.Generator`, optional
+        Seed of the star field (and of the noise when ``noise_seed`` is None).
+    noise_seed : int or `numpy.random.Generator`, optional
+        Separate seed of the noise and cosmic rays: the same ``seed`` with
+        different ``noise_seed`` gives the same field re-noised. None
+        (default) draws the noise from ``seed`` after the field.
 
     Returns
     -------
@@ -211,6 +217,8 @@ def make_image_pair(shape=(142, 142), *, psf_sigma=1.5, kernel_sigma=1.5, scale_
         photon_slope = excess_noise_factor * em_gain / gain
     target_var = read_noise ** 2 + photon_slope * target_clean
     reference_var = reference_variance_ratio * (read_noise ** 2 + photon_slope * reference_clean)
+    if noise_seed is not None:
+        rng = np.random.default_rng(noise_seed)
     if noise:
         target = target_clean + rng.standard_normal(shape) * np.sqrt(target_var)
         reference = reference_clean + rng.standard_normal(shape) * np.sqrt(reference_var)
