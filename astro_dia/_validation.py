@@ -57,20 +57,35 @@ def as_image(obj, name):
         raise TypeError(f"{name} data must be numeric, got dtype {data.dtype}")
     # float64 in native byte order, whatever came in (int, float16, big-endian FITS).
     data = data.astype(np.float64, copy=True)
-    input_mask = (np.zeros(data.shape, bool) if obj.mask is None
-                  else np.broadcast_to(np.asarray(obj.mask, dtype=bool), data.shape).copy())
+    input_mask = _input_mask(obj.mask, data.shape, name)
     nonfinite = ~np.isfinite(data)
+    bad = input_mask | nonfinite
+    # Checked before the warning, so that an unusable image gives one clear error.
+    if bad.all():
+        raise DIAError(f"every pixel of the {name} is masked or not finite; nothing to fit")
     unmasked_nonfinite = int((nonfinite & ~input_mask).sum())
     if unmasked_nonfinite:
         warnings.warn(
             f"the {name} has {unmasked_nonfinite} NaN or infinite pixels that are not in its "
             "mask; they are masked and left out of the fit", AstropyUserWarning)
-    bad = input_mask | nonfinite
-    if bad.all():
-        raise DIAError(f"every pixel of the {name} is masked or not finite; nothing to fit")
     unit = obj.unit if obj.unit is not None else u.dimensionless_unscaled
     return Image(data=data, bad=bad, input_mask=input_mask, unit=unit, meta=obj.meta,
                  uncertainty=obj.uncertainty, wcs=obj.wcs, source=obj)
+
+
+def _input_mask(mask, shape, name):
+    """The input mask as a new bool array of the data's shape (a scalar is broadcast)."""
+    if mask is None:
+        return np.zeros(shape, bool)
+    mask = np.asarray(mask)
+    if mask.ndim != 0 and mask.shape != shape:
+        raise ValueError(
+            f"the {name} mask has shape {mask.shape} but its data {shape}; give a boolean mask "
+            "of the data's shape (True for bad pixels)")
+    if not (mask.dtype == bool or np.issubdtype(mask.dtype, np.number)):
+        raise TypeError(f"the {name} mask must be boolean (True for bad pixels), got dtype "
+                        f"{mask.dtype}")
+    return np.broadcast_to(mask.astype(bool), shape).copy()
 
 
 def check_pair(reference, target):
@@ -94,6 +109,13 @@ def check_pair(reference, target):
             f"reference and target must be on the same pixel grid, got shapes "
             f"{reference.data.shape} and {target.data.shape}; resample one onto the other "
             "first (e.g. with the reproject package)")
+    reference_unit, target_unit = reference.source.unit, target.source.unit
+    if (reference_unit is None) != (target_unit is None):
+        missing, other, unit = (("reference", "target", target_unit) if reference_unit is None
+                                else ("target", "reference", reference_unit))
+        raise u.UnitsError(
+            f"the {missing} has no unit but the {other} is in {unit}; give both images a "
+            f"unit, e.g. CCDData(data, unit='{unit}')")
     if reference.unit != target.unit:
         if not reference.unit.is_equivalent(target.unit):
             raise u.UnitsError(

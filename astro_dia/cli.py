@@ -6,6 +6,10 @@ The ``astro-dia`` command.
     astro-dia --version
     astro-dia [-v] demo [--out DIR] [--size N] [--kernel-size K] [--seed S]
                    [--device D] [--dtype {float32,float64}] [--no-plot]
+    astro-dia [-v] diff REFERENCE TARGET [--out FILE] [--overwrite] [--kernel-size K]
+                   [--noise-model M] [--gain G] [--read-noise RN] [--em-gain E]
+                   [--flat F] [--sky S] [--unit U] [--background-degree D]
+                   [--loss L] [--device D] [--dtype {float32,float64}]
 
 Errors in the input are reported on one line, ``astro-dia: error:
 <message>``, on standard error, with exit status 2 (with ``--verbose``,
@@ -15,6 +19,7 @@ after the traceback).
 import argparse
 import contextlib
 import logging
+import os
 import sys
 import traceback
 
@@ -102,6 +107,49 @@ def build_parser():
     demo.add_argument("--no-plot", dest="plot", action="store_false",
                       help="do not write the PNG figure")
     demo.set_defaults(handler=_run_demo_command)
+
+    diff = commands.add_parser(
+        "diff", help="difference a target FITS image against a reference FITS image",
+        description="Fit the kernel and background that turn REFERENCE into TARGET (two "
+                    "FITS images of one field on the same pixel grid) and write the "
+                    "difference image, with its uncertainty and mask, as a FITS file. The "
+                    "input files are only read. Detector settings not given here are read "
+                    "from the target's header (GAIN, RDNOISE, ...).")
+    diff.add_argument("reference", metavar="REFERENCE", help="FITS file of the reference")
+    diff.add_argument("target", metavar="TARGET", help="FITS file of the target")
+    diff.add_argument("--out", metavar="FILE", default="difference.fits",
+                      help="FITS file for the difference image (default: %(default)s)")
+    diff.add_argument("--overwrite", action="store_true",
+                      help="replace FILE if it exists (never an input file)")
+    diff.add_argument("--kernel-size", metavar="K", type=int, default=19,
+                      help="odd side of the square kernel, in pixels (default: %(default)s)")
+    diff.add_argument("--noise-model", choices=("ccd", "emccd", "uniform", "uncertainty"),
+                      default="ccd", help="noise model of the target (default: %(default)s)")
+    diff.add_argument("--gain", metavar="G", type=float,
+                      help="gain in electron/adu (default: header GAIN, EGAIN or CCDGAIN)")
+    diff.add_argument("--read-noise", metavar="RN", type=float,
+                      help="read noise in electrons (default: header RDNOISE, READNOIS, "
+                           "RON or READNOISE)")
+    diff.add_argument("--em-gain", metavar="E", type=float,
+                      help="EM gain, for --noise-model emccd (default: header EMGAIN)")
+    diff.add_argument("--flat", metavar="F",
+                      help="master flat: a FITS file, or 1 for a flat-fielded image with "
+                           "uniform response (default: the file named in header FLATFILE)")
+    diff.add_argument("--sky", metavar="S", type=float,
+                      help="sky level subtracted from the target, in its unit; 0 if none "
+                           "(default: header SKYLEVEL, or estimated)")
+    diff.add_argument("--unit", metavar="U",
+                      help="unit of images whose header has no BUNIT, e.g. adu")
+    diff.add_argument("--background-degree", metavar="D", type=int, default=0,
+                      help="degree of the background polynomial (default: %(default)s)")
+    diff.add_argument("--loss", choices=("gaussian", "huber", "student_t"),
+                      default="gaussian", help="loss function (default: %(default)s)")
+    diff.add_argument("--device", metavar="D", default="auto",
+                      help="torch device: 'auto', 'cpu', 'cuda' or 'cuda:N' "
+                           "(default: %(default)s)")
+    diff.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                      help="floating-point precision of the fit (default: %(default)s)")
+    diff.set_defaults(handler=_run_diff_command)
     return parser
 
 
@@ -110,6 +158,70 @@ def _run_demo_command(arguments):
                        seed=arguments.seed, device=arguments.device, dtype=arguments.dtype,
                        plot=arguments.plot)
     print(format_report(summary))
+    return 0
+
+
+def _read_image(path, unit, what):
+    """Read one FITS image as CCDData; the unit comes from BUNIT or ``--unit``."""
+    from astropy.io import fits
+    from astropy.nddata import CCDData
+
+    if not os.path.isfile(path):
+        raise OSError(f"the {what} file {path!r} does not exist")
+    header = fits.getheader(path)
+    if unit is None and "BUNIT" not in header:
+        raise ValueError(f"the {what} file {path!r} has no BUNIT keyword; give its unit "
+                         "with --unit (e.g. --unit adu)")
+    return CCDData.read(path, unit=unit)
+
+
+def _read_flat(value):
+    """``--flat``: a number, or the data of a FITS file (read-only)."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    from astropy.io import fits
+
+    if not os.path.isfile(value):
+        raise OSError(f"--flat {value!r} is neither a number nor an existing FITS file")
+    return fits.getdata(value).astype(float)
+
+
+def _run_diff_command(arguments):
+    from astropy import units as u
+
+    from .core import DifferenceImager
+
+    out = os.path.abspath(arguments.out)
+    for path in (arguments.reference, arguments.target):
+        if os.path.exists(path) and os.path.abspath(path) == out:
+            raise ValueError(f"--out {arguments.out!r} is an input file; choose another name")
+    if os.path.exists(out) and not arguments.overwrite:
+        raise OSError(f"{arguments.out!r} exists; pass --overwrite to replace it")
+    imager = DifferenceImager(
+        arguments.kernel_size, noise_model=arguments.noise_model,
+        gain=None if arguments.gain is None else arguments.gain * u.electron / u.adu,
+        read_noise=None if arguments.read_noise is None else arguments.read_noise * u.electron,
+        em_gain=arguments.em_gain, flat=_read_flat(arguments.flat), sky=arguments.sky,
+        background_degree=arguments.background_degree, loss=arguments.loss,
+        device=arguments.device, dtype=arguments.dtype)
+    reference = _read_image(arguments.reference, arguments.unit, "reference")
+    target = _read_image(arguments.target, arguments.unit, "target")
+    result = imager.fit(reference, target)
+    result.difference.write(out, overwrite=arguments.overwrite)
+    unit = result.difference.unit
+    status = "converged" if result.converged else "NOT converged"
+    print("\n".join([
+        f"astro_dia {__version__} diff: {target.shape[0]} x {target.shape[1]} pixels, "
+        f"{imager.kernel_size} x {imager.kernel_size} kernel, {result.n_data} pixels fitted",
+        f"  scale factor P     {result.scale_factor:.5f}",
+        f"  background B0      {result.background_offset.to_value(unit):.3f} {unit}",
+        f"  iterations         {result.n_iterations} ({status})",
+        f"  difference image   {out}",
+    ]))
     return 0
 
 
