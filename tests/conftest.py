@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from astropy.wcs import WCS
 
 from astro_dia.simulate import make_bias_test, make_image_pair
 
@@ -57,3 +58,13 @@ def assert_unchanged(image, before):
         np.testing.assert_array_equal(image.uncertainty.array, before["uncertainty"])
     assert dict(image.meta) == before["meta"]
     assert image.unit == before["unit"]
+
+
+def simple_wcs(crpix=(32.0, 32.0)):
+    """A small celestial TAN WCS with its reference pixel at ``crpix`` (FITS, 1-based)."""
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [150.0, 2.0]
+    wcs.wcs.crpix = list(crpix)
+    wcs.wcs.cdelt = [-1e-4, 1e-4]
+    return wcs

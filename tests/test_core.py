@@ -6,14 +6,13 @@ import torch
 from astropy import units as u
 from astropy.nddata import CCDData, NDData, StdDevUncertainty
 from astropy.utils.exceptions import AstropyUserWarning
-from astropy.wcs import WCS
 from numpy.testing import assert_allclose
 
 from astro_dia import ConvergenceWarning, DIAError, DifferenceImager
 from astro_dia.background import evaluate_background
 from astro_dia.losses import laplacian_penalty
 
-from .conftest import DEVICES, assert_unchanged, snapshot
+from .conftest import DEVICES, assert_unchanged, simple_wcs, snapshot
 
 SMALL = dict(kernel_size=9, flat=1, sky=0)
 
@@ -24,12 +23,7 @@ def pair(ccd_pair):
 
 
 def _wcs(crpix=(32.0, 32.0)):
-    wcs = WCS(naxis=2)
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    wcs.wcs.crval = [150.0, 2.0]
-    wcs.wcs.crpix = list(crpix)
-    wcs.wcs.cdelt = [-1e-4, 1e-4]
-    return wcs
+    return simple_wcs(crpix)
 
 
 # -- construction -----------------------------------------------------------------------

@@ -27,12 +27,13 @@ from astropy import units as u
 from astropy.io import fits
 from astropy.nddata import CCDData, NDData, StdDevUncertainty
 from astropy.utils.exceptions import AstropyUserWarning
-from astropy.wcs import WCS
 from numpy.testing import assert_allclose
 
 from astro_dia import ConvergenceWarning, DIAError, DifferenceImager
 from astro_dia.cli import main
 from astro_dia.simulate import make_image_pair
+
+from .conftest import simple_wcs
 
 SHAPE = (40, 40)
 KERNEL = 7
@@ -67,12 +68,7 @@ def _without(meta, *keys):
 
 
 def _wcs(crpix=(20.0, 20.0)):
-    wcs = WCS(naxis=2)
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    wcs.wcs.crval = [150.0, 2.0]
-    wcs.wcs.crpix = list(crpix)
-    wcs.wcs.cdelt = [-1e-4, 1e-4]
-    return wcs
+    return simple_wcs(crpix)
 
 
 def _one_pixel(where=(20, 21)):
