@@ -399,7 +399,7 @@ class DifferenceImager:
         valid = (slice(h, shape[0] - h), slice(h, shape[1] - h))
         model_undefined = footprint_touches(reference_bad, self.kernel_size)
         fit_mask = ~(target_bad[valid] | model_undefined)
-        self._check_enough_pixels(fit_mask, reference_image, valid)
+        self._check_enough_pixels(fit_mask, reference_image)
 
         problem = FitProblem(
             np.where(reference_bad, 0.0, reference_image.data),
@@ -463,7 +463,7 @@ class DifferenceImager:
             variance = np.where(terms.bad, np.nan, variance)
         return variance
 
-    def _check_enough_pixels(self, fit_mask, reference_image, valid):
+    def _check_enough_pixels(self, fit_mask, reference_image):
         n_unknowns = self.kernel_size ** 2 + len(polynomial_terms(self.background_degree))
         n_data = int(fit_mask.sum())
         if n_data == 0:
@@ -474,7 +474,7 @@ class DifferenceImager:
             raise DIAError(
                 f"only {n_data} usable pixels for {n_unknowns} unknowns; use a smaller "
                 "kernel_size, a lower background_degree, or larger images")
-        reference = reference_image.data[reference_image.bad == 0]
+        reference = reference_image.data[~reference_image.bad]
         if np.ptp(reference) == 0:
             raise DIAError("the reference is constant, so no kernel shape can be fitted; "
                            "check that the right frame was given as the reference")
