@@ -20,12 +20,24 @@ __all__ = []
 DEFAULT_CHUNK_BYTES = 256 * 2 ** 20
 
 
-def _strips(problem, max_bytes):
-    """Row ranges of the valid region, each small enough for one im2col strip."""
+#: Most pixels summed by one float32 matrix product; the strips' sums are
+#: added in float64, so float32 rounding grows only within a strip.
+FLOAT32_STRIP_PIXELS = 2 ** 16
+
+
+def strip_bytes(problem, rows, dtype):
+    """Memory of the im2col strip (and its weighted copy) of ``rows`` image rows."""
     n_columns = problem.kernel_size ** 2 + problem.basis.shape[0]
+    itemsize = torch.finfo(dtype).bits // 8
+    return 2 * n_columns * rows * problem.target.shape[1] * itemsize
+
+
+def _strips(problem, max_bytes, dtype):
+    """Row ranges of the valid region, each small enough for one im2col strip."""
     ny, nx = problem.target.shape
-    itemsize = torch.finfo(problem.dtype).bits // 8
-    rows = max(1, int(max_bytes // (n_columns * nx * itemsize)))
+    rows = max(1, int(max_bytes // strip_bytes(problem, 1, dtype)))
+    if dtype != torch.float64:
+        rows = min(rows, max(1, FLOAT32_STRIP_PIXELS // nx))
     return [(start, min(start + rows, ny)) for start in range(0, ny, rows)]
 
 
@@ -64,15 +76,33 @@ def assemble_normal_equations(problem, weights, *, max_bytes=DEFAULT_CHUNK_BYTES
     rhs = torch.zeros(n, dtype=torch.float64, device=problem.device)
     reference = problem.reference.to(dtype)
     weights = torch.where(problem.mask, weights, 0.0).to(dtype)
-    for start, stop in _strips(problem, max_bytes):
+    # With non-negative weights the strip is scaled in place by sqrt(w), so
+    # that no weighted copy of it is made; a loss whose curvature can be
+    # negative (Student's t) needs the copy.
+    signed = bool((weights < 0).any())
+    scale = weights if signed else torch.sqrt(weights)
+    kernel_rows, basis_rows = slice(0, n_kernel), slice(n_kernel, n)
+    for start, stop in _strips(problem, max_bytes, dtype):
         patches = F.unfold(reference[:, :, start:stop + size - 1, :], size)[0]   # (K*K, L)
-        w = weights[start:stop].reshape(-1)
-        y = problem.target[start:stop].reshape(-1).to(dtype)
+        s = scale[start:stop].reshape(-1)
         basis = problem.basis[:, start:stop].reshape(n_basis, -1).to(dtype)
-        columns = torch.cat([patches, basis])                                     # (n, L)
-        weighted = columns * w
-        normal += (weighted @ columns.T).to(torch.float64)
-        rhs += (weighted @ y).to(torch.float64)
+        y = problem.target[start:stop].reshape(-1).to(dtype)
+        if signed:
+            left, left_basis = patches * s, basis * s
+            right, right_basis = patches, basis
+        else:
+            patches.mul_(s)
+            left = right = patches
+            basis = basis * s
+            left_basis = right_basis = basis
+            y = y * s
+        cross = (left @ right_basis.T).to(torch.float64)
+        normal[kernel_rows, kernel_rows] += (left @ right.T).to(torch.float64)
+        normal[kernel_rows, basis_rows] += cross
+        normal[basis_rows, kernel_rows] += cross.T
+        normal[basis_rows, basis_rows] += (left_basis @ right_basis.T).to(torch.float64)
+        rhs[kernel_rows] += (left @ y).to(torch.float64)
+        rhs[basis_rows] += (left_basis @ y).to(torch.float64)
     # Correlation order -> kernel order: kernel pixel (i, j) is patch row
     # (K-1-i, K-1-j), so the kernel block is reversed.
     order = torch.cat([torch.arange(n_kernel - 1, -1, -1), torch.arange(n_kernel, n)])

@@ -152,6 +152,45 @@ class FitProblem:
         with torch.no_grad():
             return torch.where(self.mask, 1.0 / self.variance(model), 0.0)
 
+    def correlate(self, image, spectrum=None):
+        """
+        ``A^T`` for the kernel: ``sum_p image_p R_{p + K - 1 - (i, j)}``, in kernel order.
+
+        One FFT correlation of the (centred) reference, or of the image whose
+        spectrum is given, with ``image`` on the valid region; its cost does
+        not grow with the kernel size.
+
+        Parameters
+        ----------
+        image : (ny', nx') tensor
+            An image on the valid region (e.g. weighted residuals).
+        spectrum : tensor, optional
+            ``rfft2`` of another full-frame image to use instead of the
+            reference (e.g. of ``R**2`` for the diagonal of ``A^T W A``).
+
+        Returns
+        -------
+        (K, K) tensor
+        """
+        spectrum = self.reference_spectrum if spectrum is None else spectrum
+        ny, nx = image.shape
+        flipped = torch.fft.rfft2(torch.flip(image, (0, 1)), s=self.fft_shape)
+        full = torch.fft.irfft2(spectrum * flipped, s=self.fft_shape)
+        # full[a + ny - 1, b + nx - 1] = sum_p image_p R_{p + (a, b)}; no
+        # wrap-around reaches these indices because the FFT length is at
+        # least the frame size.
+        block = full[ny - 1:ny - 1 + self.kernel_size, nx - 1:nx - 1 + self.kernel_size]
+        return torch.flip(block, (0, 1))
+
+    def transpose(self, image):
+        """``A^T image``: the kernel part (K, K) and the background part (n_terms,)."""
+        return self.correlate(image), (self.basis * image[None]).sum(dim=(1, 2))
+
+    def normal_product(self, weights, kernel, coefficients):
+        """``A^T W A v`` without forming ``A``: a convolution and a correlation."""
+        image = weights * self.model(kernel, coefficients)
+        return self.transpose(image)
+
     def curvature_scales(self, weights):
         """
         Diagonal of the Gauss-Newton normal matrix for kernel and background.
@@ -161,12 +200,7 @@ class FitProblem:
         """
         with torch.no_grad():
             r2 = torch.fft.rfft2(self.reference[0, 0] ** 2, s=self.fft_shape)
-            w = torch.fft.rfft2(torch.flip(weights, (0, 1)), s=self.fft_shape)
-            full = torch.fft.irfft2(r2 * w, s=self.fft_shape)
-            ny, nx = weights.shape
-            # full[a + ny - 1, b + nx - 1] = sum_p w_p R^2_{p + (a, b)}
-            block = full[ny - 1:ny - 1 + self.kernel_size, nx - 1:nx - 1 + self.kernel_size]
-            d_kernel = torch.flip(block, (0, 1))
+            d_kernel = self.correlate(weights, spectrum=r2)
             d_background = (weights[None] * self.basis ** 2).sum(dim=(1, 2))
         floor = torch.finfo(self.dtype).tiny
         return torch.clamp(d_kernel, min=floor), torch.clamp(d_background, min=floor)

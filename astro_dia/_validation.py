@@ -169,3 +169,31 @@ def footprint_touches(bad, kernel_size):
     counts = uniform_filter1d(counts, kernel_size, axis=1, mode="constant") * kernel_size
     ny, nx = bad.shape
     return np.rint(counts[h:ny - h, h:nx - h]) > 0
+
+
+def parse_memory(value):
+    """
+    A memory budget in bytes, from an int, a string such as ``'2GB'`` or a Quantity.
+
+    Returns
+    -------
+    int or None
+        None when ``value`` is None (no budget).
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise TypeError(f"max_memory must be a number of bytes, a string such as '2GB' or "
+                        f"a Quantity in bytes, got {value!r}")
+    try:
+        if isinstance(value, str):
+            value = u.Quantity(value)
+        if isinstance(value, u.Quantity):
+            value = value.to_value(u.byte)
+        value = float(value)
+    except (TypeError, ValueError, u.UnitsError) as exc:
+        raise ValueError(f"max_memory must be a number of bytes, a string such as '2GB' or "
+                         f"a Quantity in bytes, got {value!r}") from exc
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"max_memory must be positive, got {value!r}")
+    return int(value)

@@ -17,13 +17,14 @@ from ._problem import FitProblem
 from ._header import SATURATION_KEYWORDS, header_float, keyword_list
 from ._provenance import copy_meta, stamp
 from ._torch import flush_denormals, resolve_device, resolve_dtype, to_numpy, to_tensor
-from ._validation import as_image, check_pair, footprint_touches
+from ._validation import as_image, check_pair, footprint_touches, parse_memory
 from .background import background_basis, polynomial_terms
 from .exceptions import ConvergenceWarning, DIAError
 from .kernels import check_kernel_size, delta_kernel, gaussian_kernel
 from .losses import get_loss
 from .noise import SKY_ESTIMATED, make_noise_model, refine_sky, uncertainty_variance
-from .solvers.iterative import solve_iterative
+from .solvers import choose_solver, solve_cg, solve_direct, solve_iterative
+from .solvers.gauss_newton import resume
 from .uncertainty import (background_errors, covariance_from_information, fisher_information,
                           scale_factor_error)
 
@@ -31,7 +32,20 @@ __all__ = ["DifferenceImager", "DifferenceResult"]
 
 log = logging.getLogger(__name__)
 
-_SOLVERS = ("iterative",)
+_SOLVERS = ("auto", "direct", "cg", "iterative")
+
+#: Most Gauss-Newton steps of the direct and matrix-free solvers.
+_MAX_NEWTON_STEPS = 100
+
+#: Most fits with ``reference_noise=True``, each with the reference variance
+#: propagated through the previous pass's ``K**2``.
+_REFERENCE_PASSES = 10
+
+
+def _passes_converged(previous, current, dtype):
+    """Whether P changed by less than the data type resolves between two passes."""
+    tolerance = 1e-9 if dtype == torch.float64 else 1e-6
+    return abs(current - previous) <= tolerance * abs(current)
 
 
 class DifferenceResult:
@@ -117,6 +131,22 @@ class DifferenceResult:
         """
         diff = self.difference
         return (diff.data / diff.uncertainty.array)[self.fit_mask]
+
+    def write(self, path, **kwargs):
+        """Write the whole fit as one multi-extension FITS file; see `astro_dia.io.write_result`."""
+        from .io import write_result
+        write_result(self, path, **kwargs)
+
+    @classmethod
+    def read(cls, path):
+        """Read a file written by `write`; see `astro_dia.io.read_result`."""
+        from .io import read_result
+        return read_result(path)
+
+    def plot(self, **kwargs):
+        """Diagnostic figure (needs matplotlib); see `astro_dia.plotting.plot_result`."""
+        from .plotting import plot_result
+        return plot_result(self, **kwargs)
 
     def __repr__(self):
         return (f"<DifferenceResult kernel={self.kernel.shape[0]}x{self.kernel.shape[1]} "
@@ -248,10 +278,10 @@ class DifferenceImager:
     def __init__(self, kernel_size=19, *, noise_model="ccd", loss="gaussian",
                  background_degree=0, regularization=0.0, reference_noise=False,
                  gain=None, read_noise=None, flat=None, sky=None, em_gain=None,
-                 excess_noise_factor=None, kernel_init="flat", solver="iterative",
+                 excess_noise_factor=None, kernel_init="flat", solver="auto",
                  device="auto", dtype="float32", max_iter=2000, max_adam_iter=0,
                  adam_tol=1e-6, preconditioner="normal", compute_errors=True, saturation=None,
-                 add_keyword=True):
+                 max_memory=None, add_keyword=True):
         self.kernel_size = check_kernel_size(kernel_size)
         self.noise_model = make_noise_model(
             noise_model, gain=gain, read_noise=read_noise, flat=flat, sky=sky,
@@ -284,6 +314,7 @@ class DifferenceImager:
         self.preconditioner = preconditioner
         self.compute_errors = bool(compute_errors)
         self.saturation = self._check_saturation(saturation)
+        self.max_memory = parse_memory(max_memory)
         self.add_keyword = bool(add_keyword)
 
     @staticmethod
@@ -333,6 +364,16 @@ class DifferenceImager:
         if isinstance(self.kernel_init, float):
             return gaussian_kernel(size, self.kernel_init)
         return self.kernel_init
+
+    def fit_many(self, reference, targets, **kwargs):
+        """
+        Difference many targets against one reference; see `astro_dia.batch.fit_many`.
+
+        A frame that fails is recorded in its outcome and does not stop the
+        batch; ``workers=N`` or ``scheduler=`` runs it on a dask cluster.
+        """
+        from .batch import fit_many
+        return fit_many(self, reference, targets, **kwargs)
 
     def __call__(self, reference, target):
         """
@@ -415,7 +456,7 @@ class DifferenceImager:
                 state = self._refit_with_refined_sky(problem, terms, valid, state)
         if not state.converged:
             warnings.warn(
-                f"the {self.solver} solver stopped after {state.n_iterations} iterations "
+                f"the {state.solver} solver stopped after {state.n_iterations} iterations "
                 f"without converging ({state.message}); raise max_iter, or check the inputs",
                 ConvergenceWarning)
         log.info("fit: %d iterations, %s", state.n_iterations, state.message)
@@ -480,6 +521,66 @@ class DifferenceImager:
                            "check that the right frame was given as the reference")
 
     def _solve(self, problem, terms):
+        """Run the chosen solver (``auto`` resolved per problem)."""
+        solver = self.solver
+        if solver == "auto":
+            solver = choose_solver(problem.shape, self.kernel_size, problem.device)
+        if solver == "iterative":
+            state = self._solve_iterative(problem, terms)
+        else:
+            state = self._solve_newton(problem, terms, solver)
+        state.solver = solver
+        return state
+
+    def _solve_newton(self, problem, terms, solver):
+        """Direct or matrix-free: a weighted linear solution, then exact Newton steps."""
+        settings = dict(max_iter=min(self.max_iter, _MAX_NEWTON_STEPS), max_polish_iter=self.max_iter)
+        if solver == "direct":
+            settings["max_bytes"] = self._strip_budget(problem)
+            solve = solve_direct
+        else:
+            solve = solve_cg
+        prepare = None
+        if problem.reference_variance_spectrum is not None or terms.estimate_scale:
+            def prepare(kernel, coefficients):
+                # What the iterative solver does with its start, done here too
+                # so that every solver optimises the same objective.
+                problem.update_reference_variance(kernel)
+                if terms.estimate_scale:
+                    self._set_uniform_scale(problem, kernel, coefficients)
+                return True
+        state = solve(problem, prepare=prepare, **settings)
+        n_iterations = state.n_iterations
+        for _ in range(_REFERENCE_PASSES - 1 if problem.reference_variance_spectrum
+                       is not None else 0):
+            previous = float(state.kernel.sum())
+            problem.update_reference_variance(state.kernel)
+            state = resume(problem, state, max_iter=settings["max_iter"],
+                           max_polish_iter=self.max_iter)
+            n_iterations += state.n_iterations
+            if _passes_converged(previous, float(state.kernel.sum()), problem.dtype):
+                break
+        state.n_iterations = n_iterations
+        return state
+
+    def _strip_budget(self, problem):
+        """Bytes for one im2col strip: what ``max_memory`` leaves after the problem's arrays."""
+        if self.max_memory is None:
+            return None
+        ny, nx = problem.shape
+        n = self.kernel_size ** 2 + problem.basis.shape[0]
+        # Images on the device (reference, target, weights, model, basis,
+        # FFT buffers), and the float64 normal matrix and its factor.
+        fixed = (12 + problem.basis.shape[0]) * ny * nx * 8 + 3 * n * n * 8
+        budget = self.max_memory - fixed
+        if budget <= 0:
+            raise DIAError(
+                f"max_memory={self.max_memory} bytes is less than the {fixed} bytes that the "
+                f"images and the normal matrix of this fit need; raise max_memory or use "
+                f"solver='cg'")
+        return budget
+
+    def _solve_iterative(self, problem, terms):
         """Start from the linear solution, then minimise the exact objective."""
         weights = problem.weights(problem.target)   # variance at the data, for the start
         factor = None
@@ -491,7 +592,7 @@ class DifferenceImager:
             kernel, coefficients = problem.linear_start(shape, weights)
         if terms.estimate_scale:
             self._set_uniform_scale(problem, kernel, coefficients)
-        passes = 3 if problem.reference_variance_spectrum is not None else 1
+        passes = _REFERENCE_PASSES if problem.reference_variance_spectrum is not None else 1
         n_iterations = 0
         for _ in range(passes):
             problem.update_reference_variance(kernel)
@@ -499,9 +600,9 @@ class DifferenceImager:
                                     adam_tol=self.adam_tol, max_adam_iter=self.max_adam_iter,
                                     cholesky_factor=factor)
             n_iterations += state.n_iterations
-            change = float(torch.abs(state.kernel.sum() - kernel.sum()))
+            previous = float(kernel.sum())
             kernel, coefficients = state.kernel, state.coefficients
-            if change <= 1e-6 * abs(float(kernel.sum())):
+            if _passes_converged(previous, float(kernel.sum()), problem.dtype):
                 break
         state.n_iterations = n_iterations
         return state
@@ -514,9 +615,14 @@ class DifferenceImager:
         terms.offset = refine_sky(terms.cropped(valid), to_numpy(model), residual,
                                   to_numpy(problem.mask).astype(bool))
         problem.offset = terms.offset
-        refined = solve_iterative(problem, state.kernel, state.coefficients,
-                                  max_iter=self.max_iter, cholesky_factor=None)
+        if state.solver == "iterative":
+            refined = solve_iterative(problem, state.kernel, state.coefficients,
+                                      max_iter=self.max_iter, cholesky_factor=None)
+        else:
+            refined = resume(problem, state, max_iter=min(self.max_iter, _MAX_NEWTON_STEPS),
+                             max_polish_iter=self.max_iter)
         refined.n_iterations += state.n_iterations
+        refined.solver = state.solver
         return refined
 
     @staticmethod
@@ -605,7 +711,7 @@ class DifferenceImager:
             fit_time=time.perf_counter() - start,
             noise_settings=dict(terms.settings, sky=(float(terms.offset),
                                                      terms.settings.get("sky", "none"))),
-            solver=self.solver,
+            solver=state.solver,
             saturation_levels=saturation_levels,
             **errors,
         )
@@ -641,7 +747,7 @@ class DifferenceImager:
             ("DIA_BDEG", self.background_degree, "background polynomial degree"),
             ("DIA_LOSS", loss_name, "loss function"),
             ("DIA_NOIS", self.noise_model.name, "noise model"),
-            ("DIA_SOLV", self.solver, "solver"),
+            ("DIA_SOLV", state.solver, "solver"),
             ("DIA_NIT", int(state.n_iterations), "solver iterations"),
             ("DIA_CONV", bool(state.converged), "solver converged"),
             ("DIA_NDAT", n_data, "pixels in the fit"),

@@ -1,5 +1,8 @@
 """Solvers for the kernel and background (functional core of `~astro_dia.DifferenceImager`)."""
 
+from .cg import solve_cg  # noqa: F401
+from .choice import choose_solver  # noqa: F401
+from .direct import solve_direct  # noqa: F401
 from .iterative import solve_iterative  # noqa: F401
 
-__all__ = ["solve_iterative"]
+__all__ = ["solve_iterative", "solve_direct", "solve_cg", "choose_solver"]

@@ -1,0 +1,273 @@
+"""
+The Gauss-Newton iteration shared by the direct and matrix-free solvers.
+
+Both solvers minimise ``problem.objective`` itself, the exact negative
+log-likelihood (with its ``sum(ln sigma)`` term and any differentiable
+loss) plus the Laplacian penalty, by Newton-type steps
+
+.. math::
+
+    \\theta_{k+1} = \\theta_k - t_k\\, H^{-1} \\nabla f(\\theta_k),
+
+where ``H = A^T W A`` is the Gauss-Newton (iteratively re-weighted
+least-squares) metric with weights ``W = psi(z) / (z sigma**2)`` and the
+gradient is computed exactly by automatic differentiation. Because the
+gradient is exact, the fixed point is the optimum of the objective, not the
+fixed point of re-weighted chi**2; ``H`` only sets the speed. The first
+step from nothing is the weighted least-squares solution of Bramich (2008)
+with the weights at the data. The solvers differ in how they apply
+``H^{-1}``: a Cholesky factor of the assembled matrix (`solve_direct`) or
+preconditioned conjugate gradients (`solve_cg`).
+
+The iteration stops when the Newton decrement
+``lambda = sqrt(g^T H^{-1} g)``, the length of the step in units of the
+statistical standard deviations of the parameters, falls below ``1e-6``
+(float64) or ``1e-3`` (float32). Where the objective is far from quadratic
+(gross outliers under the Gaussian loss with a model-dependent variance) or
+at the resolution of float32, the steps stall; `polish_if_stalled` then
+hands over to the whitened L-BFGS of `~astro_dia.solvers.iterative`.
+"""
+
+import math
+
+import torch
+
+from .._problem import FitState
+from .iterative import solve_iterative
+
+__all__ = []
+
+#: Newton decrement (in standard deviations) at which a fit has converged.
+_TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-3}
+
+#: Above this decrement ratio between two steps the metric is re-weighted.
+_REWEIGHT_RATIO = 0.3
+
+
+def tolerance(dtype):
+    """Newton-decrement tolerance for a data type."""
+    return _TOLERANCE.get(dtype, 1e-3)
+
+
+def pack(kernel, coefficients):
+    """Kernel (C order) and background coefficients as one float64 vector."""
+    return torch.cat([kernel.reshape(-1), coefficients]).to(torch.float64)
+
+
+def unpack(problem, theta):
+    """Split a parameter vector into kernel and coefficients in the problem's dtype."""
+    n_kernel = problem.kernel_size ** 2
+    kernel = theta[:n_kernel].reshape(problem.kernel_size, problem.kernel_size)
+    return kernel.to(problem.dtype), theta[n_kernel:].to(problem.dtype)
+
+
+def objective_and_gradient(problem, theta):
+    """Value (float) and exact gradient (float64 vector) of the objective."""
+    kernel, coefficients = unpack(problem, theta)
+    kernel.requires_grad_(True)
+    coefficients.requires_grad_(True)
+    value = problem.objective(kernel, coefficients)
+    g_kernel, g_coefficients = torch.autograd.grad(value, (kernel, coefficients))
+    return float(value.detach()), pack(g_kernel, g_coefficients)
+
+
+def objective_value(problem, theta):
+    with torch.no_grad():
+        return float(problem.objective(*unpack(problem, theta)))
+
+
+def irls_weights(problem, theta):
+    """
+    Gauss-Newton weights ``psi(z) / (z sigma**2)`` at the model of ``theta``.
+
+    For the Gaussian loss these are ``1 / sigma**2``; for a robust loss
+    they are the iteratively re-weighted least-squares weights, smaller
+    where ``|z|`` is large. Zero outside the fit mask.
+    """
+    with torch.no_grad():
+        model = problem.model(*unpack(problem, theta))
+        variance = problem.variance(model)
+        z = ((problem.target - model) / torch.sqrt(variance)).detach()
+    z.requires_grad_(True)
+    (psi,) = torch.autograd.grad(problem.loss(z).sum(), z)
+    with torch.no_grad():
+        small = torch.abs(z) < 1e-3
+        # psi(z) / z -> rho''(0) as z -> 0: take it from a nearby point.
+        probe = torch.full_like(z, 1e-3).requires_grad_(True)
+    (psi_probe,) = torch.autograd.grad(problem.loss(probe).sum(), probe)
+    with torch.no_grad():
+        ratio = torch.where(small, psi_probe / 1e-3, psi / torch.where(small, 1.0, z.detach()))
+        ratio = torch.clamp(ratio, min=0.0)
+        return torch.where(problem.mask, ratio / variance, 0.0)
+
+
+def _escalate(metric, problem, theta):
+    """
+    Ask the metric for more precision when the steps stall.
+
+    Returns
+    -------
+    theta : tensor or None
+        The better (lower objective) of ``theta`` and the metric's fresh
+        weighted least-squares solution, or None if the metric had no more
+        precision to give.
+    """
+    escalate = getattr(metric, "escalate", None)
+    if escalate is None:
+        return None
+    solution = escalate(irls_weights(problem, theta))
+    if solution is None:
+        return None
+    if objective_value(problem, solution) < objective_value(problem, theta):
+        return solution
+    return theta
+
+
+def gauss_newton(problem, theta, metric, *, max_iter, max_reweight):
+    """
+    Newton steps with an exact gradient and a Gauss-Newton metric.
+
+    Parameters
+    ----------
+    problem : ``astro_dia._problem.FitProblem``
+    theta : float64 tensor
+        Starting parameters (kernel pixels, then background coefficients).
+    metric : object
+        Has ``solve(g)`` (approximately ``H^{-1} g``) and
+        ``reweight(weights)`` (rebuild ``H`` with new weights).
+    max_iter : int
+        Maximum number of Newton steps.
+    max_reweight : int
+        Maximum number of times the metric is rebuilt.
+
+    Returns
+    -------
+    state : ``astro_dia._problem.FitState``
+    """
+    tol = tolerance(problem.dtype)
+    previous = math.inf
+    n_reweight = 0
+    reweighted = False
+    converged, message = False, "maximum number of iterations reached"
+    stalled = False
+    iteration = 0
+    for iteration in range(1, max_iter + 1):
+        value, gradient = objective_and_gradient(problem, theta)
+        if not math.isfinite(value):
+            message = "the loss became non-finite"
+            break
+        step = metric.solve(gradient)
+        decrement = math.sqrt(max(float(gradient @ step), 0.0))
+        # Below the rounding noise of the loss a line search cannot judge
+        # the step; the full Gauss-Newton step is then taken as it is.
+        noise = 64 * torch.finfo(problem.dtype).eps * max(abs(value), 1.0)
+        t = 1.0
+        if 0.5 * decrement ** 2 > noise:
+            while objective_value(problem, theta - t * step) > (
+                    value - 1e-4 * t * decrement ** 2 + noise):
+                t *= 0.5
+                if t < 1.0 / 64:
+                    t = 0.0
+                    break
+        if t == 0.0:
+            escalated = _escalate(metric, problem, theta)
+            if escalated is not None:
+                theta, reweighted = escalated, True
+                continue
+        if t == 0.0:
+            stalled, message = True, (
+                f"the loss stopped decreasing along the Gauss-Newton step, at a Newton "
+                f"decrement of {decrement:.2g} sigma")
+            break
+        theta = theta - t * step
+        if decrement <= tol:
+            converged, message = True, f"Newton decrement below {tol:g} sigma"
+            break
+        ratio = decrement / previous
+        previous = decrement
+        if ratio > 0.9 and (reweighted or getattr(metric, "reweight_every_step", False)):
+            escalated = _escalate(metric, problem, theta)
+            if escalated is not None:
+                theta = escalated
+                continue
+            # A fresh metric did not shrink the step.
+            stalled, message = True, f"the Newton decrement stalled at {decrement:.2g} sigma"
+            break
+        if getattr(metric, "reweight_every_step", False):
+            if n_reweight < max_reweight:
+                metric.reweight(irls_weights(problem, theta))
+                n_reweight += 1
+            continue
+        if ratio <= _REWEIGHT_RATIO:
+            reweighted = False
+            continue
+        if reweighted:
+            # A fresh metric still converges slowly: ask for more precision.
+            escalated = _escalate(metric, problem, theta)
+            if escalated is not None:
+                theta = escalated
+        elif n_reweight < max_reweight:
+            metric.reweight(irls_weights(problem, theta))
+            n_reweight += 1
+            reweighted = True
+    kernel, coefficients = unpack(problem, theta)
+    final = objective_value(problem, theta) + problem.normalization()
+    state = FitState(kernel=kernel, coefficients=coefficients, n_iterations=iteration,
+                     converged=converged, loss_value=final, message=message)
+    state.n_reweight = n_reweight
+    state.metric = metric
+    state.stalled = stalled
+    return state
+
+
+def polish_if_stalled(problem, state, factor, *, max_iter):
+    """
+    Finish a stalled Gauss-Newton fit with the whitened L-BFGS of the iterative solver.
+
+    Gauss-Newton steps stall where the objective is far from quadratic in
+    the parameters (e.g. gross outliers under the Gaussian loss with a
+    model-dependent variance, where raising the model at an outlier
+    inflates its sigma) or at the resolution of float32. L-BFGS with a
+    strong-Wolfe line search, whitened by ``factor`` (the Cholesky factor
+    of the metric), then finishes from where the steps stopped.
+    """
+    if not state.stalled:
+        return state
+    polished = solve_iterative(problem, state.kernel, state.coefficients, max_iter=max_iter,
+                               cholesky_factor=factor)
+    polished.n_iterations += state.n_iterations
+    polished.metric = state.metric
+    polished.stalled = False
+    polished.message = f"{polished.message} (L-BFGS after {state.message})"
+    return polished
+
+
+def resume(problem, state, *, max_iter, max_polish_iter):
+    """
+    Continue a direct or matrix-free fit after the problem's weights changed.
+
+    Used when the noise terms are updated between passes (the reference
+    variance through the new ``K**2``, a refined sky level): Gauss-Newton
+    steps from ``state`` with its metric, re-weighted at the current model.
+    """
+    theta = pack(state.kernel, state.coefficients)
+    metric = state.metric
+    metric.reweight(irls_weights(problem, theta))
+    resumed = gauss_newton(problem, theta, metric, max_iter=max_iter, max_reweight=10)
+    return polish_if_stalled(problem, resumed, metric.factor, max_iter=max_polish_iter)
+
+
+def linear_start(problem, metric, prepare):
+    """
+    The weighted least-squares start, after ``prepare`` has seen it.
+
+    ``prepare(kernel, coefficients)`` may update the problem's noise terms
+    from the start (the reference variance through ``K**2``, the constant of
+    the 'uniform' model) and returns True if it did; the metric is then
+    rebuilt with the new weights at the data and the start recomputed.
+    """
+    theta = metric.linear_solution(precise=prepare is not None)
+    if prepare is not None and prepare(*unpack(problem, theta)):
+        metric.reweight(problem.weights(problem.target))
+        theta = metric.linear_solution()
+    return theta
