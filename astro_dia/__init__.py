@@ -12,8 +12,9 @@ except ImportError:  # not installed, e.g. a source tree without setuptools_scm
     __version__ = "0.0.0"
 
 from .core import DifferenceImager, DifferenceResult  # noqa: E402
+from .ccdproc_step import subtract_reference  # noqa: E402
 from .exceptions import (ConvergenceWarning, DIAError, KernelFitWarning,  # noqa: E402
                          NoiseModelWarning)
 
 __all__ = ["__version__", "DifferenceImager", "DifferenceResult", "DIAError",
-           "KernelFitWarning", "ConvergenceWarning", "NoiseModelWarning"]
+           "KernelFitWarning", "ConvergenceWarning", "NoiseModelWarning", "subtract_reference"]

@@ -9,11 +9,15 @@ The ``astro-dia`` command.
     astro-dia [-v] diff REFERENCE TARGET [--out FILE] [--overwrite] [--kernel-size K]
                    [--noise-model M] [--gain G] [--read-noise RN] [--em-gain E]
                    [--flat F] [--sky S] [--unit U] [--background-degree D]
-                   [--loss L] [--device D] [--dtype {float32,float64}]
+                   [--loss L] [--solver S] [--device D] [--dtype {float32,float64}]
+    astro-dia [-v] subtract REFERENCE TARGET [TARGET ...] --out DIR [--overwrite]
+                   [--plots] [--workers N | --scheduler ADDRESS] [the fit options of diff]
 
 Errors in the input are reported on one line, ``astro-dia: error:
 <message>``, on standard error, with exit status 2 (with ``--verbose``,
-after the traceback).
+after the traceback). ``subtract`` goes on past a target it cannot
+difference, reports it on one such line naming the file, and exits with
+status 1 at the end.
 """
 
 import argparse
@@ -34,6 +38,9 @@ PROG = "astro-dia"
 
 #: Exit status for bad input, as argparse uses.
 EXIT_USAGE = 2
+
+#: Exit status of ``subtract`` when some targets could not be differenced.
+EXIT_FRAMES_FAILED = 1
 
 #: Exit status after Ctrl-C, as shells report it.
 EXIT_INTERRUPTED = 130
@@ -121,36 +128,94 @@ def build_parser():
                       help="FITS file for the difference image (default: %(default)s)")
     diff.add_argument("--overwrite", action="store_true",
                       help="replace FILE if it exists (never an input file)")
-    diff.add_argument("--kernel-size", metavar="K", type=int, default=19,
-                      help="odd side of the square kernel, in pixels (default: %(default)s)")
-    diff.add_argument("--noise-model", choices=("ccd", "emccd", "uniform", "uncertainty"),
-                      default="ccd", help="noise model of the target (default: %(default)s)")
-    diff.add_argument("--gain", metavar="G", type=float,
-                      help="gain in electron/adu (default: header GAIN, EGAIN or CCDGAIN)")
-    diff.add_argument("--read-noise", metavar="RN", type=float,
-                      help="read noise in electrons (default: header RDNOISE, READNOIS, "
-                           "RON or READNOISE)")
-    diff.add_argument("--em-gain", metavar="E", type=float,
-                      help="EM gain, for --noise-model emccd (default: header EMGAIN)")
-    diff.add_argument("--flat", metavar="F",
-                      help="master flat: a FITS file, or 1 for a flat-fielded image with "
-                           "uniform response (default: the file named in header FLATFILE)")
-    diff.add_argument("--sky", metavar="S", type=float,
-                      help="sky level subtracted from the target, in its unit; 0 if none "
-                           "(default: header SKYLEVEL, or estimated)")
-    diff.add_argument("--unit", metavar="U",
-                      help="unit of images whose header has no BUNIT, e.g. adu")
-    diff.add_argument("--background-degree", metavar="D", type=int, default=0,
-                      help="degree of the background polynomial (default: %(default)s)")
-    diff.add_argument("--loss", choices=("gaussian", "huber", "student_t"),
-                      default="gaussian", help="loss function (default: %(default)s)")
-    diff.add_argument("--device", metavar="D", default="auto",
-                      help="torch device: 'auto', 'cpu', 'cuda' or 'cuda:N' "
-                           "(default: %(default)s)")
-    diff.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                      help="floating-point precision of the fit (default: %(default)s)")
+    _add_fit_options(diff)
     diff.set_defaults(handler=_run_diff_command)
+
+    subtract = commands.add_parser(
+        "subtract", help="difference many target FITS images against one reference",
+        description="Fit, for each TARGET, the kernel and background that turn REFERENCE "
+                    "into it (FITS images of one field on the same pixel grid, e.g. "
+                    "calibrated by ccdproc), and write DIR/<target>_diff.fits: the "
+                    "difference image with its uncertainty and mask, the kernel, the "
+                    "background coefficients and the fit's results (read it with "
+                    "astropy's CCDData.read or astro_dia.io.read_result). A target that "
+                    "cannot be differenced is reported and skipped; the exit status is "
+                    "then 1. The input files are only read.",
+        epilog="Example: astro-dia subtract ref.fits night1/*.fits --out diffs "
+               "--kernel-size 15 --plots")
+    subtract.add_argument("reference", metavar="REFERENCE", help="FITS file of the reference")
+    subtract.add_argument("targets", metavar="TARGET", nargs="+",
+                          help="FITS files of the targets")
+    subtract.add_argument("--out", metavar="DIR", required=True,
+                          help="directory for the results, created if needed")
+    subtract.add_argument("--overwrite", action="store_true",
+                          help="replace result files that exist (never an input file)")
+    subtract.add_argument("--plots", action="store_true",
+                          help="also write DIR/<target>_diff.png, a diagnostic figure "
+                               "(needs matplotlib)")
+    where = subtract.add_mutually_exclusive_group()
+    where.add_argument("--workers", metavar="N", type=int, default=1,
+                       help="with N >= 2, run on a local dask cluster of N worker "
+                            "processes (needs dask.distributed) (default: %(default)s, "
+                            "in this process)")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run on the dask cluster of this scheduler, e.g. "
+                            "tcp://10.0.0.1:8786; its workers must see the same paths")
+    _add_fit_options(subtract)
+    subtract.set_defaults(handler=_run_subtract_command)
     return parser
+
+
+def _add_fit_options(command):
+    """The options that configure the DifferenceImager, shared by diff and subtract."""
+    command.add_argument("--kernel-size", metavar="K", type=int, default=19,
+                         help="odd side of the square kernel, in pixels (default: "
+                              "%(default)s)")
+    command.add_argument("--noise-model", choices=("ccd", "emccd", "uniform", "uncertainty"),
+                         default="ccd", help="noise model of the target (default: %(default)s)")
+    command.add_argument("--gain", metavar="G", type=float,
+                         help="gain in electron/adu (default: header GAIN, EGAIN or CCDGAIN)")
+    command.add_argument("--read-noise", metavar="RN", type=float,
+                         help="read noise in electrons (default: header RDNOISE, READNOIS, "
+                              "RON or READNOISE)")
+    command.add_argument("--em-gain", metavar="E", type=float,
+                         help="EM gain, for --noise-model emccd (default: header EMGAIN)")
+    command.add_argument("--flat", metavar="F",
+                         help="master flat: a FITS file, or 1 for a flat-fielded image with "
+                              "uniform response (default: the file named in header FLATFILE)")
+    command.add_argument("--sky", metavar="S", type=float,
+                         help="sky level subtracted from the target, in its unit; 0 if none "
+                              "(default: header SKYLEVEL, or estimated)")
+    command.add_argument("--unit", metavar="U",
+                         help="unit of images whose header has no BUNIT, e.g. adu")
+    command.add_argument("--background-degree", metavar="D", type=int, default=0,
+                         help="degree of the background polynomial (default: %(default)s)")
+    command.add_argument("--loss", choices=("gaussian", "huber", "student_t"),
+                         default="gaussian", help="loss function (default: %(default)s)")
+    command.add_argument("--solver", metavar="S",
+                         help="solver of the fit, e.g. 'iterative' (default: that of "
+                              "astro_dia.DifferenceImager)")
+    command.add_argument("--device", metavar="D", default="auto",
+                         help="torch device: 'auto', 'cpu', 'cuda' or 'cuda:N' "
+                              "(default: %(default)s)")
+    command.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                         help="floating-point precision of the fit (default: %(default)s)")
+
+
+def _make_imager(arguments):
+    """The DifferenceImager that the fit options describe."""
+    from astropy import units as u
+
+    from .core import DifferenceImager
+
+    solver = {} if arguments.solver is None else {"solver": arguments.solver}
+    return DifferenceImager(
+        arguments.kernel_size, noise_model=arguments.noise_model,
+        gain=None if arguments.gain is None else arguments.gain * u.electron / u.adu,
+        read_noise=None if arguments.read_noise is None else arguments.read_noise * u.electron,
+        em_gain=arguments.em_gain, flat=_read_flat(arguments.flat), sky=arguments.sky,
+        background_degree=arguments.background_degree, loss=arguments.loss,
+        device=arguments.device, dtype=arguments.dtype, **solver)
 
 
 def _run_demo_command(arguments):
@@ -191,23 +256,13 @@ def _read_flat(value):
 
 
 def _run_diff_command(arguments):
-    from astropy import units as u
-
-    from .core import DifferenceImager
-
     out = os.path.abspath(arguments.out)
     for path in (arguments.reference, arguments.target):
         if os.path.exists(path) and os.path.abspath(path) == out:
             raise ValueError(f"--out {arguments.out!r} is an input file; choose another name")
     if os.path.exists(out) and not arguments.overwrite:
         raise OSError(f"{arguments.out!r} exists; pass --overwrite to replace it")
-    imager = DifferenceImager(
-        arguments.kernel_size, noise_model=arguments.noise_model,
-        gain=None if arguments.gain is None else arguments.gain * u.electron / u.adu,
-        read_noise=None if arguments.read_noise is None else arguments.read_noise * u.electron,
-        em_gain=arguments.em_gain, flat=_read_flat(arguments.flat), sky=arguments.sky,
-        background_degree=arguments.background_degree, loss=arguments.loss,
-        device=arguments.device, dtype=arguments.dtype)
+    imager = _make_imager(arguments)
     reference = _read_image(arguments.reference, arguments.unit, "reference")
     target = _read_image(arguments.target, arguments.unit, "target")
     result = imager.fit(reference, target)
@@ -223,6 +278,78 @@ def _run_diff_command(arguments):
         f"  difference image   {out}",
     ]))
     return 0
+
+
+def _run_subtract_command(arguments):
+    from .batch import fit_many
+
+    for path in [arguments.reference] + arguments.targets:
+        if not os.path.isfile(path):
+            what = "reference" if path == arguments.reference else "target"
+            raise OSError(f"the {what} file {path!r} does not exist")
+    if arguments.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {arguments.workers}")
+    if arguments.plots:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError as exc:
+            raise ValueError("--plots needs matplotlib (pip install matplotlib)") from exc
+    imager = _make_imager(arguments)
+    cluster = {}
+    if arguments.scheduler is not None:
+        cluster = {"scheduler": arguments.scheduler}
+    elif arguments.workers > 1:
+        cluster = {"workers": arguments.workers}
+    try:
+        outcomes = fit_many(imager, arguments.reference, arguments.targets,
+                            output_dir=arguments.out, overwrite=arguments.overwrite,
+                            plots=arguments.plots, unit=arguments.unit, keep_results=False,
+                            progress=sys.stderr, **cluster)
+    except ImportError as exc:  # dask asked for but not installed
+        raise ValueError(str(exc)) from exc
+    failed = [outcome for outcome in outcomes if not outcome.ok]
+    print(_format_subtract_report(outcomes, imager, arguments.out))
+    for outcome in failed:
+        print(f"{PROG}: error: {outcome.name}: {outcome.error}",
+              file=sys.stderr)
+    return EXIT_FRAMES_FAILED if failed else 0
+
+
+def _format_subtract_report(outcomes, imager, out_dir):
+    """
+    Format the outcomes of ``astro-dia subtract`` as a short table.
+
+    Parameters
+    ----------
+    outcomes : list of `~astro_dia.batch.FrameOutcome`
+    imager : `~astro_dia.DifferenceImager`
+    out_dir : str
+
+    Returns
+    -------
+    report : str
+        A header line, one line per target, and a closing line, without a
+        trailing newline.
+    """
+    width = max(len(outcome.name) for outcome in outcomes)
+    lines = [f"astro_dia {__version__} subtract: {len(outcomes)} targets, "
+             f"{imager.kernel_size} x {imager.kernel_size} kernel, {imager.solver} solver",
+             f"  {'target':<{width}}  {'P':>9} {'sigma_P':>9}  {'B0':>10} {'sigma_B0':>9}"
+             "  unit      status"]
+    for outcome in outcomes:
+        if outcome.ok:
+            status = ("converged" if outcome.converged else "NOT converged") + \
+                f", {outcome.n_iterations} iterations"
+            lines.append(
+                f"  {outcome.name:<{width}}  {outcome.scale_factor:9.5f} "
+                f"{outcome.scale_factor_err:9.5f}  {outcome.background_offset:10.3f} "
+                f"{outcome.background_offset_err:9.3f}  {outcome.unit:<8}  {status}")
+        else:
+            lines.append(f"  {outcome.name:<{width}}  FAILED (see the error below)")
+    n_failed = sum(not outcome.ok for outcome in outcomes)
+    lines.append(f"  {len(outcomes) - n_failed} differenced, {n_failed} failed; results in "
+                 f"{os.path.abspath(out_dir)}")
+    return "\n".join(lines)
 
 
 def format_report(summary):

@@ -206,3 +206,115 @@ def test_python_dash_m_error_has_no_traceback(tmp_path):
     lines = [line for line in completed.stderr.splitlines() if line.strip()]
     assert lines == ["astro-dia: error: kernel_size must be odd, got 4"]
     assert list(tmp_path.iterdir()) == []
+
+
+# -- astro-dia subtract --------------------------------------------------------
+
+SUBTRACT_FIT = ["--kernel-size", "7", "--flat", "1", "--sky", "0"]
+
+
+@pytest.fixture(scope="module")
+def fits_night(tmp_path_factory):
+    """A reference and two targets (P = 0.9 and 1.1) as FITS files, with the truth."""
+    from astro_dia.simulate import make_image_pair
+
+    directory = tmp_path_factory.mktemp("night")
+    truths = []
+    for i, scale in enumerate((0.9, 1.1)):
+        reference, target, truth = make_image_pair((48, 48), density=100, scale_factor=scale,
+                                                   seed=3, noise_seed=i)
+        target.write(directory / f"t{i}.fits")
+        truths.append(truth)
+    reference.write(directory / "ref.fits")
+    (directory / "corrupt.fits").write_bytes(b"not FITS " * 400)
+    return directory, truths
+
+
+def test_subtract_help(capsys):
+    status, out, _ = run_main(capsys, "subtract", "--help")
+    assert status == 0
+    for option in ("--out", "--kernel-size", "--noise-model", "--loss", "--background-degree",
+                   "--solver", "--device", "--workers", "--scheduler", "--plots",
+                   "--overwrite", "REFERENCE", "TARGET"):
+        assert option in out
+
+
+def test_subtract_writes_results_and_reports(fits_night, tmp_path, capsys):
+    from astro_dia.io import read_result
+
+    directory, truths = fits_night
+    out_dir = tmp_path / "out"
+    status, out, err = run_main(capsys, "subtract", str(directory / "ref.fits"),
+                                str(directory / "t0.fits"), str(directory / "t1.fits"),
+                                "--out", str(out_dir), *SUBTRACT_FIT, "--plots")
+    assert status == 0, err
+    assert err == ""
+    lines = out.splitlines()
+    assert "2 targets, 7 x 7 kernel" in lines[0]
+    assert "2 differenced, 0 failed" in lines[-1]
+    for i, truth in enumerate(truths):
+        difference = CCDData.read(out_dir / f"t{i}_diff.fits")
+        assert difference.unit == u.adu and difference.mask is not None
+        assert difference.uncertainty is not None
+        result = read_result(out_dir / f"t{i}_diff.fits")
+        assert difference.header["DIA_P"] == result.scale_factor
+        assert abs(result.scale_factor - truth.scale_factor) < 4 * result.scale_factor_error
+        assert abs(result.background_offset.value - truth.background) < \
+            4 * result.background_error[0].value
+        # The report shows the same P.
+        row = next(line for line in lines if line.split()[0] == f"t{i}.fits")
+        assert float(row.split()[1]) == pytest.approx(result.scale_factor, abs=1e-5)
+        assert (out_dir / f"t{i}_diff.png").read_bytes()[:4] == b"\x89PNG"
+    # Existing results are kept unless --overwrite is given.
+    status, out, err = run_main(capsys, "subtract", str(directory / "ref.fits"),
+                                str(directory / "t0.fits"), "--out", str(out_dir),
+                                *SUBTRACT_FIT)
+    assert status == 1 and "exists; pass overwrite=True (--overwrite)" in err
+    status, out, err = run_main(capsys, "subtract", str(directory / "ref.fits"),
+                                str(directory / "t0.fits"), "--out", str(out_dir),
+                                *SUBTRACT_FIT, "--overwrite")
+    assert status == 0, err
+
+
+def test_subtract_goes_on_past_a_corrupt_target(fits_night, tmp_path, capsys):
+    directory, _ = fits_night
+    status, out, err = run_main(capsys, "subtract", str(directory / "ref.fits"),
+                                str(directory / "corrupt.fits"), str(directory / "t1.fits"),
+                                "--out", str(tmp_path), *SUBTRACT_FIT)
+    assert status == 1
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("astro-dia: error: corrupt.fits: OSError:")
+    assert "not a readable FITS file" in lines[0]
+    assert "1 differenced, 1 failed" in out
+    assert (tmp_path / "t1_diff.fits").is_file()
+    assert not (tmp_path / "corrupt_diff.fits").exists()
+
+
+@pytest.mark.parametrize("case, fragments", [
+    ("missing reference", ["reference file", "does not exist"]),
+    ("missing target", ["target file", "nothing.fits", "does not exist"]),
+    ("corrupt reference", ["reference file", "not a readable FITS file"]),
+    ("bad kernel", ["kernel_size must be odd"]),
+    ("bad solver", ["solver"]),
+    ("bad workers", ["--workers must be at least 1"]),
+    ("no out", ["--out"]),
+    ("no target", ["TARGET"]),
+])
+def test_subtract_bad_input(fits_night, tmp_path, capsys, case, fragments):
+    directory, _ = fits_night
+    reference, target = str(directory / "ref.fits"), str(directory / "t0.fits")
+    out = ["--out", str(tmp_path / "out")]
+    argv = {
+        "missing reference": [str(tmp_path / "none.fits"), target, *out],
+        "missing target": [reference, target, str(tmp_path / "nothing.fits"), *out],
+        "corrupt reference": [str(directory / "corrupt.fits"), target, *out],
+        "bad kernel": [reference, target, *out, "--kernel-size", "6"],
+        "bad solver": [reference, target, *out, "--solver", "magic"],
+        "bad workers": [reference, target, *out, "--workers", "0"],
+        "no out": [reference, target],
+        "no target": [reference, *out],
+    }[case]
+    status, stdout, err = run_main(capsys, "subtract", *SUBTRACT_FIT, *argv)
+    assert_one_line_error(status, stdout, err, *fragments)
+    assert not (tmp_path / "out" / "t0_diff.fits").exists()
