@@ -197,3 +197,15 @@ def parse_memory(value):
     if not np.isfinite(value) or value <= 0:
         raise ValueError(f"max_memory must be positive, got {value!r}")
     return int(value)
+
+
+def check_exclude(exclude, shape):
+    """The ``exclude`` argument of `~astro_dia.DifferenceImager.fit` as a bool array."""
+    array = np.asarray(exclude)
+    if array.shape != tuple(shape):
+        raise ValueError(f"exclude must have the image shape {tuple(shape)}, got shape "
+                         f"{array.shape}")
+    if array.dtype != bool:
+        raise TypeError(f"exclude must be a boolean array (True = leave out of the fit), got "
+                        f"dtype {array.dtype}; use e.g. exclude=array > 0")
+    return array

@@ -21,6 +21,7 @@ status 1 at the end.
 """
 
 import argparse
+import importlib.util
 import contextlib
 import logging
 import os
@@ -290,10 +291,8 @@ def _run_subtract_command(arguments):
     if arguments.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {arguments.workers}")
     if arguments.plots:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError as exc:
-            raise ValueError("--plots needs matplotlib (pip install matplotlib)") from exc
+        if importlib.util.find_spec("matplotlib") is None:
+            raise ValueError("--plots needs matplotlib (pip install matplotlib)")
     imager = _make_imager(arguments)
     cluster = {}
     if arguments.scheduler is not None:

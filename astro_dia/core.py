@@ -17,7 +17,7 @@ from ._problem import FitProblem
 from ._header import SATURATION_KEYWORDS, header_float, keyword_list
 from ._provenance import copy_meta, stamp
 from ._torch import flush_denormals, resolve_device, resolve_dtype, to_numpy, to_tensor
-from ._validation import as_image, check_pair, footprint_touches, parse_memory
+from ._validation import as_image, check_exclude, check_pair, footprint_touches, parse_memory
 from .background import background_basis, polynomial_terms
 from .exceptions import ConvergenceWarning, DIAError
 from .kernels import check_kernel_size, delta_kernel, gaussian_kernel
@@ -375,15 +375,15 @@ class DifferenceImager:
         from .batch import fit_many
         return fit_many(self, reference, targets, **kwargs)
 
-    def __call__(self, reference, target):
+    def __call__(self, reference, target, **kwargs):
         """
         Difference ``target`` against ``reference``.
 
-        Shorthand for ``self.fit(reference, target).difference``.
+        Shorthand for ``self.fit(reference, target, **kwargs).difference``.
         """
-        return self.fit(reference, target).difference
+        return self.fit(reference, target, **kwargs).difference
 
-    def fit(self, reference, target):
+    def fit(self, reference, target, *, exclude=None):
         """
         Fit the kernel and background, and build the difference image.
 
@@ -392,6 +392,11 @@ class DifferenceImager:
         reference, target : `~astropy.nddata.CCDData` or `~astropy.nddata.NDData`
             Images of the same field on the same pixel grid, with units.
             Neither is modified.
+        exclude : (M, N) bool array_like, optional
+            True for pixels to leave out of the *fit* only (known variable
+            stars, transients, a moving object): they do not pull the kernel
+            and background, and are still differenced and not masked in
+            the output. ``result.fit_mask`` shows what entered the fit.
 
         Returns
         -------
@@ -440,6 +445,8 @@ class DifferenceImager:
         valid = (slice(h, shape[0] - h), slice(h, shape[1] - h))
         model_undefined = footprint_touches(reference_bad, self.kernel_size)
         fit_mask = ~(target_bad[valid] | model_undefined)
+        if exclude is not None:
+            fit_mask &= ~check_exclude(exclude, shape)[valid]
         self._check_enough_pixels(fit_mask, reference_image)
 
         problem = FitProblem(
@@ -524,7 +531,8 @@ class DifferenceImager:
         """Run the chosen solver (``auto`` resolved per problem)."""
         solver = self.solver
         if solver == "auto":
-            solver = choose_solver(problem.shape, self.kernel_size, problem.device)
+            solver = choose_solver(problem.shape, self.kernel_size, problem.device,
+                                   self.loss)
         if solver == "iterative":
             state = self._solve_iterative(problem, terms)
         else:
@@ -540,16 +548,7 @@ class DifferenceImager:
             solve = solve_direct
         else:
             solve = solve_cg
-        prepare = None
-        if problem.reference_variance_spectrum is not None or terms.estimate_scale:
-            def prepare(kernel, coefficients):
-                # What the iterative solver does with its start, done here too
-                # so that every solver optimises the same objective.
-                problem.update_reference_variance(kernel)
-                if terms.estimate_scale:
-                    self._set_uniform_scale(problem, kernel, coefficients)
-                return True
-        state = solve(problem, prepare=prepare, **settings)
+        state = solve(problem, prepare=self._start_hook(problem, terms), **settings)
         n_iterations = state.n_iterations
         for _ in range(_REFERENCE_PASSES - 1 if problem.reference_variance_spectrum
                        is not None else 0):
@@ -562,6 +561,25 @@ class DifferenceImager:
                 break
         state.n_iterations = n_iterations
         return state
+
+    def _start_hook(self, problem, terms):
+        """
+        What the iterative solver does with its start, for the other solvers.
+
+        The reference variance through the start's ``K**2`` and the constant
+        of the 'uniform' model are set from the linear start, so that every
+        solver optimises the same objective. None when there is nothing to set.
+        """
+        if problem.reference_variance_spectrum is None and not terms.estimate_scale:
+            return None
+
+        def prepare(kernel, coefficients):
+            problem.update_reference_variance(kernel)
+            if terms.estimate_scale:
+                self._set_uniform_scale(problem, kernel, coefficients)
+            return True
+
+        return prepare
 
     def _strip_budget(self, problem):
         """Bytes for one im2col strip: what ``max_memory`` leaves after the problem's arrays."""

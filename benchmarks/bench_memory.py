@@ -79,7 +79,7 @@ class RssSampler(threading.Thread):
         self.peak_kib = max(self.peak_kib, _status_kib("VmRSS") or 0)
 
 
-def run_one(size, kernel_size, density, seed):
+def run_one(size, kernel_size, density, seed, solver="auto", max_memory=None):
     """Simulate and fit one pair in this process; return the measurements."""
     import numpy as np
     import torch
@@ -91,7 +91,8 @@ def run_one(size, kernel_size, density, seed):
     reference, target, truth = make_image_pair(shape=(size, size), density=density,
                                                seed=seed)
     simulate_time = time.perf_counter() - start
-    imager = DifferenceImager(kernel_size, flat=1, sky=0, device="cpu")
+    imager = DifferenceImager(kernel_size, flat=1, sky=0, device="cpu", solver=solver,
+                              max_memory=max_memory)
     baseline_kib = _status_kib("VmRSS")
     reset = _reset_peak()
     sampler = RssSampler()
@@ -105,7 +106,8 @@ def run_one(size, kernel_size, density, seed):
     hwm_kib = _status_kib("VmHWM") if reset else None
     fit_peak_kib = max(sampler.peak_kib, hwm_kib or 0)
     return dict(
-        size=size, kernel_size=kernel_size, density=density,
+        size=size, kernel_size=kernel_size, density=density, solver=result.solver,
+        max_memory=max_memory,
         n_data=int(result.n_data), scale_factor=float(result.scale_factor),
         scale_factor_true=float(truth.scale_factor),
         converged=bool(result.converged), n_iterations=int(result.n_iterations),
@@ -127,22 +129,28 @@ def main(argv=None):
     parser.add_argument("--kernel", type=int, default=19)
     parser.add_argument("--density", type=float, default=20.0)
     parser.add_argument("--seed", type=int, default=4000)
+    parser.add_argument("--solver", default="auto")
+    parser.add_argument("--max-memory", default=None, help="e.g. 2GB")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
-        print(json.dumps(run_one(args.child, args.kernel, args.density, args.seed)))
+        print(json.dumps(run_one(args.child, args.kernel, args.density, args.seed,
+                                 args.solver, args.max_memory)))
         return 0
 
     import torch
 
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"kernel {args.kernel}, density {args.density}")
+          f"kernel {args.kernel}, density {args.density}, solver {args.solver}, "
+          f"max_memory {args.max_memory}")
     rows = []
     for size in args.sizes:
         completed = subprocess.run(
             [sys.executable, __file__, "--child", str(size), "--kernel", str(args.kernel),
-             "--density", str(args.density), "--seed", str(args.seed)],
+             "--density", str(args.density), "--seed", str(args.seed),
+             "--solver", args.solver] + (["--max-memory", args.max_memory]
+                                         if args.max_memory else []),
             capture_output=True, text=True, check=False)
         if completed.returncode != 0:
             print(f"# size {size} failed:\n{completed.stderr}", file=sys.stderr)

@@ -355,3 +355,33 @@ def test_iteration_limit_warns(ccd_pair):
         result = DifferenceImager(**SMALL, loss="huber", max_iter=1).fit(reference, target)
     assert not result.converged
     assert result.difference.header["DIA_CONV"] is False
+
+
+def test_exclude_keeps_a_variable_star_out_of_the_fit(ccd_pair):
+    """A brightening star pulls P up; excluding its pixels from the fit removes the pull."""
+    reference, target, truth = ccd_pair(shape=(72, 72), density=100, variable_flux=3e5)
+    brightest = truth.stars[int(np.argmax(truth.stars["flux"]))]
+    yy, xx = np.indices(target.shape)
+    region = np.hypot(xx - brightest["x"], yy - brightest["y"]) < 8
+    imager = DifferenceImager(9, flat=1, sky=0)
+    pulled = imager.fit(reference, target)
+    result = imager.fit(reference, target, exclude=region)
+    assert not result.fit_mask[region].any()
+    assert result.n_data == pulled.n_data - int((pulled.fit_mask & region).sum())
+    # the variable is differenced, not masked, and stands out
+    assert not result.difference.mask[region & pulled.fit_mask].any()
+    z = result.difference.data / result.difference.uncertainty.array
+    assert np.nanmax(z[region]) > 20
+    # the pull on P is gone: within 3 sigma of the truth, and the pulled fit is not
+    assert abs(result.scale_factor - truth.scale_factor) < 3 * result.scale_factor_error
+    assert abs(pulled.scale_factor - truth.scale_factor) > 3 * pulled.scale_factor_error
+
+
+@pytest.mark.parametrize("exclude, error, match", [
+    (np.zeros((5, 5), bool), ValueError, r"exclude must have the image shape \(64, 64\)"),
+    (np.zeros((64, 64)), TypeError, "exclude must be a boolean array"),
+])
+def test_bad_exclude(ccd_pair, exclude, error, match):
+    reference, target, _ = ccd_pair()
+    with pytest.raises(error, match=match):
+        DifferenceImager(9, flat=1, sky=0).fit(reference, target, exclude=exclude)

@@ -259,10 +259,15 @@ def test_bad_solver_name():
 
 
 def test_auto_choice():
+    from astro_dia.losses import HuberLoss
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert choose_solver((1000, 1000), 19, cpu) == "direct"
+    assert choose_solver((142, 142), 19, cpu) == "direct"
+    assert choose_solver((142, 142), 25, cpu) == "direct"
+    assert choose_solver((512, 512), 19, cpu) == "cg"
     assert choose_solver((1000, 1000), 25, cpu) == "cg"
-    assert choose_solver((1000, 1000), 25, cuda) == "direct"
+    assert choose_solver((512, 512), 19, cuda) == "direct"
+    assert choose_solver((142, 142), 19, cpu, HuberLoss()) == "direct"
+    assert choose_solver((142, 142), 19, cpu, lambda z: z * z) == "iterative"
 
 
 def test_auto_records_the_solver_it_used(noisy_pair):

@@ -1,18 +1,28 @@
 """``solver='auto'``: which solver to use for a problem, from measured crossovers."""
 
-__all__ = ["choose_solver"]
+from ..losses import GaussianLoss, HuberLoss, StudentTLoss
 
-#: Largest kernel side for which the direct solver is chosen on a CPU. The
-#: direct solver's matrix products cost ``N_data K**4`` and the matrix-free
-#: solver's FFT products do not grow with ``K``; measured by
-#: ``benchmarks/bench_solvers.py`` (see docs/performance.rst).
-DIRECT_MAX_KERNEL_CPU = 19
+__all__ = ["choose_solver", "DIRECT_MAX_WORK_CPU", "DIRECT_MAX_WORK_GPU"]
 
-#: The same on a GPU, where the matrix products are relatively cheaper.
-DIRECT_MAX_KERNEL_GPU = 31
+#: Largest ``N_pixels * K**4`` (the cost of the direct solver's matrix
+#: products) for which ``direct`` is chosen on a CPU; above it the matrix-free
+#: solver, whose FFT products do not grow with ``K``, is faster. Measured with
+#: ``benchmarks/bench_solvers.py`` on a 2-core x86_64 CPU (docs/performance.rst):
+#: direct is faster at 142 x 142 with 19 x 19 and 25 x 25 kernels
+#: (N K^4 = 2.6e9 and 7.9e9), the matrix-free solver at 512 x 512 and above
+#: with either kernel (N K^4 >= 3.4e10).
+DIRECT_MAX_WORK_CPU = 1.5e10
+
+#: The same on a GPU, where matrix products are relatively cheaper. Not
+#: measured (no GPU was available): an assumption, ten times the CPU value.
+DIRECT_MAX_WORK_GPU = 1.5e11
+
+#: Losses whose Gauss-Newton (IRLS) weights ``psi(z) / z`` are known to be
+#: non-negative, so that the direct and matrix-free steps are well defined.
+_NEWTON_LOSSES = (GaussianLoss, HuberLoss, StudentTLoss)
 
 
-def choose_solver(shape, kernel_size, device):
+def choose_solver(shape, kernel_size, device, loss=None):
     """
     The solver ``solver='auto'`` uses.
 
@@ -24,10 +34,24 @@ def choose_solver(shape, kernel_size, device):
         Kernel side.
     device : `torch.device`
         Where the fit runs.
+    loss : callable, optional
+        The loss; a user-supplied callable (not one of astro_dia's losses)
+        gets the ``iterative`` solver, which needs only its gradient.
 
     Returns
     -------
-    name : {'direct', 'cg'}
+    name : {'direct', 'cg', 'iterative'}
+
+    Examples
+    --------
+    >>> import torch
+    >>> choose_solver((142, 142), 19, torch.device("cpu"))
+    'direct'
+    >>> choose_solver((2048, 2048), 19, torch.device("cpu"))
+    'cg'
     """
-    limit = DIRECT_MAX_KERNEL_GPU if device.type == "cuda" else DIRECT_MAX_KERNEL_CPU
-    return "direct" if kernel_size <= limit else "cg"
+    if loss is not None and not isinstance(loss, _NEWTON_LOSSES):
+        return "iterative"
+    n_pixels = shape[0] * shape[1]
+    limit = DIRECT_MAX_WORK_GPU if device.type == "cuda" else DIRECT_MAX_WORK_CPU
+    return "direct" if n_pixels * kernel_size ** 4 <= limit else "cg"
