@@ -1,7 +1,7 @@
 """
 Photometry on difference images, and light curves.
 
-Differential fluxes are measured on `~astro_dia.DifferenceResult.difference`
+Differential fluxes are measured on ``result.difference`` (a `~astro_dia.DifferenceResult`)
 at given positions, by fitting the target PSF (the reference PSF convolved
 with the fitted kernel and normalised, paper section 3.2) with photutils
 `~photutils.psf.PSFPhotometry`, or by aperture sums. Dividing by the

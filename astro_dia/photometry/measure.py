@@ -250,7 +250,7 @@ def differential_photometry(result, positions, reference_psf, *, fit_shape=None,
         difference's unit), ``flux_ref = flux / P``, ``flux_ref_err``
         (with sigma_P), ``local_bkg`` (with a background term),
         ``reduced_chi2``, ``qfit``, ``cfit``, ``n_pixels`` and ``flags``
-        (see `~astro_dia.photometry.PHOTOMETRY_FLAGS`). Rows that could not
+        (see ``astro_dia.photometry.PHOTOMETRY_FLAGS``). Rows that could not
         be measured (off the image, fully masked) have NaN fluxes and a
         flag. ``meta`` holds P, sigma_P and the fit shape.
 

@@ -216,11 +216,11 @@ def target_psf(reference_psf, kernel, size=None, *, oversampling=4):
         `build_reference_psf`, or any photutils PSF model with ``x_0``,
         ``y_0`` and ``flux`` parameters.
     kernel : (K, K) array_like or None
-        The fitted convolution kernel (`~astro_dia.DifferenceResult.kernel`);
+        The fitted convolution kernel (``result.kernel``);
         None renders the reference PSF alone.
     size : int, optional
         Odd side of the target PSF in pixels; by default the reference
-        PSF's own extent (2.5 FWHM each side, or an `ImagePSF`'s shape)
+        PSF's own extent (2.5 FWHM each side, or an ``ImagePSF``'s shape)
         plus the kernel's.
     oversampling : int, optional
         Samples per pixel of the returned model; 4 (default) makes the
