@@ -22,8 +22,7 @@ preconditioned conjugate gradients (`solve_cg`).
 The iteration stops when the Newton decrement
 ``lambda = sqrt(g^T H^{-1} g)``, the length of the step in units of the
 statistical standard deviations of the parameters, falls below ``1e-6``
-(float64) or ``1e-2`` (float32, whose gradient is only good to about
-``1e-3`` sigma on a million pixels). Where the objective is far from quadratic
+(float64) or ``1e-3`` (float32). Where the objective is far from quadratic
 (gross outliers under the Gaussian loss with a model-dependent variance) or
 at the resolution of float32, the steps stall; `polish_if_stalled` then
 hands over to the whitened L-BFGS of `~astro_dia.solvers.iterative`.
@@ -39,7 +38,7 @@ from .iterative import solve_iterative
 __all__ = []
 
 #: Newton decrement (in standard deviations) at which a fit has converged.
-_TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-2}
+_TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-3}
 
 #: Above this decrement ratio between two steps the metric is re-weighted.
 _REWEIGHT_RATIO = 0.3
@@ -50,7 +49,7 @@ _CHEAP_STEPS = 8
 
 def tolerance(dtype):
     """Newton-decrement tolerance for a data type."""
-    return _TOLERANCE.get(dtype, 1e-2)
+    return _TOLERANCE.get(dtype, 1e-3)
 
 
 def pack(kernel, coefficients):
