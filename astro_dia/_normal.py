@@ -27,7 +27,10 @@ FLOAT32_STRIP_PIXELS = 2 ** 16
 
 def strip_bytes(problem, rows, dtype):
     """Memory of the im2col strip (and its weighted copy) of ``rows`` image rows."""
-    n_columns = problem.kernel_size ** 2 + problem.basis.shape[0]
+    # A spatially varying kernel also holds the plain im2col next to its
+    # per-term copies.
+    plain = problem.kernel_size ** 2 if problem.kernel_basis is not None else 0
+    n_columns = problem.n_kernel + plain + problem.basis.shape[0]
     itemsize = torch.finfo(dtype).bits // 8
     return 2 * n_columns * rows * problem.target.shape[1] * itemsize
 
@@ -69,7 +72,7 @@ def assemble_normal_equations(problem, weights, *, max_bytes=DEFAULT_CHUNK_BYTES
     """
     dtype = problem.dtype if dtype is None else dtype
     size = problem.kernel_size
-    n_kernel = size * size
+    n_kernel = problem.n_kernel
     n_basis = problem.basis.shape[0]
     n = n_kernel + n_basis
     normal = torch.zeros((n, n), dtype=torch.float64, device=problem.device)
@@ -84,6 +87,11 @@ def assemble_normal_equations(problem, weights, *, max_bytes=DEFAULT_CHUNK_BYTES
     kernel_rows, basis_rows = slice(0, n_kernel), slice(n_kernel, n)
     for start, stop in _strips(problem, max_bytes, dtype):
         patches = F.unfold(reference[:, :, start:stop + size - 1, :], size)[0]   # (K*K, L)
+        if problem.kernel_basis is not None:
+            # A spatially varying kernel: one block of columns per term,
+            # the patches times that term's polynomial image.
+            terms = problem.kernel_basis[:, start:stop].reshape(problem.kernel_terms, 1, -1)
+            patches = (terms.to(dtype) * patches[None]).reshape(n_kernel, -1)
         s = scale[start:stop].reshape(-1)
         basis = problem.basis[:, start:stop].reshape(n_basis, -1).to(dtype)
         y = problem.target[start:stop].reshape(-1).to(dtype)
@@ -104,19 +112,64 @@ def assemble_normal_equations(problem, weights, *, max_bytes=DEFAULT_CHUNK_BYTES
         rhs[kernel_rows] += (left @ y).to(torch.float64)
         rhs[basis_rows] += (left_basis @ y).to(torch.float64)
     # Correlation order -> kernel order: kernel pixel (i, j) is patch row
-    # (K-1-i, K-1-j), so the kernel block is reversed.
-    order = torch.cat([torch.arange(n_kernel - 1, -1, -1), torch.arange(n_kernel, n)])
+    # (K-1-i, K-1-j), so each term's block is reversed.
+    pixels = size * size
+    reversed_block = torch.arange(pixels - 1, -1, -1)
+    order = torch.cat([reversed_block + j * pixels for j in range(n_kernel // pixels)]
+                      + [torch.arange(n_kernel, n)])
     order = order.to(problem.device)
     return normal[order][:, order], rhs[order]
 
 
-def add_regularization(normal, problem):
-    """Add the Hessian ``2 lambda N_data L`` of the Laplacian penalty (eq. 20) in place."""
+def add_regularization(normal, problem, rhs=None):
+    """
+    Complete the normal equations of the raw design: penalty and kernel constraint, in place.
+
+    Adds the Hessian ``2 lambda N_data L`` of the Laplacian penalty (eq. 20)
+    to every term's kernel block, then, under ``constant_scale``, maps the
+    matrix (and ``rhs`` when given) to the free parameters (see
+    `constrain_normal`).
+    """
     if problem.regularization > 0:
-        n_kernel = problem.kernel_size ** 2
-        lap = torch.as_tensor(laplacian_matrix(problem.kernel_size), dtype=normal.dtype,
-                              device=normal.device)
-        normal[:n_kernel, :n_kernel] += 2 * problem.regularization * problem.n_data * lap
+        pixels = problem.kernel_size ** 2
+        lap = 2 * problem.regularization * problem.n_data * torch.as_tensor(
+            laplacian_matrix(problem.kernel_size), dtype=normal.dtype, device=normal.device)
+        for start in range(0, problem.n_kernel, pixels):
+            normal[start:start + pixels, start:start + pixels] += lap
+    return constrain_normal(normal, problem, rhs)
+
+
+def constrain_columns(matrix, problem):
+    """
+    ``M T`` for the map ``T`` from parameters to kernels under ``constant_scale``.
+
+    The kernel column of each non-constant term's pixel ``u`` becomes
+    ``column_u - column_centre``; the central (fixed) column becomes zero.
+    """
+    pixels = problem.kernel_size ** 2
+    for index in problem.fixed.tolist():
+        start = index - index % pixels
+        centre = matrix[:, index].clone()
+        matrix[:, start:start + pixels] -= centre[:, None]
+    return matrix
+
+
+def constrain_normal(normal, problem, rhs=None):
+    """
+    ``T^T N T`` (and ``T^T rhs``) under ``constant_scale``, with 1 on the fixed diagonal.
+
+    The fixed parameters have no effect on the model; the unit diagonal
+    keeps the matrix positive definite and their solution at zero change.
+    Does nothing without ``constant_scale``.
+    """
+    if len(problem.fixed) == 0:
+        return normal if rhs is None else (normal, rhs)
+    constrain_columns(normal, problem)
+    constrain_columns(normal.T, problem)
+    normal[problem.fixed, problem.fixed] = 1.0
+    if rhs is not None:
+        constrain_columns(rhs[None], problem)
+        return normal, rhs
     return normal
 
 

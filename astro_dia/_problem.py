@@ -13,7 +13,8 @@ import torch
 from scipy.fft import next_fast_len
 
 from ._torch import to_tensor
-from .losses import laplacian_penalty
+from .background import background_basis, polynomial_terms
+from .losses import laplacian_matrix, laplacian_penalty
 
 __all__ = []
 
@@ -55,20 +56,49 @@ class FitProblem:
         Variance of the reference, propagated through ``K**2`` when given.
     device, dtype
         Where and in what precision to compute.
+    kernel_degree : int, optional
+        Degree of the polynomial in the normalised image coordinates that
+        each kernel pixel is (0: one kernel for the whole image). With
+        ``d > 0`` the kernel parameters are ``(n_terms, K, K)``, one kernel
+        per term of `~astro_dia.background.polynomial_terms`, and the model
+        is ``sum_j b_j(x, y) (R (x) K_j)(x, y) + B``.
+    constant_scale : bool, optional
+        With ``kernel_degree > 0``, hold the photometric scale factor
+        constant over the image: the kernels ``K_j`` of the non-constant
+        terms sum to zero. Their central pixel is then not a free parameter
+        (it is minus the sum of the others); it is listed in `fixed`.
     """
 
     def __init__(self, reference, target, fit_mask, basis, terms, kernel_size, loss,
-                 regularization, reference_variance, *, device, dtype):
+                 regularization, reference_variance, *, device, dtype, kernel_degree=0,
+                 constant_scale=False):
         self.device, self.dtype = device, dtype
         self.kernel_size = kernel_size
         self.half = kernel_size // 2
         h = self.half
         ny, nx = reference.shape
         self.valid = (slice(h, ny - h), slice(h, nx - h))
-        # Centre the reference on its mean: M = (R - r)(x)K + (B + r P) is the
-        # same model, but P and B0 are no longer nearly degenerate.
-        self.reference_mean = float(np.mean(reference[self.valid]))
+        self.kernel_degree = int(kernel_degree)
+        self.constant_scale = bool(constant_scale) and self.kernel_degree > 0
+        self.kernel_terms = len(polynomial_terms(self.kernel_degree))
+        self.kernel_shape = ((kernel_size, kernel_size) if self.kernel_degree == 0
+                             else (self.kernel_terms, kernel_size, kernel_size))
+        self.n_kernel = self.kernel_terms * kernel_size ** 2
         tensor = dict(device=device, dtype=dtype)
+        self.kernel_basis = (None if self.kernel_degree == 0 else to_tensor(
+            background_basis((ny, nx), self.kernel_degree, region=self.valid), **tensor))
+        # Parameters without effect (the central pixel of each non-constant
+        # term's kernel under constant_scale), in the order of `pack`.
+        centre = h * kernel_size + h
+        self.fixed = torch.tensor(
+            [j * kernel_size ** 2 + centre for j in range(1, self.kernel_terms)]
+            if self.constant_scale else [], dtype=torch.long, device=device)
+        # Centre the reference on its mean: M = (R - r)(x)K + (B + r P) is the
+        # same model, but P and B0 are no longer nearly degenerate. A kernel
+        # whose sum varies over the image would move r P(x, y) into the
+        # background, which cannot follow it: no centring then.
+        varying_sum = self.kernel_degree > 0 and not self.constant_scale
+        self.reference_mean = 0.0 if varying_sum else float(np.mean(reference[self.valid]))
         self.reference = to_tensor(reference - self.reference_mean, **tensor)[None, None]
         # Convolutions are products of spectra: their cost does not grow with
         # the kernel size. Padding to a fast length leaves the valid region
@@ -91,16 +121,55 @@ class FitProblem:
             else torch.fft.rfft2(to_tensor(reference_variance, **tensor), s=self.fft_shape))
         self.extra_variance = None  # reference noise through K**2, held fixed per pass
 
+    # -- kernel parametrisation ---------------------------------------------
+    def effective_kernel(self, kernel):
+        """
+        The kernels the parameters stand for.
+
+        The parameters themselves, except under ``constant_scale``: each
+        non-constant term's kernel then has its sum subtracted from its
+        central pixel, so that it sums to zero whatever the parameters.
+        """
+        if not self.constant_scale:
+            return kernel
+        h = self.half
+        varying = kernel[1:]
+        centre = torch.zeros_like(varying)
+        centre[:, h, h] = 1.0
+        varying = varying - varying.sum(dim=(1, 2))[:, None, None] * centre
+        return torch.cat([kernel[:1], varying])
+
+    def effective_adjoint(self, kernel_gradient):
+        """Adjoint of `effective_kernel`: a gradient in the kernels -> in the parameters."""
+        if not self.constant_scale:
+            return kernel_gradient
+        h = self.half
+        varying = kernel_gradient[1:] - kernel_gradient[1:, h:h + 1, h:h + 1]
+        return torch.cat([kernel_gradient[:1], varying])
+
+    def scale_factor(self, kernel):
+        """P at the image centre: the sum of the (constant term's) kernel."""
+        kernel = self.effective_kernel(kernel)
+        return (kernel if self.kernel_degree == 0 else kernel[0]).sum()
+
     # -- model -------------------------------------------------------------
     def convolve(self, kernel):
-        """Valid-region convolution of the centred reference with ``kernel``."""
-        return self._convolve_spectrum(self.reference_spectrum, kernel)
+        """
+        Valid-region convolution of the centred reference with ``kernel``.
+
+        With ``kernel_degree > 0`` the per-term convolutions are weighted by
+        the polynomial images and summed.
+        """
+        return self._convolve_spectrum(self.reference_spectrum, self.effective_kernel(kernel))
 
     def _convolve_spectrum(self, spectrum, kernel):
         full = torch.fft.irfft2(spectrum * torch.fft.rfft2(kernel, s=self.fft_shape),
                                 s=self.fft_shape)
         k = self.kernel_size - 1
-        return full[k:self.shape[0], k:self.shape[1]]
+        valid = full[..., k:self.shape[0], k:self.shape[1]]
+        if kernel.dim() == 3:
+            valid = (valid * self.kernel_basis).sum(dim=0)
+        return valid
 
     def background(self, coefficients):
         return torch.tensordot(coefficients, self.basis, dims=1)
@@ -121,6 +190,8 @@ class FitProblem:
         """Propagate the reference variance through the current ``K**2`` (fixed)."""
         if self.reference_variance_spectrum is None:
             return
+        if self.kernel_degree > 0:
+            raise NotImplementedError("reference noise with a spatially varying kernel")
         with torch.no_grad():
             self.extra_variance = torch.clamp(self._convolve_spectrum(
                 self.reference_variance_spectrum, kernel.detach() ** 2), min=0.0)
@@ -138,9 +209,22 @@ class FitProblem:
         per_pixel = self.loss(z) + 0.5 * torch.log(variance)
         value = torch.sum(torch.where(self.mask, per_pixel, 0.0), dtype=torch.float64)
         if self.regularization > 0:
-            value = value + (self.regularization * self.n_data
-                             * laplacian_penalty(kernel).to(torch.float64))
+            value = value + (self.regularization * self.n_data * laplacian_penalty(
+                self.effective_kernel(kernel)).to(torch.float64))
         return value
+
+    def penalty_product(self, kernel):
+        """
+        Hessian of the Laplacian penalty (eq. 20) times ``kernel``, in parameter space.
+
+        ``2 lambda N_data L`` applied to each term's (effective) kernel.
+        """
+        size = self.kernel_size
+        laplacian = torch.as_tensor(laplacian_matrix(size), dtype=kernel.dtype,
+                                    device=kernel.device)
+        flat = self.effective_kernel(kernel).reshape(-1, size * size)
+        product = (flat @ laplacian).reshape(kernel.shape)
+        return 2 * self.regularization * self.n_data * self.effective_adjoint(product)
 
     def normalization(self):
         norm = getattr(self.loss, "normalization", None)
@@ -162,29 +246,34 @@ class FitProblem:
 
         Parameters
         ----------
-        image : (ny', nx') tensor
-            An image on the valid region (e.g. weighted residuals).
+        image : (..., ny', nx') tensor
+            An image on the valid region (e.g. weighted residuals), or a
+            stack of them.
         spectrum : tensor, optional
             ``rfft2`` of another full-frame image to use instead of the
             reference (e.g. of ``R**2`` for the diagonal of ``A^T W A``).
 
         Returns
         -------
-        (K, K) tensor
+        (..., K, K) tensor
         """
         spectrum = self.reference_spectrum if spectrum is None else spectrum
-        ny, nx = image.shape
-        flipped = torch.fft.rfft2(torch.flip(image, (0, 1)), s=self.fft_shape)
+        ny, nx = image.shape[-2:]
+        flipped = torch.fft.rfft2(torch.flip(image, (-2, -1)), s=self.fft_shape)
         full = torch.fft.irfft2(spectrum * flipped, s=self.fft_shape)
         # full[a + ny - 1, b + nx - 1] = sum_p image_p R_{p + (a, b)}; no
         # wrap-around reaches these indices because the FFT length is at
         # least the frame size.
-        block = full[ny - 1:ny - 1 + self.kernel_size, nx - 1:nx - 1 + self.kernel_size]
-        return torch.flip(block, (0, 1))
+        block = full[..., ny - 1:ny - 1 + self.kernel_size, nx - 1:nx - 1 + self.kernel_size]
+        return torch.flip(block, (-2, -1))
 
     def transpose(self, image):
-        """``A^T image``: the kernel part (K, K) and the background part (n_terms,)."""
-        return self.correlate(image), (self.basis * image[None]).sum(dim=(1, 2))
+        """``A^T image``: the kernel part (`kernel_shape`) and the background part (n_terms,)."""
+        if self.kernel_degree == 0:
+            kernel_part = self.correlate(image)
+        else:
+            kernel_part = self.effective_adjoint(self.correlate(self.kernel_basis * image))
+        return kernel_part, (self.basis * image[None]).sum(dim=(1, 2))
 
     def normal_product(self, weights, kernel, coefficients):
         """``A^T W A v`` without forming ``A``: a convolution and a correlation."""
@@ -200,6 +289,8 @@ class FitProblem:
         """
         with torch.no_grad():
             r2 = torch.fft.rfft2(self.reference[0, 0] ** 2, s=self.fft_shape)
+            if self.kernel_degree > 0:
+                weights = weights * self.kernel_basis ** 2
             d_kernel = self.correlate(weights, spectrum=r2)
             d_background = (weights[None] * self.basis ** 2).sum(dim=(1, 2))
         floor = torch.finfo(self.dtype).tiny
@@ -210,8 +301,14 @@ class FitProblem:
         Best scaling ``a`` of ``kernel_shape`` and background coefficients.
 
         A weighted linear least-squares fit of the target on
-        ``[R (x) kernel_shape, basis]``, solved in float64.
+        ``[R (x) kernel_shape, basis]``, solved in float64. With a spatially
+        varying kernel, ``kernel_shape`` (K, K) is the constant term's and
+        the other terms start at zero.
         """
+        if self.kernel_degree > 0 and kernel_shape.dim() == 2:
+            full = torch.zeros(self.kernel_shape, device=self.device, dtype=self.dtype)
+            full[0] = kernel_shape
+            kernel_shape = full
         with torch.no_grad():
             columns = torch.cat([self.convolve(kernel_shape)[None], self.basis])
             cols = columns[:, self.mask].to(torch.float64)
@@ -226,5 +323,5 @@ class FitProblem:
     def uncentred_coefficients(self, kernel, coefficients):
         """Background coefficients of the un-centred model ``R (x) K + B``."""
         out = coefficients.detach().clone()
-        out[0] = out[0] - self.reference_mean * kernel.detach().sum()
+        out[0] = out[0] - self.reference_mean * self.scale_factor(kernel.detach())
         return out

@@ -9,7 +9,7 @@ The ``astro-dia`` command.
     astro-dia [-v] diff REFERENCE TARGET [--out FILE] [--overwrite] [--kernel-size K]
                    [--noise-model M] [--gain G] [--read-noise RN] [--em-gain E]
                    [--flat F] [--sky S] [--unit U] [--background-degree D]
-                   [--loss L] [--solver S] [--device D] [--dtype {float32,float64}]
+                   [--kernel-degree D] [--constant-scale] [--loss L] [--solver S] [--device D] [--dtype {float32,float64}]
     astro-dia [-v] subtract REFERENCE TARGET [TARGET ...] --out DIR [--overwrite]
                    [--plots] [--workers N | --scheduler ADDRESS] [the fit options of diff]
 
@@ -191,6 +191,12 @@ def _add_fit_options(command):
                          help="unit of images whose header has no BUNIT, e.g. adu")
     command.add_argument("--background-degree", metavar="D", type=int, default=0,
                          help="degree of the background polynomial (default: %(default)s)")
+    command.add_argument("--kernel-degree", metavar="D", type=int, default=0,
+                         help="degree of the kernel's spatial variation, 0 for one kernel "
+                              "(default: %(default)s)")
+    command.add_argument("--constant-scale", action="store_true",
+                         help="with --kernel-degree > 0, hold the scale factor P constant "
+                              "over the image")
     command.add_argument("--loss", choices=("gaussian", "huber", "student_t"),
                          default="gaussian", help="loss function (default: %(default)s)")
     command.add_argument("--solver", metavar="S",
@@ -215,8 +221,9 @@ def _make_imager(arguments):
         gain=None if arguments.gain is None else arguments.gain * u.electron / u.adu,
         read_noise=None if arguments.read_noise is None else arguments.read_noise * u.electron,
         em_gain=arguments.em_gain, flat=_read_flat(arguments.flat), sky=arguments.sky,
-        background_degree=arguments.background_degree, loss=arguments.loss,
-        device=arguments.device, dtype=arguments.dtype, **solver)
+        background_degree=arguments.background_degree,
+        kernel_degree=arguments.kernel_degree, constant_scale=arguments.constant_scale,
+        loss=arguments.loss, device=arguments.device, dtype=arguments.dtype, **solver)
 
 
 def _run_demo_command(arguments):

@@ -48,6 +48,11 @@ def _passes_converged(previous, current, dtype):
     return abs(current - previous) <= tolerance * abs(current)
 
 
+def _position_shape(x, y):
+    """Shape of the broadcast pixel coordinates ``x`` and ``y``."""
+    return np.broadcast(np.asarray(x), np.asarray(y)).shape
+
+
 class DifferenceResult:
     """
     The outcome of one `DifferenceImager.fit`.
@@ -66,9 +71,22 @@ class DifferenceResult:
     kernel : (K, K) ndarray
         The convolution kernel, such that the model is the reference
         *convolved* with it (a kernel peaked at ``(+1, +1)`` from the centre
-        shifts the reference by ``+1`` pixel in ``y`` and ``x``).
+        shifts the reference by ``+1`` pixel in ``y`` and ``x``). With a
+        spatially varying kernel, the kernel at the image centre; see
+        `kernel_at`.
+    kernel_degree : int
+        Degree of the kernel's spatial variation (0: one kernel).
+    constant_scale : bool
+        Whether P was held constant over the image (``kernel_degree > 0``).
+    kernel_terms : (n_terms, K, K) ndarray or None
+        With ``kernel_degree > 0``, the kernel of each polynomial term, in
+        the order of `~astro_dia.background.polynomial_terms`: the kernel at
+        ``(x, y)`` is ``sum_j eta**m_j xi**n_j kernel_terms[j]`` (normalised
+        coordinates of paper eq. 19). None for a constant kernel.
     scale_factor : float
-        Photometric scale factor P, the sum of the kernel (paper eq. 3).
+        Photometric scale factor P, the sum of the kernel (paper eq. 3); at
+        the image centre for a spatially varying kernel (see
+        `scale_factor_at`).
     background : `~astropy.units.Quantity`
         The differential background image (full frame).
     background_coefficients : `~astropy.units.Quantity`
@@ -95,7 +113,11 @@ class DifferenceResult:
         coefficients (target unit), from the inverse of the observed Fisher
         information (paper eq. 15-17); the kernel-background block is in the
         target unit, the background block in its square. None with
-        ``compute_errors=False``. See `astro_dia.uncertainty`.
+        ``compute_errors=False``. See `astro_dia.uncertainty`. With a
+        spatially varying kernel the kernel pixels are those of every term
+        in turn; under ``constant_scale`` the central pixel of each
+        non-constant term is not a free parameter and its rows are
+        meaningless.
     scale_factor_error : float or None
         Standard error sigma_P of the scale factor, ``sqrt(1^T C_KK 1)``.
     background_error : `~astropy.units.Quantity` or None
@@ -114,7 +136,96 @@ class DifferenceResult:
     """
 
     def __init__(self, **values):
+        self.kernel_degree, self.constant_scale, self.kernel_terms = 0, False, None
         self.__dict__.update(values)
+
+    def _term_values(self, x, y):
+        """Polynomial terms ``eta**m xi**n`` of the kernel at pixel positions."""
+        from .background import polynomial_terms
+        ny, nx = self.difference.shape
+        x, y = np.broadcast_arrays(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
+        eta = (x - (nx - 1) / 2) / nx
+        xi = (y - (ny - 1) / 2) / ny
+        return np.stack([eta ** m * xi ** n for m, n in
+                         polynomial_terms(self.kernel_degree)])
+
+    def kernel_at(self, x, y):
+        """
+        The convolution kernel at a pixel position.
+
+        Parameters
+        ----------
+        x, y : float
+            0-based pixel coordinates in the target.
+
+        Returns
+        -------
+        kernel : (K, K) ndarray
+            ``self.kernel`` itself for a constant kernel.
+        """
+        if np.ndim(x) or np.ndim(y):
+            raise ValueError("kernel_at takes one position; loop for several")
+        if self.kernel_terms is None:
+            return self.kernel.copy()
+        return np.tensordot(self._term_values(x, y), self.kernel_terms, axes=1)
+
+    def scale_factor_at(self, x, y):
+        """
+        The photometric scale factor P at pixel positions.
+
+        Parameters
+        ----------
+        x, y : float or array_like
+            0-based pixel coordinates in the target.
+
+        Returns
+        -------
+        scale_factor : float or ndarray
+            A float for a scalar position; ``self.scale_factor`` everywhere
+            for a constant kernel or with ``constant_scale``.
+        """
+        if self.kernel_terms is None:
+            values = np.full(_position_shape(x, y), self.scale_factor)
+        else:
+            sums = self.kernel_terms.sum(axis=(1, 2))
+            values = np.tensordot(sums, self._term_values(x, y), axes=1)
+        return float(values) if values.ndim == 0 else values
+
+    def scale_factor_error_at(self, x, y):
+        """
+        Standard error of P at pixel positions, from ``self.covariance``.
+
+        Parameters
+        ----------
+        x, y : float or array_like
+            0-based pixel coordinates in the target.
+
+        Returns
+        -------
+        sigma_p : float or ndarray or None
+            None without errors (``compute_errors=False``).
+        """
+        if self.covariance is None:
+            return None
+        if self.kernel_terms is None or self.constant_scale:
+            values = np.full(_position_shape(x, y), self.scale_factor_error)
+        else:
+            pixels = self.kernel.size
+            n_terms = len(self.kernel_terms)
+            block = self.covariance[:n_terms * pixels, :n_terms * pixels]
+            # P(x, y) = t^T S theta, with S summing each term's pixels.
+            summed = block.reshape(n_terms, pixels, n_terms, pixels).sum(axis=(1, 3))
+            terms = self._term_values(x, y).reshape(n_terms, -1)
+            variance = np.einsum("in,ij,jn->n", terms, summed, terms)
+            values = np.sqrt(np.maximum(variance, 0.0)).reshape(_position_shape(x, y))
+        return float(values) if values.ndim == 0 else values
+
+    @property
+    def scale_factor_map(self):
+        """P at every pixel of the image (ndarray), for a spatially varying kernel."""
+        ny, nx = self.difference.shape
+        y, x = np.mgrid[0:ny, 0:nx]
+        return np.asarray(self.scale_factor_at(x, y), dtype=float)
 
     @property
     def background_offset(self):
@@ -183,6 +294,17 @@ class DifferenceImager:
         residual; see `astro_dia.losses`.
     background_degree : int, optional
         Degree of the background polynomial; 0 (default) is a constant.
+    kernel_degree : int, optional
+        Degree of the polynomial in the normalised image coordinates that
+        every kernel pixel is (paper eq. 18-19 coordinates): 0 (default) is
+        one kernel for the whole image; 1 or 2 let the kernel follow a PSF
+        that changes across a wide field. The unknowns grow by a factor
+        ``(d + 1)(d + 2) / 2``. See :ref:`spatial_variation`.
+    constant_scale : bool, optional
+        With ``kernel_degree > 0``, hold the photometric scale factor P
+        constant over the image (the kernel's shape varies, its sum does
+        not), as Bramich et al. (2013) do for photometry. Ignored with
+        ``kernel_degree=0``.
     regularization : float, optional
         Strength lambda of the Laplacian kernel penalty (eq. 20); 0 turns it
         off.
@@ -276,7 +398,8 @@ class DifferenceImager:
     """
 
     def __init__(self, kernel_size=19, *, noise_model="ccd", loss="gaussian",
-                 background_degree=0, regularization=0.0, reference_noise=False,
+                 background_degree=0, kernel_degree=0, constant_scale=False,
+                 regularization=0.0, reference_noise=False,
                  gain=None, read_noise=None, flat=None, sky=None, em_gain=None,
                  excess_noise_factor=None, kernel_init="flat", solver="auto",
                  device="auto", dtype="float32", max_iter=2000, max_adam_iter=0,
@@ -289,12 +412,25 @@ class DifferenceImager:
         self.loss = get_loss(loss)
         self.background_degree = background_degree
         polynomial_terms(background_degree)  # validates
+        try:
+            polynomial_terms(kernel_degree)
+        except ValueError:
+            raise ValueError(f"kernel_degree must be a non-negative integer, got "
+                             f"{kernel_degree!r}") from None
+        self.kernel_degree = int(kernel_degree)
+        self.constant_scale = bool(constant_scale)
         regularization = float(regularization)
         if not np.isfinite(regularization) or regularization < 0:
             raise ValueError(f"regularization must be non-negative and finite, got "
                              f"{regularization}")
         self.regularization = regularization
         self.reference_noise = bool(reference_noise)
+        if self.reference_noise and self.kernel_degree > 0:
+            raise ValueError(
+                "reference_noise=True is not supported with kernel_degree > 0 (the reference "
+                "variance would need the varying K**2); use kernel_degree=0, or give the "
+                "target an uncertainty that includes the reference noise and "
+                "noise_model='uncertainty'")
         self.kernel_init = self._check_kernel_init(kernel_init)
         if solver not in _SOLVERS:
             raise ValueError(f"solver must be one of {list(_SOLVERS)}, got {solver!r}")
@@ -456,7 +592,8 @@ class DifferenceImager:
             terms.cropped(valid), self.kernel_size, self.loss, self.regularization,
             None if reference_variance is None else np.where(reference_bad, 0.0,
                                                              reference_variance),
-            device=self.device, dtype=self.dtype)
+            device=self.device, dtype=self.dtype, kernel_degree=self.kernel_degree,
+            constant_scale=self.constant_scale)
         with flush_denormals():
             state = self._solve(problem, terms)
             if terms.settings.get("sky") == SKY_ESTIMATED:
@@ -512,7 +649,8 @@ class DifferenceImager:
         return variance
 
     def _check_enough_pixels(self, fit_mask, reference_image):
-        n_unknowns = self.kernel_size ** 2 + len(polynomial_terms(self.background_degree))
+        n_unknowns = (self.kernel_size ** 2 * len(polynomial_terms(self.kernel_degree))
+                      + len(polynomial_terms(self.background_degree)))
         n_data = int(fit_mask.sum())
         if n_data == 0:
             raise DIAError(
@@ -521,7 +659,7 @@ class DifferenceImager:
         if n_data < 2 * n_unknowns:
             raise DIAError(
                 f"only {n_data} usable pixels for {n_unknowns} unknowns; use a smaller "
-                "kernel_size, a lower background_degree, or larger images")
+                "kernel_size, a lower background_degree or kernel_degree, or larger images")
         reference = reference_image.data[~reference_image.bad]
         if np.ptp(reference) == 0:
             raise DIAError("the reference is constant, so no kernel shape can be fitted; "
@@ -532,7 +670,7 @@ class DifferenceImager:
         solver = self.solver
         if solver == "auto":
             solver = choose_solver(problem.shape, self.kernel_size, problem.device,
-                                   self.loss)
+                                   self.loss, kernel_terms=problem.kernel_terms)
         if solver == "iterative":
             state = self._solve_iterative(problem, terms)
         else:
@@ -586,10 +724,11 @@ class DifferenceImager:
         if self.max_memory is None:
             return None
         ny, nx = problem.shape
-        n = self.kernel_size ** 2 + problem.basis.shape[0]
+        n = problem.n_kernel + problem.basis.shape[0]
         # Images on the device (reference, target, weights, model, basis,
         # FFT buffers), and the float64 normal matrix and its factor.
-        fixed = (12 + problem.basis.shape[0]) * ny * nx * 8 + 3 * n * n * 8
+        fixed = ((12 + problem.basis.shape[0] + 2 * problem.kernel_terms) * ny * nx * 8
+                 + 3 * n * n * 8)
         budget = self.max_memory - fixed
         if budget <= 0:
             raise DIAError(
@@ -647,14 +786,13 @@ class DifferenceImager:
     def _normal_start(problem, weights):
         """Weighted linear least-squares solution (float64) and its Cholesky factor."""
         normal, rhs = assemble_normal_equations(problem, weights, dtype=torch.float64)
-        add_regularization(normal, problem)
+        add_regularization(normal, problem, rhs)
         factor = cholesky(normal)
         if factor is None:
             return None, None, None
         theta = torch.cholesky_solve(rhs[:, None], factor)[:, 0]
-        n_kernel = problem.kernel_size ** 2
-        kernel = theta[:n_kernel].reshape(problem.kernel_size, problem.kernel_size)
-        return kernel.to(problem.dtype), theta[n_kernel:].to(problem.dtype), factor
+        kernel = theta[:problem.n_kernel].reshape(problem.kernel_shape)
+        return kernel.to(problem.dtype), theta[problem.n_kernel:].to(problem.dtype), factor
 
     @staticmethod
     def _set_uniform_scale(problem, kernel, coefficients):
@@ -668,12 +806,18 @@ class DifferenceImager:
                       reference_bad, reference_variance, valid, model_undefined, fit_mask,
                       start, saturation_levels):
         shape = target_image.data.shape
-        kernel = to_numpy(state.kernel)
+        kernel_terms = to_numpy(problem.effective_kernel(state.kernel.detach()))
+        kernel = kernel_terms if self.kernel_degree == 0 else kernel_terms[0]
         coefficients = to_numpy(problem.uncentred_coefficients(state.kernel,
                                                                state.coefficients))
         # The final model in float64, from the un-centred reference.
         reference = np.where(reference_bad, 0.0, reference_image.data)
-        model_valid = fftconvolve(reference, kernel, mode="valid")
+        if self.kernel_degree == 0:
+            model_valid = fftconvolve(reference, kernel, mode="valid")
+        else:
+            model_valid = sum(term * fftconvolve(reference, k, mode="valid") for term, k in
+                              zip(background_basis(shape, self.kernel_degree, region=valid),
+                                  kernel_terms))
         basis = background_basis(shape, self.background_degree)
         background = np.tensordot(coefficients, basis, axes=1)
         model_valid = model_valid + background[valid]
@@ -717,6 +861,9 @@ class DifferenceImager:
             model=CCDData(model, unit=unit, mask=~np.isfinite(model), meta=copy_meta(meta),
                           wcs=wcs),
             kernel=kernel,
+            kernel_degree=self.kernel_degree,
+            constant_scale=bool(problem.constant_scale),
+            kernel_terms=None if self.kernel_degree == 0 else kernel_terms,
             scale_factor=scale_factor,
             background=background * unit,
             background_coefficients=coefficients * unit,
@@ -738,17 +885,18 @@ class DifferenceImager:
     def _errors(self, problem, state, terms, residuals):
         """Covariance, sigma_P, sigma_B0 and kernel errors from the Fisher information."""
         information = fisher_information(problem, state.kernel, state.coefficients)
-        n_kernel = self.kernel_size ** 2
+        n_kernel, n_scale = problem.n_kernel, self.kernel_size ** 2
         covariance, valid = covariance_from_information(
-            information, reference_mean=problem.reference_mean, n_kernel=n_kernel)
+            information, reference_mean=problem.reference_mean, n_kernel=n_kernel,
+            n_scale=n_scale)
         if terms.estimate_scale:
             # The 'uniform' weights were 1/constant with the constant from the
             # starting residuals; the output's variance is that of the final ones.
             constant = float(problem.constant.reshape(-1)[0])
             covariance = covariance * float(mad_std(residuals)) ** 2 / constant
-        diagonal = np.maximum(np.diag(covariance)[:n_kernel], 0.0)
+        diagonal = np.maximum(np.diag(covariance)[:n_scale], 0.0)
         return dict(covariance=covariance,
-                    scale_factor_error=scale_factor_error(covariance, n_kernel),
+                    scale_factor_error=scale_factor_error(covariance, n_scale),
                     background_error=background_errors(covariance, n_kernel),
                     kernel_error=np.sqrt(diagonal).reshape(self.kernel_size, self.kernel_size),
                     covariance_valid=bool(valid))
@@ -763,6 +911,7 @@ class DifferenceImager:
             ("DIA_P", scale_factor, "photometric scale factor P = sum(K)"),
             ("DIA_B0", float(coefficients[0]), "background B0 at the image centre"),
             ("DIA_BDEG", self.background_degree, "background polynomial degree"),
+            ("DIA_KDEG", self.kernel_degree, "kernel polynomial degree (spatial variation)"),
             ("DIA_LOSS", loss_name, "loss function"),
             ("DIA_NOIS", self.noise_model.name, "noise model"),
             ("DIA_SOLV", state.solver, "solver"),
@@ -773,6 +922,9 @@ class DifferenceImager:
             ("DIA_REFN", self.reference_noise, "reference noise in the weights"),
             ("DIA_SKY", float(terms.offset), "sky added back in the variance"),
         ]
+        if self.kernel_degree > 0:
+            cards.append(("DIA_CSCL", bool(self.constant_scale),
+                          "scale factor held constant over the image"))
         if errors["scale_factor_error"] is not None:
             cards += [
                 ("DIA_PERR", errors["scale_factor_error"], "sigma_P (Fisher information)"),
@@ -790,5 +942,6 @@ class DifferenceImager:
         return (f"DifferenceImager(kernel_size={self.kernel_size}, "
                 f"noise_model={self.noise_model.name!r}, "
                 f"loss={getattr(self.loss, 'name', self.loss)!r}, "
-                f"background_degree={self.background_degree}, solver={self.solver!r}, "
+                f"background_degree={self.background_degree}, "
+                f"kernel_degree={self.kernel_degree}, solver={self.solver!r}, "
                 f"device={str(self.device)!r}, dtype={str(self.dtype).replace('torch.', '')!r})")

@@ -11,6 +11,8 @@ FITS files of difference images and of whole fit results.
 * ``KERNEL``: the kernel; its header holds the fit's results (P, sigma_P,
   B0, iterations, noise settings, ...);
 * ``KERNERR``: standard errors of the kernel pixels (when computed);
+* ``KERNTERM``: the kernels of the polynomial terms of a spatially varying
+  kernel (``kernel_degree > 0`` only), a cube;
 * ``BKGCOEF``: a table of the background polynomial terms: exponents
   ``x_power`` and ``y_power``, ``value`` and ``error``;
 * ``MODEL``: the model ``R (x) K + B`` (NaN where undefined; optional);
@@ -175,6 +177,9 @@ def _result_hdulist(result, *, include_model=True, include_covariance=True):
     if result.kernel_error is not None:
         hdus.append(fits.ImageHDU(np.asarray(result.kernel_error, dtype=float),
                                   name="KERNERR"))
+    if getattr(result, "kernel_terms", None) is not None:
+        hdus.append(fits.ImageHDU(np.asarray(result.kernel_terms, dtype=float),
+                                  name="KERNTERM"))
     hdus.append(_background_table(result, unit))
     if include_model and result.model is not None:
         model = fits.ImageHDU(np.asarray(result.model.data, dtype=float), name="MODEL")
@@ -232,6 +237,8 @@ def read_result(path):
         kernel = np.array(hdus["KERNEL"].data, dtype=float)
         kernel_error = (np.array(hdus["KERNERR"].data, dtype=float)
                         if "KERNERR" in names else None)
+        kernel_terms = (np.array(hdus["KERNTERM"].data, dtype=float)
+                        if "KERNTERM" in names else None)
         table = QTable.read(hdus["BKGCOEF"])
         model_data = np.array(hdus["MODEL"].data, dtype=float) if "MODEL" in names else None
         fit_mask = np.array(hdus["FITMASK"].data, dtype=bool)
@@ -252,6 +259,9 @@ def read_result(path):
         difference=difference,
         model=model,
         kernel=kernel,
+        kernel_degree=int(info.get("DIA_KDEG", 0)),
+        constant_scale=bool(info.get("DIA_CSCL", False)),
+        kernel_terms=kernel_terms,
         scale_factor=float(info["DIA_P"]),
         background=background,
         background_coefficients=coefficients,
@@ -292,6 +302,10 @@ def _result_cards(result, unit):
         ("DIA_B0", float(result.background_offset.to_value(unit)),
          "background B0 at the image centre"),
         ("DIA_BDEG", int(result.background_degree), "background polynomial degree"),
+        ("DIA_KDEG", int(getattr(result, "kernel_degree", 0)),
+         "kernel polynomial degree (spatial variation)"),
+        ("DIA_CSCL", bool(getattr(result, "constant_scale", False)),
+         "scale factor held constant over the image"),
         ("DIA_HERR", has_errors, "errors from the Fisher information present"),
         ("DIA_PERR", float(result.scale_factor_error) if has_errors else None,
          "sigma_P (Fisher information)"),

@@ -221,12 +221,13 @@ def laplacian_penalty(kernel):
 
     Parameters
     ----------
-    kernel : (K, K) tensor
+    kernel : (..., K, K) tensor
+        A kernel, or a stack of them (summed over the stack).
 
     Returns
     -------
     penalty : 0-d tensor
     """
-    dx = kernel[:, 1:] - kernel[:, :-1]
-    dy = kernel[1:, :] - kernel[:-1, :]
+    dx = kernel[..., :, 1:] - kernel[..., :, :-1]
+    dy = kernel[..., 1:, :] - kernel[..., :-1, :]
     return (dx * dx).sum() + (dy * dy).sum()

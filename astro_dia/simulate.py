@@ -63,7 +63,7 @@ class SimulationTruth:
 
 
 def _render(shape, stars, sigma, *, dx=0.0, dy=0.0, flux_scale=1.0):
-    """Pixel-integrated Gaussian stars (photutils PRF models)."""
+    """Pixel-integrated Gaussian stars (photutils PRF models); ``sigma`` may be per star."""
     from photutils.datasets import make_model_image
     from photutils.psf import CircularGaussianSigmaPRF
 
@@ -72,7 +72,10 @@ def _render(shape, stars, sigma, *, dx=0.0, dy=0.0, flux_scale=1.0):
     params = QTable({"x_0": np.asarray(stars["x"], float) + dx,
                      "y_0": np.asarray(stars["y"], float) + dy,
                      "flux": np.asarray(stars["flux"], float) * flux_scale})
-    size = 2 * int(np.ceil(8 * sigma)) + 1
+    if np.ndim(sigma):
+        params["sigma"] = np.broadcast_to(np.asarray(sigma, float), len(stars))
+    size = 2 * int(np.ceil(8 * np.max(sigma))) + 1
+    sigma = float(np.max(sigma))
     return make_model_image(shape, CircularGaussianSigmaPRF(sigma=sigma), params,
                             model_shape=(size, size))
 
@@ -129,8 +132,12 @@ def make_image_pair(shape=(142, 142), *, psf_sigma=1.5, kernel_sigma=1.5, scale_
         ``(ny, nx)``.
     psf_sigma : float, optional
         Reference PSF standard deviation :math:`\\phi_R` (pixels).
-    kernel_sigma : float, optional
-        Kernel standard deviation :math:`\\phi_K` (pixels).
+    kernel_sigma : float or (float, float), optional
+        Kernel standard deviation :math:`\\phi_K` (pixels); a pair
+        ``(left, right)`` makes it vary linearly with ``x``, from the first
+        value at the left edge (``x = -0.5``) to the second at the right
+        edge, as across a wide field (``truth.kernel`` is then the kernel
+        at the image centre).
     scale_factor : float, optional
         Photometric scale factor P of the target relative to the reference.
     reference_sky, target_sky : float, optional
@@ -199,15 +206,28 @@ def make_image_pair(shape=(142, 142), *, psf_sigma=1.5, kernel_sigma=1.5, scale_
     if noise_model not in ("ccd", "emccd"):
         raise ValueError(f"noise_model must be 'ccd' or 'emccd', got {noise_model!r}")
     stars = make_star_field(shape, density=density, seed=rng)
+    kernel_sigma_setting = (tuple(float(v) for v in kernel_sigma) if np.ndim(kernel_sigma)
+                            else float(kernel_sigma))
+    if np.ndim(kernel_sigma):
+        left, right = kernel_sigma_setting
+        fraction = (np.asarray(stars["x"], float) + 0.5) / shape[1]
+        star_kernel_sigma = left + (right - left) * fraction
+        kernel_sigma = 0.5 * (left + right)
+    else:
+        star_kernel_sigma = kernel_sigma = float(kernel_sigma)
+    star_target_sigma = np.hypot(psf_sigma, star_kernel_sigma)
     target_sigma = float(np.hypot(psf_sigma, kernel_sigma))
     dy, dx = shift
     reference_stars = _render(shape, stars, psf_sigma)
-    target_stars = _render(shape, stars, target_sigma, dx=dx, dy=dy, flux_scale=scale_factor)
+    target_stars = _render(shape, stars, star_target_sigma, dx=dx, dy=dy,
+                           flux_scale=scale_factor)
     if variable_flux:
-        brightest = stars[int(np.argmax(stars["flux"]))]
-        one = QTable({"x": [brightest["x"]], "y": [brightest["y"]], "flux": [variable_flux]})
-        target_stars = target_stars + _render(shape, one, target_sigma, dx=dx, dy=dy,
-                                              flux_scale=scale_factor)
+        brightest = int(np.argmax(stars["flux"]))
+        one = QTable({"x": [stars["x"][brightest]], "y": [stars["y"][brightest]],
+                      "flux": [variable_flux]})
+        target_stars = target_stars + _render(
+            shape, one, np.broadcast_to(star_target_sigma, len(stars))[brightest:brightest + 1],
+            dx=dx, dy=dy, flux_scale=scale_factor)
     reference_clean = reference_stars + reference_sky
     target_clean = target_stars + target_sky
 
@@ -272,7 +292,8 @@ def make_image_pair(shape=(142, 142), *, psf_sigma=1.5, kernel_sigma=1.5, scale_
         reference_noiseless=reference_clean * factor, target_noiseless=target_clean * factor,
         target_variance=target_var * factor ** 2, reference_variance=reference_var * factor ** 2,
         stars=stars,
-        settings=dict(psf_sigma=psf_sigma, kernel_sigma=kernel_sigma, target_psf_sigma=target_sigma,
+        settings=dict(psf_sigma=psf_sigma, kernel_sigma=kernel_sigma_setting,
+                      target_psf_sigma=target_sigma,
                       gain=gain, read_noise=read_noise, noise_model=noise_model, unit=str(unit),
                       reference_variance_ratio=reference_variance_ratio))
     return images[0], images[1], truth

@@ -145,15 +145,15 @@ def fisher_information(problem, kernel, coefficients):
     return 0.5 * (information + information.T)
 
 
-def _uncentring_jacobian(n, n_kernel, reference_mean):
-    """d(uncentred) / d(centred): B0 = c0' - r * sum(K), everything else unchanged."""
+def _uncentring_jacobian(n, n_kernel, reference_mean, n_scale):
+    """d(uncentred) / d(centred): B0 = c0' - r * P, everything else unchanged."""
     jacobian = np.eye(n)
     if n > n_kernel:
-        jacobian[n_kernel, :n_kernel] = -reference_mean
+        jacobian[n_kernel, :n_scale] = -reference_mean
     return jacobian
 
 
-def covariance_from_information(information, *, reference_mean, n_kernel):
+def covariance_from_information(information, *, reference_mean, n_kernel, n_scale=None):
     """
     Covariance of the un-centred parameters from the Fisher information.
 
@@ -169,13 +169,18 @@ def covariance_from_information(information, *, reference_mean, n_kernel):
     reference_mean : float
         Mean of the reference the fit was centred on.
     n_kernel : int
-        Number of kernel pixels, ``K**2``.
+        Number of kernel parameters: ``K**2``, or ``n_terms * K**2`` for a
+        spatially varying kernel.
+    n_scale : int, optional
+        Number of leading kernel parameters whose sum is P (those of the
+        constant term of a spatially varying kernel); ``n_kernel`` by
+        default.
 
     Returns
     -------
     covariance : (n, n) ndarray
         Covariance of ``[kernel pixels, background coefficients]`` with
-        ``B0 = c0' - reference_mean * sum(K)``.
+        ``B0 = c0' - reference_mean * P``.
     valid : bool
         False when a check failed; the covariance is then a pseudo-inverse
         over the well-determined directions only and must not be trusted.
@@ -222,6 +227,9 @@ def covariance_from_information(information, *, reference_mean, n_kernel):
     n_kernel = int(n_kernel)
     if not 0 < n_kernel <= n:
         raise ValueError(f"n_kernel must be between 1 and {n}, got {n_kernel}")
+    n_scale = n_kernel if n_scale is None else int(n_scale)
+    if not 0 < n_scale <= n_kernel:
+        raise ValueError(f"n_scale must be between 1 and {n_kernel}, got {n_scale}")
     reference_mean = float(reference_mean)
     information = 0.5 * (information + information.T)
 
@@ -257,7 +265,8 @@ def covariance_from_information(information, *, reference_mean, n_kernel):
         cutoff = max(float(eigenvalues[-1]), 0.0) / MAX_CONDITION
         keep = eigenvalues > cutoff
         inverse_eigenvalues = np.where(keep, 1.0 / np.where(keep, eigenvalues, 1.0), 0.0)
-        affected = _affected_quantities(eigenvectors[:, ~keep], scale, n_kernel, reference_mean)
+        affected = _affected_quantities(eigenvectors[:, ~keep], scale, n_kernel, reference_mean,
+                                        n_scale)
         if affected:
             warnings.warn(
                 "the Fisher information matrix of the kernel fit is not valid for inversion: "
@@ -268,18 +277,18 @@ def covariance_from_information(information, *, reference_mean, n_kernel):
                 "a field with more stars", KernelFitWarning)
     centred = (eigenvectors * inverse_eigenvalues) @ eigenvectors.T
     centred = centred * scale[:, None] * scale[None, :]
-    jacobian = _uncentring_jacobian(n, n_kernel, reference_mean)
+    jacobian = _uncentring_jacobian(n, n_kernel, reference_mean, n_scale)
     covariance = jacobian @ centred @ jacobian.T
     return 0.5 * (covariance + covariance.T), bool(valid)
 
 
-def _affected_quantities(null_vectors, scale, n_kernel, reference_mean):
+def _affected_quantities(null_vectors, scale, n_kernel, reference_mean, n_scale):
     """Which of P and B0 have a component along the undetermined eigenvectors."""
     n = len(scale)
-    directions = {"P": np.r_[np.ones(n_kernel), np.zeros(n - n_kernel)]}
+    directions = {"P": np.r_[np.ones(n_scale), np.zeros(n - n_scale)]}
     if n > n_kernel:
         background = np.zeros(n)
-        background[:n_kernel] = -reference_mean
+        background[:n_scale] = -reference_mean
         background[n_kernel] = 1.0
         directions["B0"] = background
     affected = []

@@ -101,3 +101,40 @@ def scale_factor_error(covariance, kernel_size):
     """sigma_P from the kernel block of the covariance (sum of all its entries)."""
     n = kernel_size * kernel_size
     return float(np.sqrt(covariance[:n, :n].sum()))
+
+
+def varying_design_matrix(reference, kernel_size, kernel_degree, degree=0):
+    """
+    Columns of a spatially varying kernel: each kernel pixel times each polynomial term.
+
+    Kernel columns are grouped by term (term 0 first, each in C order), then
+    the background terms; the model at a pixel is
+    ``sum_j t_j(x, y) (R (x) K_j)(x, y) + B``.
+    """
+    base = design_matrix(reference, kernel_size, degree)
+    n_kernel = kernel_size * kernel_size
+    terms = background_columns(reference.shape, kernel_size, kernel_degree)
+    kernel_blocks = [base[:, :n_kernel] * t.ravel()[:, None] for t in terms]
+    return np.hstack(kernel_blocks + [base[:, n_kernel:]])
+
+
+def solve_weighted_varying(reference, target, weights, kernel_size, kernel_degree, degree=0):
+    """
+    Weighted linear least squares with a spatially varying kernel (fixed weights).
+
+    Returns
+    -------
+    kernels : (n_terms, K, K) ndarray
+    coefficients : ndarray
+    """
+    h = kernel_size // 2
+    ny, nx = target.shape
+    y = target[h:ny - h, h:nx - h].ravel()
+    design = varying_design_matrix(reference, kernel_size, kernel_degree, degree)
+    w = np.asarray(weights, float).ravel()
+    normal = design.T @ (design * w[:, None])
+    theta = linalg.solve(normal, design.T @ (w * y), assume_a="pos")
+    n_terms = len(background_columns(reference.shape, kernel_size, kernel_degree))
+    n_kernel = n_terms * kernel_size * kernel_size
+    return (theta[:n_kernel].reshape(n_terms, kernel_size, kernel_size),
+            theta[n_kernel:])

@@ -234,7 +234,7 @@ def test_subtract_help(capsys):
     status, out, _ = run_main(capsys, "subtract", "--help")
     assert status == 0
     for option in ("--out", "--kernel-size", "--noise-model", "--loss", "--background-degree",
-                   "--solver", "--device", "--workers", "--scheduler", "--plots",
+                   "--kernel-degree", "--constant-scale", "--solver", "--device", "--workers", "--scheduler", "--plots",
                    "--overwrite", "REFERENCE", "TARGET"):
         assert option in out
 
@@ -274,6 +274,21 @@ def test_subtract_writes_results_and_reports(fits_night, tmp_path, capsys):
                                 str(directory / "t0.fits"), "--out", str(out_dir),
                                 *SUBTRACT_FIT, "--overwrite")
     assert status == 0, err
+
+
+def test_subtract_with_a_spatially_varying_kernel(fits_night, tmp_path, capsys):
+    from astro_dia.io import read_result
+
+    directory, _ = fits_night
+    out_dir = tmp_path / "out"
+    status, _, err = run_main(capsys, "subtract", str(directory / "ref.fits"),
+                              str(directory / "t0.fits"), "--out", str(out_dir),
+                              *SUBTRACT_FIT, "--kernel-degree", "1", "--constant-scale")
+    assert status == 0, err
+    result = read_result(out_dir / "t0_diff.fits")
+    assert result.kernel_degree == 1 and result.constant_scale
+    assert result.kernel_terms.shape == (3, 7, 7)
+    assert abs(result.kernel_terms[1:].sum()) < 1e-6
 
 
 def test_subtract_goes_on_past_a_corrupt_target(fits_night, tmp_path, capsys):

@@ -147,8 +147,17 @@ def _table(ids, x, y, skycoord, flux, flux_err, scale_factor, scale_factor_error
         table[name] = column
     table["flags"] = flags.astype(np.int64)
     table.meta.update(meta)
-    table.meta["scale_factor"] = scale_factor
-    table.meta["scale_factor_error"] = scale_factor_error
+    if np.ndim(scale_factor):
+        # A spatially varying kernel: P (and sigma_P) at each source.
+        table["scale_factor"] = scale_factor
+        table.meta["scale_factor"] = "per source (column scale_factor)"
+        table.meta["scale_factor_error"] = None
+        if scale_factor_error is not None:
+            table["scale_factor_error"] = scale_factor_error
+            table.meta["scale_factor_error"] = "per source (column scale_factor_error)"
+    else:
+        table.meta["scale_factor"] = scale_factor
+        table.meta["scale_factor_error"] = scale_factor_error
     if scale_factor_error is None:
         warnings.warn("the scale factor's error is unknown (compute_errors=False, or no "
                       "DIA_PERR keyword), so flux_ref_err leaves it out", AstropyUserWarning)
@@ -280,8 +289,7 @@ def differential_photometry(result, positions, reference_psf, *, fit_shape=None,
        -430 +- 127  (true -466)
        -655 +- 125  (true -473)
     """
-    from photutils.psf import PSFPhotometry
-
+    local = _varying_kernel(result, kernel, scale_factor)
     difference, scale_factor, scale_factor_error, kernel = _difference_inputs(
         result, scale_factor, scale_factor_error, kernel)
     data, error, bad = _pixels(difference)
@@ -290,6 +298,8 @@ def differential_photometry(result, positions, reference_psf, *, fit_shape=None,
     psf = (target_psf(reference_psf, kernel, oversampling=oversampling) if kernel is not None
            else reference_psf.copy())
     box = _fit_shape(fit_shape, psf)
+    if local:
+        scale_factor, scale_factor_error = _local_scale_factors(result, x, y)
     flags, n_good = _footprints(x, y, data.shape, box, bad)
     n_free = 1 + (0 if fixed_positions else 2) + (1 if local_background is True else 0)
     too_few = (n_good > 0) & (n_good <= n_free)
@@ -302,42 +312,70 @@ def differential_photometry(result, positions, reference_psf, *, fit_shape=None,
     extra = {name: np.full(n, np.nan) for name in ("reduced_chi2", "qfit", "cfit")}
     extra["n_pixels"] = n_good.copy()
     background = np.full(n, np.nan) if local_background is not False else None
-    if measured.size:
-        model = _psf_model(psf, local_background, fixed_positions)
-        init = QTable({"x": x[measured], "y": y[measured],
-                       "flux": _initial_fluxes(psf, data, error, bad, x[measured],
-                                               y[measured], box)})
-        photometry = PSFPhotometry(
-            model, box, xy_bounds=None if fixed_positions else float(position_bounds),
-            local_bkg_estimator=(None if isinstance(local_background, bool)
-                                 else local_background))
-        with warnings.catch_warnings():
-            # Non-convergence is recorded in the flags (bit 8); a reduced chi^2 on
-            # zero degrees of freedom divides by zero and is left NaN.
-            warnings.filterwarnings("ignore", category=AstropyUserWarning,
-                                    message=".*(converge|fit_info).*")
-            warnings.filterwarnings("ignore", category=RuntimeWarning,
-                                    message=".*(divide by zero|invalid value).*")
-            fitted = photometry(data, mask=bad, error=error, init_params=init)
-        flux[measured] = np.asarray(fitted["flux_fit"], dtype=float)
-        flux_err[measured] = np.asarray(fitted["flux_err"], dtype=float)
-        x_out[measured] = np.asarray(fitted["x_fit"], dtype=float)
-        y_out[measured] = np.asarray(fitted["y_fit"], dtype=float)
+    # One photutils fit for all sources, or one per source with its local
+    # target PSF when the kernel varies over the image.
+    groups = ([(psf, measured)] if not local else
+              [(target_psf(reference_psf, result.kernel_at(x[i], y[i]),
+                           oversampling=oversampling), np.array([i])) for i in measured])
+    for group_psf, members in groups:
+        if not members.size:
+            continue
+        fitted = _fit_group(group_psf, data, error, bad, x[members], y[members], box,
+                            local_background, fixed_positions, position_bounds)
+        flux[members] = np.asarray(fitted["flux_fit"], dtype=float)
+        flux_err[members] = np.asarray(fitted["flux_err"], dtype=float)
+        x_out[members] = np.asarray(fitted["x_fit"], dtype=float)
+        y_out[members] = np.asarray(fitted["y_fit"], dtype=float)
         for name in ("reduced_chi2", "qfit", "cfit"):
-            extra[name][measured] = np.asarray(fitted[name], dtype=float)
-        extra["n_pixels"][measured] = np.asarray(fitted["n_pixels_fit"], dtype=int)
-        flags[measured] |= np.asarray(fitted["flags"], dtype=np.int64) & ~_NEGATIVE_FLUX
+            extra[name][members] = np.asarray(fitted[name], dtype=float)
+        extra["n_pixels"][members] = np.asarray(fitted["n_pixels_fit"], dtype=int)
+        flags[members] |= np.asarray(fitted["flags"], dtype=np.int64) & ~_NEGATIVE_FLUX
         if local_background is True:
-            background[measured] = np.asarray(fitted["amplitude_1_fit"], dtype=float)
+            background[members] = np.asarray(fitted["amplitude_1_fit"], dtype=float)
         elif background is not None:
-            background[measured] = np.asarray(getattr(fitted["local_bkg"], "value",
-                                                      fitted["local_bkg"]), dtype=float)
+            background[members] = np.asarray(getattr(fitted["local_bkg"], "value",
+                                                     fitted["local_bkg"]), dtype=float)
     unit = _unit(difference)
     if background is not None:
         extra = {"local_bkg": background * unit, **extra}
     return _table(ids, x_out, y_out, skycoord, flux, flux_err, scale_factor,
                   scale_factor_error, unit, extra, flags,
                   dict(method="psf", fit_shape=box, fixed_positions=bool(fixed_positions)))
+
+
+def _fit_group(psf, data, error, bad, x, y, box, local_background, fixed_positions,
+               position_bounds):
+    """photutils PSF photometry of sources that share one PSF model."""
+    from photutils.psf import PSFPhotometry
+
+    model = _psf_model(psf, local_background, fixed_positions)
+    init = QTable({"x": x, "y": y,
+                   "flux": _initial_fluxes(psf, data, error, bad, x, y, box)})
+    photometry = PSFPhotometry(
+        model, box, xy_bounds=None if fixed_positions else float(position_bounds),
+        local_bkg_estimator=(None if isinstance(local_background, bool)
+                             else local_background))
+    with warnings.catch_warnings():
+        # Non-convergence is recorded in the flags (bit 8); a reduced chi^2 on
+        # zero degrees of freedom divides by zero and is left NaN.
+        warnings.filterwarnings("ignore", category=AstropyUserWarning,
+                                message=".*(converge|fit_info).*")
+        warnings.filterwarnings("ignore", category=RuntimeWarning,
+                                message=".*(divide by zero|invalid value).*")
+        return photometry(data, mask=bad, error=error, init_params=init)
+
+
+def _varying_kernel(result, kernel, scale_factor):
+    """Whether to use the local kernel and P of a spatially varying fit at each source."""
+    return (kernel is None and scale_factor is None
+            and getattr(result, "kernel_terms", None) is not None)
+
+
+def _local_scale_factors(result, x, y):
+    """P and sigma_P at each source position of a spatially varying fit."""
+    scale_factor = np.atleast_1d(result.scale_factor_at(x, y))
+    error = result.scale_factor_error_at(x, y)
+    return scale_factor, (None if error is None else np.atleast_1d(error))
 
 
 # -- aperture photometry -------------------------------------------------------------
@@ -392,10 +430,13 @@ def aperture_photometry_difference(result, positions, radius, reference_psf=None
     """
     from photutils.aperture import CircularAperture, aperture_photometry
 
+    local = _varying_kernel(result, kernel, scale_factor)
     difference, scale_factor, scale_factor_error, kernel = _difference_inputs(
         result, scale_factor, scale_factor_error, kernel)
     data, error, bad = _pixels(difference)
     ids, x, y, skycoord = position_table(positions, getattr(difference, "wcs", None))
+    if local:
+        scale_factor, scale_factor_error = _local_scale_factors(result, x, y)
     try:
         radius = float(radius)
     except (TypeError, ValueError) as exc:
@@ -416,9 +457,16 @@ def aperture_photometry_difference(result, positions, radius, reference_psf=None
         flux_err[measured] = np.asarray(sums["aperture_sum_err"], dtype=float)
         if reference_psf is not None:
             _check_psf_model(reference_psf)
-            psf = (target_psf(reference_psf, kernel, oversampling=oversampling)
-                   if kernel is not None else reference_psf.copy())
-            correction[measured] = _enclosed_fraction(psf, x[measured], y[measured], radius)
+            if local:
+                for i in measured:
+                    psf = target_psf(reference_psf, result.kernel_at(x[i], y[i]),
+                                     oversampling=oversampling)
+                    correction[i] = _enclosed_fraction(psf, x[i:i + 1], y[i:i + 1], radius)[0]
+            else:
+                psf = (target_psf(reference_psf, kernel, oversampling=oversampling)
+                       if kernel is not None else reference_psf.copy())
+                correction[measured] = _enclosed_fraction(psf, x[measured], y[measured],
+                                                          radius)
     unit = _unit(difference)
     extra = {name: np.full(n, np.nan) for name in ("reduced_chi2", "qfit", "cfit")}
     extra["n_pixels"] = n_good

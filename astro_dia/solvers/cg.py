@@ -27,8 +27,7 @@ import math
 import torch
 from scipy.fft import next_fast_len
 
-from .._normal import cholesky
-from ..losses import laplacian_matrix
+from .._normal import add_regularization, cholesky
 from .gauss_newton import gauss_newton, linear_start, pack, polish_if_stalled, unpack
 
 __all__ = ["solve_cg"]
@@ -56,12 +55,7 @@ class ConjugateGradientMetric:
         self.problem = problem
         self.rtol, self.max_cg_iter = rtol, max_cg_iter
         self.n_products = 0
-        self.n_kernel = problem.kernel_size ** 2
-        self.laplacian = None
-        if problem.regularization > 0:
-            self.laplacian = (2 * problem.regularization * problem.n_data) * torch.as_tensor(
-                laplacian_matrix(problem.kernel_size), dtype=torch.float64,
-                device=problem.device)
+        self.n_kernel = problem.n_kernel
         self.reweight(weights)
 
     def reweight(self, weights):
@@ -72,47 +66,90 @@ class ConjugateGradientMetric:
             self.diagonal = torch.clamp(torch.diagonal(self.preconditioner), min=1e-300)
 
     def _toeplitz_approximation(self, weights):
+        """
+        ``A^T W A`` with its centred-reference kernel block replaced by a Toeplitz one.
+
+        The reference is split into ``R_c + r`` (``r`` its mean on the valid
+        region; zero when the problem centred it already). The kernel columns
+        are then ``b_s(p) R_c(p + u)`` plus ``r b_s(p)``, a column that does
+        not depend on ``u``: the design is ``[A_c, B_k, B] J`` with ``B_k``
+        the kernel's polynomial images and ``J`` summing each term's kernel
+        (times ``r``). Only the ``A_c`` block is approximated; everything
+        else is exact.
+        """
         problem = self.problem
         size = problem.kernel_size
         ny, nx = problem.shape
         h = problem.half
+        f64 = dict(dtype=torch.float64, device=problem.device)
         with torch.no_grad():
-            full_weights = torch.zeros(problem.shape, dtype=torch.float64,
-                                       device=problem.device)
-            full_weights[h:ny - h, h:nx - h] = weights.to(torch.float64)
-            x = torch.sqrt(full_weights) * problem.reference[0, 0].to(torch.float64)
             shape = (next_fast_len(ny + size, real=True), next_fast_len(nx + size, real=True))
-            spectrum = torch.fft.rfft2(x, s=shape)
-            autocorrelation = torch.fft.irfft2(spectrum * spectrum.conj(), s=shape)
+            reference = problem.reference[0, 0].to(torch.float64)
+            mean = float(reference[h:ny - h, h:nx - h].mean())
+            centred = reference - mean
             # Kernel pixel u = (i, j) is flat index i * K + j; the lag of (u, v)
             # is u - v, wrapped into the FFT array.
             i, j = torch.meshgrid(torch.arange(size, device=problem.device),
                                   torch.arange(size, device=problem.device), indexing="ij")
             i, j = i.reshape(-1), j.reshape(-1)
-            kernel_block = autocorrelation[(i[:, None] - i[None, :]) % shape[0],
-                                           (j[:, None] - j[None, :]) % shape[1]]
-            basis = problem.basis.to(torch.float64)
+            lags = ((i[:, None] - i[None, :]) % shape[0], (j[:, None] - j[None, :]) % shape[1])
+            # x_s = sqrt(w) b_s R_c per kernel term s (one term without spatial
+            # variation); block (s, t) is the cross-correlation of x_s and x_t
+            # at lag u - v. A Gram matrix of shifted signals: positive
+            # semi-definite by construction.
+            terms = (torch.ones((1,) + weights.shape, **f64) if problem.kernel_basis is None
+                     else problem.kernel_basis.to(torch.float64))
             w64 = weights.to(torch.float64)
+            spectra = []
+            for term in terms:
+                full = torch.zeros(problem.shape, **f64)
+                full[h:ny - h, h:nx - h] = torch.sqrt(w64) * term
+                spectra.append(torch.fft.rfft2(full * centred, s=shape))
+            n_terms = len(spectra)
+            blocks = [[None] * n_terms for _ in range(n_terms)]
+            for a in range(n_terms):
+                for b in range(a, n_terms):
+                    lag = torch.fft.irfft2(spectra[a].conj() * spectra[b], s=shape)
+                    blocks[a][b] = lag[lags]
+                    blocks[b][a] = blocks[a][b].T
+            kernel_block = torch.cat([torch.cat(row, 1) for row in blocks])
+            # Exact blocks of the columns that are images, G = [B_k, B].
+            images = torch.cat([terms, problem.basis.to(torch.float64)])
+            centred_spectrum = torch.fft.rfft2(centred.to(problem.dtype), s=problem.fft_shape)
             cross = torch.stack([
-                problem.correlate((weights * b).to(problem.dtype)).reshape(-1)
-                for b in problem.basis]).T.to(torch.float64)
-            background_block = torch.einsum("iyx,jyx->ij", basis * w64, basis)
-            matrix = torch.cat([torch.cat([kernel_block, cross], 1),
-                                torch.cat([cross.T, background_block], 1)])
-            if self.laplacian is not None:
-                matrix[:self.n_kernel, :self.n_kernel] += self.laplacian
+                problem.correlate((weights * g.to(problem.dtype))
+                                  * (1.0 if problem.kernel_basis is None
+                                     else problem.kernel_basis),
+                                  spectrum=centred_spectrum).reshape(-1)
+                for g in images]).T.to(torch.float64)
+            image_block = torch.einsum("iyx,jyx->ij", images * w64, images)
+            augmented = torch.cat([torch.cat([kernel_block, cross], 1),
+                                   torch.cat([cross.T, image_block], 1)])
+            n_kernel, n_basis = self.n_kernel, problem.basis.shape[0]
+            jacobian = torch.zeros((n_kernel + n_terms + n_basis, n_kernel + n_basis), **f64)
+            jacobian[:n_kernel, :n_kernel] = torch.eye(n_kernel, **f64)
+            pixels = size * size
+            for a in range(n_terms):
+                jacobian[n_kernel + a, a * pixels:(a + 1) * pixels] = mean
+            jacobian[n_kernel + n_terms:, n_kernel:] = torch.eye(n_basis, **f64)
+            matrix = jacobian.T @ augmented @ jacobian
+            # The penalty, and the constraint of constant_scale.
+            add_regularization(matrix, problem)
             return 0.5 * (matrix + matrix.T)
 
     def apply(self, vector):
         """``A^T W A vector`` (plus the penalty's Hessian), matrix-free."""
         self.n_products += 1
+        problem = self.problem
         with torch.no_grad():
-            kernel, coefficients = unpack(self.problem, vector)
-            image = self.weights * self.problem.model(kernel, coefficients)
-            k_part, b_part = self.problem.transpose(image)
+            kernel, coefficients = unpack(problem, vector)
+            image = self.weights * problem.model(kernel, coefficients)
+            k_part, b_part = problem.transpose(image)
+            if problem.regularization > 0:
+                k_part = k_part + problem.penalty_product(kernel)
             out = pack(k_part, b_part)
-            if self.laplacian is not None:
-                out[:self.n_kernel] += self.laplacian @ vector[:self.n_kernel]
+            # The fixed parameters (constant_scale) have a unit diagonal.
+            out[problem.fixed] = vector[problem.fixed]
             return out
 
     def linear_solution(self, precise=False):

@@ -22,7 +22,7 @@ DIRECT_MAX_WORK_GPU = 1.5e11
 _NEWTON_LOSSES = (GaussianLoss, HuberLoss, StudentTLoss)
 
 
-def choose_solver(shape, kernel_size, device, loss=None):
+def choose_solver(shape, kernel_size, device, loss=None, *, kernel_terms=1):
     """
     The solver ``solver='auto'`` uses.
 
@@ -37,6 +37,10 @@ def choose_solver(shape, kernel_size, device, loss=None):
     loss : callable, optional
         The loss; a user-supplied callable (not one of astro_dia's losses)
         gets the ``iterative`` solver, which needs only its gradient.
+    kernel_terms : int, optional
+        Number of polynomial terms of a spatially varying kernel
+        (``(d + 1)(d + 2) / 2`` for ``kernel_degree=d``); the direct
+        solver's matrix products grow as its square.
 
     Returns
     -------
@@ -54,4 +58,5 @@ def choose_solver(shape, kernel_size, device, loss=None):
         return "iterative"
     n_pixels = shape[0] * shape[1]
     limit = DIRECT_MAX_WORK_GPU if device.type == "cuda" else DIRECT_MAX_WORK_CPU
-    return "direct" if n_pixels * kernel_size ** 4 <= limit else "cg"
+    work = n_pixels * (kernel_terms * kernel_size ** 2) ** 2
+    return "direct" if work <= limit else "cg"

@@ -47,7 +47,7 @@ class NormalMatrixMetric:
     def reweight(self, weights):
         normal, self.rhs = assemble_normal_equations(
             self.problem, weights, max_bytes=self.max_bytes, dtype=self.gemm_dtype)
-        add_regularization(normal, self.problem)
+        add_regularization(normal, self.problem, self.rhs)
         self.n_assemblies += 1
         self.matrix = normal
         self.factor = cholesky(normal)

@@ -59,9 +59,8 @@ def pack(kernel, coefficients):
 
 def unpack(problem, theta):
     """Split a parameter vector into kernel and coefficients in the problem's dtype."""
-    n_kernel = problem.kernel_size ** 2
-    kernel = theta[:n_kernel].reshape(problem.kernel_size, problem.kernel_size)
-    return kernel.to(problem.dtype), theta[n_kernel:].to(problem.dtype)
+    kernel = theta[:problem.n_kernel].reshape(problem.kernel_shape)
+    return kernel.to(problem.dtype), theta[problem.n_kernel:].to(problem.dtype)
 
 
 def objective_and_gradient(problem, theta):

@@ -50,7 +50,7 @@ class _Whitening:
     """The linear map between parameters ``theta`` and whitened ``phi``."""
 
     def __init__(self, problem, kernel, coefficients, factor=None):
-        self.n_kernel = problem.kernel_size ** 2
+        self.n_kernel = problem.n_kernel
         self.kernel_shape = kernel.shape
         self.factor = factor
         if factor is None:  # diagonal scaling
