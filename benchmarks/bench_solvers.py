@@ -24,7 +24,10 @@ All astro_dia fits use the CCD noise model with the Gaussian likelihood of
 eq. 8 (a model-dependent variance) to full convergence, with
 ``compute_errors=False`` (the error computation is the same for every
 solver: one float64 normal-matrix assembly, timed separately in the row
-``direct+errors``). P agreement is relative to the direct float64 fit.
+``direct+errors``). P agreement is relative to the direct float64 fit
+(for the ``d=1`` and ``d=2`` rows, fits of a spatially varying kernel to the
+same pair, P at the image centre of a different model). Select rows with
+``--only``, e.g. ``--only "numpy B08" "direct f32" "cg f32" "direct d=1 f32"``.
 Absolute times on a shared machine are noisy; compare the ratios.
 """
 
@@ -52,6 +55,11 @@ RUNS = [
     ("cg f32", dict(solver="cg", dtype="float32")),
     ("cg f64", dict(solver="cg", dtype="float64")),
     ("direct+errors f32", dict(solver="direct", dtype="float32", compute_errors=True)),
+    # Spatially varying kernels (issue 10): the same pair, kernel_degree 1 and 2.
+    ("direct d=1 f32", dict(solver="direct", dtype="float32", kernel_degree=1)),
+    ("cg d=1 f32", dict(solver="cg", dtype="float32", kernel_degree=1)),
+    ("direct d=2 f32", dict(solver="direct", dtype="float32", kernel_degree=2)),
+    ("cg d=2 f32", dict(solver="cg", dtype="float32", kernel_degree=2)),
 ]
 
 
@@ -82,7 +90,7 @@ def run_one(size, kernel, label):
             warnings.simplefilter("ignore", ConvergenceWarning)
             # A small fit first, so that one-off imports (torch._dynamo at the
             # first L-BFGS step) are not timed.
-            imager.fit(*simulate(4 * kernel)[:2])
+            imager.fit(*simulate((4 if "kernel_degree" not in settings else 8) * kernel)[:2])
             start = time.perf_counter()
             result = imager.fit(reference, target)
             seconds = time.perf_counter() - start
