@@ -12,6 +12,9 @@ The ``astro-dia`` command.
                    [--kernel-degree D] [--constant-scale] [--loss L] [--solver S] [--device D] [--dtype {float32,float64}]
     astro-dia [-v] subtract REFERENCE TARGET [TARGET ...] --out DIR [--overwrite]
                    [--plots] [--workers N | --scheduler ADDRESS] [the fit options of diff]
+    astro-dia [-v] photometry RESULT [RESULT ...] --positions TABLE --fwhm F
+                   [--moffat-beta B] [--aperture R] [--free-positions] [--out FILE]
+                   [--overwrite]
 
 Errors in the input are reported on one line, ``astro-dia: error:
 <message>``, on standard error, with exit status 2 (with ``--verbose``,
@@ -164,6 +167,41 @@ def build_parser():
                             "tcp://10.0.0.1:8786; its workers must see the same paths")
     _add_fit_options(subtract)
     subtract.set_defaults(handler=_run_subtract_command)
+
+    photometry = commands.add_parser(
+        "photometry", help="measure differential fluxes on difference images",
+        description="Measure, on each RESULT (a result file of 'astro-dia subtract', "
+                    "<target>_diff.fits), the differential flux of the sources listed in "
+                    "TABLE by PSF photometry with the target PSF (the reference PSF "
+                    "convolved with the fitted kernel) or by aperture sums, put the fluxes "
+                    "on the reference's photometric scale (divided by P), and write one "
+                    "long table: a row per source and file, with the observation time "
+                    "from DATE-OBS or MJD-OBS when the header has it.",
+        epilog="Example: astro-dia photometry diffs/*_diff.fits --positions stars.ecsv "
+               "--fwhm 3.2 --out lightcurves.ecsv")
+    photometry.add_argument("results", metavar="RESULT", nargs="+",
+                            help="result files written by 'astro-dia subtract'")
+    photometry.add_argument("--positions", metavar="TABLE", required=True,
+                            help="table of the sources (any format astropy reads, e.g. "
+                                 "ECSV or CSV) with columns x and y (0-based pixels) or ra "
+                                 "and dec (degrees, with the images' WCS); an id column is "
+                                 "kept")
+    photometry.add_argument("--fwhm", metavar="F", type=float, required=True,
+                            help="FWHM of the reference PSF, in pixels")
+    photometry.add_argument("--moffat-beta", metavar="B", type=float,
+                            help="use a Moffat reference PSF with this beta instead of a "
+                                 "Gaussian")
+    photometry.add_argument("--aperture", metavar="R", type=float,
+                            help="aperture photometry of radius R pixels (corrected to the "
+                                 "total flux with the target PSF) instead of PSF photometry")
+    photometry.add_argument("--free-positions", action="store_true",
+                            help="fit the positions too (PSF photometry; default: fixed)")
+    photometry.add_argument("--out", metavar="FILE", default="photometry.ecsv",
+                            help="table to write; its format follows the extension "
+                                 "(default: %(default)s)")
+    photometry.add_argument("--overwrite", action="store_true",
+                            help="replace FILE if it exists (never an input file)")
+    photometry.set_defaults(handler=_run_photometry_command)
     return parser
 
 
@@ -319,6 +357,67 @@ def _run_subtract_command(arguments):
         print(f"{PROG}: error: {outcome.name}: {outcome.error}",
               file=sys.stderr)
     return EXIT_FRAMES_FAILED if failed else 0
+
+
+def _read_positions(path):
+    """The ``--positions`` table: pixel columns, or ra/dec made into a SkyCoord."""
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+    from astropy.table import Table
+
+    if not os.path.isfile(path):
+        raise OSError(f"the positions file {path!r} does not exist")
+    try:
+        table = Table.read(path)
+    except Exception as exc:  # any reader failure is bad input
+        raise ValueError(f"cannot read the positions file {path!r} as a table: {exc}") from exc
+    names = {name.lower(): name for name in table.colnames}
+    if "x" not in names and "ra" in names and "dec" in names:
+        return SkyCoord(table[names["ra"]], table[names["dec"]],
+                        unit=(u.deg if table[names["ra"]].unit is None else None))
+    return table
+
+
+def _run_photometry_command(arguments):
+    from astropy.table import vstack
+
+    from .io import read_result
+    from .photometry import (aperture_photometry_difference, differential_photometry,
+                             gaussian_psf, moffat_psf, observation_time)
+
+    out = os.path.abspath(arguments.out)
+    for path in arguments.results + [arguments.positions]:
+        if os.path.exists(path) and os.path.abspath(path) == out:
+            raise ValueError(f"--out {arguments.out!r} is an input file; choose another name")
+    if os.path.exists(out) and not arguments.overwrite:
+        raise OSError(f"{arguments.out!r} exists; pass --overwrite to replace it")
+    positions = _read_positions(arguments.positions)
+    psf = (gaussian_psf(arguments.fwhm) if arguments.moffat_beta is None
+           else moffat_psf(arguments.fwhm, arguments.moffat_beta))
+    tables = []
+    for path in arguments.results:
+        try:
+            result = read_result(path)
+        except (OSError, ValueError) as exc:
+            raise type(exc)(f"{path}: {exc}") from exc
+        if arguments.aperture is not None:
+            table = aperture_photometry_difference(result, positions, arguments.aperture, psf)
+        else:
+            table = differential_photometry(result, positions, psf,
+                                            fixed_positions=not arguments.free_positions)
+        table.meta.clear()
+        table.add_column(os.path.basename(path), name="file", index=0)
+        try:
+            table.add_column(observation_time(result.difference.meta), name="time", index=1)
+        except ValueError:   # no DATE-OBS or MJD-OBS: rows without a time
+            pass
+        tables.append(table)
+    combined = vstack(tables, metadata_conflicts="silent")
+    combined.write(out, overwrite=arguments.overwrite)
+    flagged = int((combined["flags"] != 0).sum())
+    print(f"astro_dia {__version__} photometry: {len(arguments.results)} files x "
+          f"{len(tables[0])} sources, {flagged} rows flagged; table in {out}")
+    return 0
 
 
 def _format_subtract_report(outcomes, imager, out_dir):

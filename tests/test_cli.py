@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from astropy import units as u
 from astropy.nddata import CCDData
@@ -46,6 +47,12 @@ def test_help(capsys):
     status, out, _ = run_main(capsys, "--help")
     assert status == 0
     assert "demo" in out and "--version" in out
+    assert "subtract" in out and "photometry" in out
+    status, out, _ = run_main(capsys, "photometry", "--help")
+    assert status == 0
+    for option in ("--positions", "--fwhm", "--moffat-beta", "--aperture",
+                   "--free-positions", "--out", "--overwrite", "RESULT"):
+        assert option in out
     status, out, _ = run_main(capsys, "demo", "--help")
     assert status == 0
     for option in ("--out", "--size", "--kernel-size", "--seed", "--device", "--dtype",
@@ -333,3 +340,96 @@ def test_subtract_bad_input(fits_night, tmp_path, capsys, case, fragments):
     status, stdout, err = run_main(capsys, "subtract", *SUBTRACT_FIT, *argv)
     assert_one_line_error(status, stdout, err, *fragments)
     assert not (tmp_path / "out" / "t0_diff.fits").exists()
+
+
+# -- astro-dia photometry ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def night_results(fits_night, tmp_path_factory):
+    """The night of fits_night differenced by 'subtract', one target with MJD-OBS."""
+    from astropy.io import fits
+    from astropy.table import QTable
+
+    directory, truths = fits_night
+    out = tmp_path_factory.mktemp("results")
+    assert cli.main(["subtract", str(directory / "ref.fits"), str(directory / "t0.fits"),
+                     str(directory / "t1.fits"), "--out", str(out), *SUBTRACT_FIT]) == 0
+    fits.setval(out / "t1_diff.fits", "MJD-OBS", value=60000.25)
+    stars = truths[0].stars
+    brightest = stars[np.argsort(np.asarray(stars["flux"]))[-3:]]
+    positions = out / "stars.ecsv"
+    QTable({"id": [1, 2, 3], "x": brightest["x"], "y": brightest["y"]}).write(positions)
+    return out, positions
+
+
+def test_photometry_writes_one_long_table(night_results, tmp_path, capsys):
+    from astropy.table import QTable
+
+    out, positions = night_results
+    table_path = tmp_path / "phot.ecsv"
+    status, stdout, err = run_main(
+        capsys, "photometry", str(out / "t0_diff.fits"), str(out / "t1_diff.fits"),
+        "--positions", str(positions), "--fwhm", "3.5", "--out", str(table_path))
+    assert status == 0, err
+    assert "2 files x 3 sources" in stdout
+    table = QTable.read(table_path)
+    assert len(table) == 6
+    assert list(table["file"]) == ["t0_diff.fits"] * 3 + ["t1_diff.fits"] * 3
+    assert list(table["id"]) == [1, 2, 3, 1, 2, 3]
+    # constant stars: the differential fluxes are consistent with zero
+    z = table["flux"].value / table["flux_err"].value
+    assert np.all(np.isfinite(z)) and np.all(np.abs(z) < 5)
+    # flux_ref is flux / P of each file's fit
+    from astro_dia.io import read_result
+    p = read_result(out / "t1_diff.fits").scale_factor
+    assert np.allclose(table["flux_ref"].value[3:], table["flux"].value[3:] / p)
+    # the time comes from MJD-OBS where the header has it
+    assert table["time"].mask[:3].all() and not table["time"].mask[3:].any()
+    assert np.allclose(table["time"][3:].mjd, 60000.25)
+
+
+def test_photometry_apertures(night_results, tmp_path, capsys):
+    from astropy.table import QTable
+
+    out, positions = night_results
+    table_path = tmp_path / "aper.csv"
+    status, _, err = run_main(capsys, "photometry", str(out / "t0_diff.fits"),
+                              "--positions", str(positions), "--fwhm", "3.5",
+                              "--aperture", "4", "--out", str(table_path))
+    assert status == 0, err
+    table = QTable.read(table_path)
+    assert len(table) == 3
+    assert np.all(table["aperture_correction"] < 1)
+
+
+@pytest.mark.parametrize("case, fragments", [
+    ("missing positions", ["positions file", "does not exist"]),
+    ("bad positions", ["cannot read the positions file"]),
+    ("no columns", ["x"]),
+    ("missing result", ["nothing.fits"]),
+    ("not a result", ["t0.fits", "not an astro_dia result file"]),
+    ("no fwhm", ["--fwhm"]),
+    ("exists", ["exists; pass --overwrite"]),
+])
+def test_photometry_bad_input(fits_night, night_results, tmp_path, capsys, case, fragments):
+    from astropy.table import QTable
+
+    directory, _ = fits_night
+    out, positions = night_results
+    result = str(out / "t0_diff.fits")
+    (tmp_path / "bad.ecsv").write_text("not a table at all\x00\x01")
+    QTable({"a": [1.0], "b": [2.0]}).write(tmp_path / "cols.ecsv")
+    (tmp_path / "exists.ecsv").write_text("")
+    table = ["--out", str(tmp_path / ("exists.ecsv" if case == "exists" else "t.ecsv"))]
+    fwhm = [] if case == "no fwhm" else ["--fwhm", "3"]
+    argv = {
+        "missing positions": [result, "--positions", str(tmp_path / "none.ecsv")],
+        "bad positions": [result, "--positions", str(tmp_path / "bad.ecsv")],
+        "no columns": [result, "--positions", str(tmp_path / "cols.ecsv")],
+        "missing result": [str(tmp_path / "nothing.fits"), "--positions", str(positions)],
+        "not a result": [str(directory / "t0.fits"), "--positions", str(positions)],
+        "no fwhm": [result, "--positions", str(positions)],
+        "exists": [result, "--positions", str(positions)],
+    }[case]
+    status, stdout, err = run_main(capsys, "photometry", *argv, *fwhm, *table)
+    assert_one_line_error(status, stdout, err, *fragments)
