@@ -123,16 +123,17 @@ class ConjugateGradientMetric:
                                   spectrum=centred_spectrum).reshape(-1)
                 for g in images]).T.to(torch.float64)
             image_block = torch.einsum("iyx,jyx->ij", images * w64, images)
-            augmented = torch.cat([torch.cat([kernel_block, cross], 1),
-                                   torch.cat([cross.T, image_block], 1)])
-            n_kernel, n_basis = self.n_kernel, problem.basis.shape[0]
-            jacobian = torch.zeros((n_kernel + n_terms + n_basis, n_kernel + n_basis), **f64)
-            jacobian[:n_kernel, :n_kernel] = torch.eye(n_kernel, **f64)
-            pixels = size * size
-            for a in range(n_terms):
-                jacobian[n_kernel + a, a * pixels:(a + 1) * pixels] = mean
-            jacobian[n_kernel + n_terms:, n_kernel:] = torch.eye(n_basis, **f64)
-            matrix = jacobian.T @ augmented @ jacobian
+            # J^T [[T, C], [C^T, G]] J, block by block: J adds r times each
+            # term's image column to every pixel column of that term.
+            n_kernel = self.n_kernel
+            term = torch.arange(n_kernel, device=problem.device) // (size * size)
+            cross_terms, cross_basis = cross[:, :n_terms], cross[:, n_terms:]
+            spread = cross_terms[:, term]
+            kernel_part = (kernel_block + mean * (spread + spread.T)
+                           + mean ** 2 * image_block[:n_terms, :n_terms][term][:, term])
+            mixed = cross_basis + mean * image_block[:n_terms, n_terms:][term]
+            matrix = torch.cat([torch.cat([kernel_part, mixed], 1),
+                                torch.cat([mixed.T, image_block[n_terms:, n_terms:]], 1)])
             # The penalty, and the constraint of constant_scale.
             add_regularization(matrix, problem)
             return 0.5 * (matrix + matrix.T)
