@@ -410,6 +410,7 @@ def test_photometry_apertures(night_results, tmp_path, capsys):
     ("not a result", ["t0.fits", "not an astro_dia result file"]),
     ("no fwhm", ["--fwhm"]),
     ("exists", ["exists; pass --overwrite"]),
+    ("sky positions without WCS", ["sky positions need the image's WCS"]),
 ])
 def test_photometry_bad_input(fits_night, night_results, tmp_path, capsys, case, fragments):
     from astropy.table import QTable
@@ -420,6 +421,7 @@ def test_photometry_bad_input(fits_night, night_results, tmp_path, capsys, case,
     (tmp_path / "bad.ecsv").write_text("not a table at all\x00\x01")
     QTable({"a": [1.0], "b": [2.0]}).write(tmp_path / "cols.ecsv")
     (tmp_path / "exists.ecsv").write_text("")
+    QTable({"ra": [10.0], "dec": [-5.0]}).write(tmp_path / "sky.ecsv")
     table = ["--out", str(tmp_path / ("exists.ecsv" if case == "exists" else "t.ecsv"))]
     fwhm = [] if case == "no fwhm" else ["--fwhm", "3"]
     argv = {
@@ -430,6 +432,45 @@ def test_photometry_bad_input(fits_night, night_results, tmp_path, capsys, case,
         "not a result": [str(directory / "t0.fits"), "--positions", str(positions)],
         "no fwhm": [result, "--positions", str(positions)],
         "exists": [result, "--positions", str(positions)],
+        "sky positions without WCS": [result, "--positions", str(tmp_path / "sky.ecsv")],
     }[case]
     status, stdout, err = run_main(capsys, "photometry", *argv, *fwhm, *table)
     assert_one_line_error(status, stdout, err, *fragments)
+
+
+def test_photometry_with_sky_positions(fits_night, tmp_path, capsys):
+    """ra/dec columns are placed with the images' WCS: the same fluxes as pixel positions."""
+    import shutil
+
+    from astropy.io import fits
+    from astropy.table import QTable
+    from astropy.wcs import WCS
+
+    directory, truths = fits_night
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [150.0, 2.0]
+    wcs.wcs.crpix = [24.5, 24.5]
+    wcs.wcs.cdelt = [-1e-4, 1e-4]
+    for name in ("ref.fits", "t0.fits"):
+        shutil.copy(directory / name, tmp_path / name)
+        with fits.open(tmp_path / name, mode="update") as hdus:
+            hdus[0].header.update(wcs.to_header())
+    out = tmp_path / "out"
+    assert cli.main(["subtract", str(tmp_path / "ref.fits"), str(tmp_path / "t0.fits"),
+                     "--out", str(out), *SUBTRACT_FIT]) == 0
+    stars = truths[0].stars[np.argsort(np.asarray(truths[0].stars["flux"]))[-3:]]
+    ra, dec = wcs.pixel_to_world_values(np.asarray(stars["x"]), np.asarray(stars["y"]))
+    QTable({"ra": ra, "dec": dec}).write(tmp_path / "sky.ecsv")
+    QTable({"x": stars["x"], "y": stars["y"]}).write(tmp_path / "pix.ecsv")
+    tables = []
+    for positions in ("sky.ecsv", "pix.ecsv"):
+        path = tmp_path / positions.replace("ecsv", "out.ecsv")
+        status, _, err = run_main(capsys, "photometry", str(out / "t0_diff.fits"),
+                                  "--positions", str(tmp_path / positions), "--fwhm", "3.5",
+                                  "--out", str(path))
+        assert status == 0, err
+        tables.append(QTable.read(path))
+    assert "skycoord" in tables[0].colnames
+    assert np.allclose(tables[0]["x"], tables[1]["x"], atol=1e-6)
+    assert np.allclose(tables[0]["flux"].value, tables[1]["flux"].value, rtol=1e-6)
