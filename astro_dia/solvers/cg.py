@@ -56,7 +56,33 @@ class ConjugateGradientMetric:
         self.rtol, self.max_cg_iter = rtol, max_cg_iter
         self.n_products = 0
         self.n_kernel = problem.n_kernel
+        self._prepare_reference()
         self.reweight(weights)
+
+    def _prepare_reference(self):
+        """What the Toeplitz approximation needs of the reference, which reweighting keeps."""
+        problem = self.problem
+        size, h = problem.kernel_size, problem.half
+        ny, nx = problem.shape
+        with torch.no_grad():
+            self._fft_shape = (next_fast_len(ny + size, real=True),
+                               next_fast_len(nx + size, real=True))
+            reference = problem.reference[0, 0].to(torch.float64)
+            self._mean = float(reference[h:ny - h, h:nx - h].mean())
+            self._centred = reference - self._mean
+            self._centred_spectrum = torch.fft.rfft2(self._centred.to(problem.dtype),
+                                                     s=problem.fft_shape)
+            # Kernel pixel u = (i, j) is flat index i * K + j; the lag of (u, v)
+            # is u - v, wrapped into the FFT array.
+            i, j = torch.meshgrid(torch.arange(size, device=problem.device),
+                                  torch.arange(size, device=problem.device), indexing="ij")
+            i, j = i.reshape(-1), j.reshape(-1)
+            self._lags = ((i[:, None] - i[None, :]) % self._fft_shape[0],
+                          (j[:, None] - j[None, :]) % self._fft_shape[1])
+            self._terms = (torch.ones((1,) + problem.target.shape, dtype=torch.float64,
+                                      device=problem.device)
+                           if problem.kernel_basis is None
+                           else problem.kernel_basis.to(torch.float64))
 
     def reweight(self, weights):
         self.weights = weights
@@ -78,49 +104,34 @@ class ConjugateGradientMetric:
         else is exact.
         """
         problem = self.problem
-        size = problem.kernel_size
+        size, h = problem.kernel_size, problem.half
         ny, nx = problem.shape
-        h = problem.half
-        f64 = dict(dtype=torch.float64, device=problem.device)
+        mean, shape, terms = self._mean, self._fft_shape, self._terms
         with torch.no_grad():
-            shape = (next_fast_len(ny + size, real=True), next_fast_len(nx + size, real=True))
-            reference = problem.reference[0, 0].to(torch.float64)
-            mean = float(reference[h:ny - h, h:nx - h].mean())
-            centred = reference - mean
-            # Kernel pixel u = (i, j) is flat index i * K + j; the lag of (u, v)
-            # is u - v, wrapped into the FFT array.
-            i, j = torch.meshgrid(torch.arange(size, device=problem.device),
-                                  torch.arange(size, device=problem.device), indexing="ij")
-            i, j = i.reshape(-1), j.reshape(-1)
-            lags = ((i[:, None] - i[None, :]) % shape[0], (j[:, None] - j[None, :]) % shape[1])
             # x_s = sqrt(w) b_s R_c per kernel term s (one term without spatial
             # variation); block (s, t) is the cross-correlation of x_s and x_t
             # at lag u - v. A Gram matrix of shifted signals: positive
             # semi-definite by construction.
-            terms = (torch.ones((1,) + weights.shape, **f64) if problem.kernel_basis is None
-                     else problem.kernel_basis.to(torch.float64))
             w64 = weights.to(torch.float64)
             spectra = []
             for term in terms:
-                full = torch.zeros(problem.shape, **f64)
+                full = torch.zeros(problem.shape, dtype=torch.float64, device=problem.device)
                 full[h:ny - h, h:nx - h] = torch.sqrt(w64) * term
-                spectra.append(torch.fft.rfft2(full * centred, s=shape))
+                spectra.append(torch.fft.rfft2(full * self._centred, s=shape))
             n_terms = len(spectra)
             blocks = [[None] * n_terms for _ in range(n_terms)]
             for a in range(n_terms):
                 for b in range(a, n_terms):
                     lag = torch.fft.irfft2(spectra[a].conj() * spectra[b], s=shape)
-                    blocks[a][b] = lag[lags]
+                    blocks[a][b] = lag[self._lags]
                     blocks[b][a] = blocks[a][b].T
             kernel_block = torch.cat([torch.cat(row, 1) for row in blocks])
             # Exact blocks of the columns that are images, G = [B_k, B].
             images = torch.cat([terms, problem.basis.to(torch.float64)])
-            centred_spectrum = torch.fft.rfft2(centred.to(problem.dtype), s=problem.fft_shape)
+            weighted_terms = weights * terms.to(problem.dtype)
             cross = torch.stack([
-                problem.correlate((weights * g.to(problem.dtype))
-                                  * (1.0 if problem.kernel_basis is None
-                                     else problem.kernel_basis),
-                                  spectrum=centred_spectrum).reshape(-1)
+                problem.correlate(weighted_terms * g.to(problem.dtype),
+                                  spectrum=self._centred_spectrum).reshape(-1)
                 for g in images]).T.to(torch.float64)
             image_block = torch.einsum("iyx,jyx->ij", images * w64, images)
             # J^T [[T, C], [C^T, G]] J, block by block: J adds r times each
