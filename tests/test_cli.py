@@ -473,4 +473,7 @@ def test_photometry_with_sky_positions(fits_night, tmp_path, capsys):
         tables.append(QTable.read(path))
     assert "skycoord" in tables[0].colnames
     assert np.allclose(tables[0]["x"], tables[1]["x"], atol=1e-6)
-    assert np.allclose(tables[0]["flux"].value, tables[1]["flux"].value, rtol=1e-6)
+    # The same fit either way: equal fluxes to a small fraction of their error
+    # (float32 sums differ by a few 1e-6 relative between CPUs and BLAS builds).
+    difference = np.abs(tables[0]["flux"] - tables[1]["flux"])
+    assert np.all(difference < 1e-3 * tables[1]["flux_err"])
