@@ -12,6 +12,7 @@ from astropy.stats import mad_std
 from scipy.signal import fftconvolve
 
 from . import __version__
+from ._outliers import MAX_CLIP_PASSES, find_outliers, robust_twin, set_fit_mask
 from ._normal import add_regularization, assemble_normal_equations, cholesky
 from ._problem import FitProblem
 from ._header import SATURATION_KEYWORDS, header_float, keyword_list
@@ -19,7 +20,8 @@ from ._provenance import copy_meta, stamp
 from ._torch import flush_denormals, resolve_device, resolve_dtype, to_numpy, to_tensor
 from ._validation import as_image, check_exclude, check_pair, footprint_touches, parse_memory
 from .background import background_basis, polynomial_terms
-from .exceptions import ConvergenceWarning, DIAError
+from .exceptions import ConvergenceWarning, DIAError, FitQualityWarning
+from .flags import INVALID, flag_image
 from .kernels import check_kernel_size, delta_kernel, gaussian_kernel
 from .losses import get_loss
 from .noise import SKY_ESTIMATED, make_noise_model, refine_sky, uncertainty_variance
@@ -36,6 +38,15 @@ _SOLVERS = ("auto", "direct", "cg", "iterative")
 
 #: Most Gauss-Newton steps of the direct and matrix-free solvers.
 _MAX_NEWTON_STEPS = 100
+
+#: Most Gauss-Newton (and L-BFGS) steps of the robust pass before clipping.
+_MAX_ROBUST_STEPS = 30
+
+#: Robust standard deviation of D/sigma outside which a fit is warned about.
+RESIDUAL_SCATTER_RANGE = (0.8, 1.25)
+
+#: Fraction of the fitted pixels above which clipping is warned about.
+_CLIPPED_FRACTION_WARNING = 0.1
 
 #: Most fits with ``reference_noise=True``, each with the reference variance
 #: propagated through the previous pass's ``K**2``.
@@ -300,11 +311,23 @@ class DifferenceImager:
         one kernel for the whole image; 1 or 2 let the kernel follow a PSF
         that changes across a wide field. The unknowns grow by a factor
         ``(d + 1)(d + 2) / 2``. See :ref:`spatial_variation`.
-    constant_scale : bool, optional
+    constant_scale : bool or None, optional
         With ``kernel_degree > 0``, hold the photometric scale factor P
         constant over the image (the kernel's shape varies, its sum does
-        not), as Bramich et al. (2013) do for photometry. Ignored with
+        not), as Bramich et al. (2013), HOTPANTS and SFFT do. None (default)
+        means True for ``kernel_degree > 0``; pass False to let P vary too
+        (a flat-field or transparency gradient). Ignored with
         ``kernel_degree=0``.
+    clip : float or None, optional
+        Outlier rejection (cosmic rays, hot pixels, other defects), on by
+        default at 5 sigma: after a robust first pass (Huber loss, variance
+        fixed at the data), pixels whose ``|residual / sigma|`` exceeds
+        ``clip`` and whose residual is more than a fifth of the local star
+        signal are left out of the fit together with their eight
+        neighbours; the fit's own residuals are checked again. Rejected
+        pixels are flagged with `~astro_dia.flags.OUTLIER` in
+        ``result.flags`` (not masked: a real transient is an outlier of the
+        fit too). None turns rejection off. See :ref:`real_frames`.
     regularization : float, optional
         Strength lambda of the Laplacian kernel penalty (eq. 20); 0 turns it
         off.
@@ -398,7 +421,7 @@ class DifferenceImager:
     """
 
     def __init__(self, kernel_size=19, *, noise_model="ccd", loss="gaussian",
-                 background_degree=0, kernel_degree=0, constant_scale=False,
+                 background_degree=0, kernel_degree=0, constant_scale=None, clip=5.0,
                  regularization=0.0, reference_noise=False,
                  gain=None, read_noise=None, flat=None, sky=None, em_gain=None,
                  excess_noise_factor=None, kernel_init="flat", solver="auto",
@@ -418,7 +441,10 @@ class DifferenceImager:
             raise ValueError(f"kernel_degree must be a non-negative integer, got "
                              f"{kernel_degree!r}") from None
         self.kernel_degree = int(kernel_degree)
-        self.constant_scale = bool(constant_scale)
+        # As HOTPANTS and SFFT do: a varying kernel keeps P constant unless asked.
+        self.constant_scale = (self.kernel_degree > 0 if constant_scale is None
+                               else bool(constant_scale))
+        self.clip = self._check_clip(clip)
         regularization = float(regularization)
         if not np.isfinite(regularization) or regularization < 0:
             raise ValueError(f"regularization must be non-negative and finite, got "
@@ -452,6 +478,22 @@ class DifferenceImager:
         self.saturation = self._check_saturation(saturation)
         self.max_memory = parse_memory(max_memory)
         self.add_keyword = bool(add_keyword)
+
+    @staticmethod
+    def _check_clip(clip):
+        if clip is None:
+            return None
+        if isinstance(clip, bool):
+            raise TypeError(f"clip must be a number of sigma or None, got {clip!r}")
+        try:
+            value = float(clip)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"clip must be a number of sigma or None, got {clip!r}") from exc
+        if not np.isfinite(value) or value < 3:
+            raise ValueError(
+                f"clip must be finite and at least 3 (sigma), got {clip!r}: a lower threshold "
+                "rejects good pixels of a Gaussian tail; use clip=None to turn rejection off")
+        return value
 
     @staticmethod
     def _check_saturation(saturation):
@@ -561,13 +603,16 @@ class DifferenceImager:
         target_image = as_image(target, "target")
         reference_image = check_pair(as_image(reference, "reference"), target_image)
         check_kernel_size(self.kernel_size, target_image.data.shape)
-        saturation_levels = {}
+        saturation_levels, saturated = {}, {}
+        masked = target_image.bad.copy()
         for name, image in (("reference", reference_image), ("target", target_image)):
             level, source = self._saturation_level(image, target_image.unit, name)
             saturation_levels[name] = (level, source)
+            saturated[name] = np.zeros(image.bad.shape, bool)
             if level is not None:
+                saturated[name] = np.nan_to_num(image.data, nan=-np.inf) >= level
                 # a new array: the Image's mask is our own copy, never the input's
-                image.bad = image.bad | (np.nan_to_num(image.data, nan=-np.inf) >= level)
+                image.bad = image.bad | saturated[name]
 
         terms = self.noise_model.variance_terms(target_image.source, mask=target_image.bad)
         reference_variance = self._reference_variance(reference_image)
@@ -581,9 +626,15 @@ class DifferenceImager:
         valid = (slice(h, shape[0] - h), slice(h, shape[1] - h))
         model_undefined = footprint_touches(reference_bad, self.kernel_size)
         fit_mask = ~(target_bad[valid] | model_undefined)
+        excluded = None
         if exclude is not None:
-            fit_mask &= ~check_exclude(exclude, shape)[valid]
+            excluded = check_exclude(exclude, shape)
+            fit_mask &= ~excluded[valid]
         self._check_enough_pixels(fit_mask, reference_image)
+        saturated_footprint = np.zeros(shape, bool)
+        saturated_footprint[valid] = footprint_touches(saturated["reference"], self.kernel_size)
+        pixel_masks = dict(masked=masked, saturated=saturated["target"] | saturated_footprint,
+                           bad_noise=terms.bad, excluded=excluded)
 
         problem = FitProblem(
             np.where(reference_bad, 0.0, reference_image.data),
@@ -595,7 +646,7 @@ class DifferenceImager:
             device=self.device, dtype=self.dtype, kernel_degree=self.kernel_degree,
             constant_scale=self.constant_scale)
         with flush_denormals():
-            state = self._solve(problem, terms)
+            state, outliers = self._solve_clipped(problem, terms)
             if terms.settings.get("sky") == SKY_ESTIMATED:
                 state = self._refit_with_refined_sky(problem, terms, valid, state)
         if not state.converged:
@@ -606,7 +657,7 @@ class DifferenceImager:
         log.info("fit: %d iterations, %s", state.n_iterations, state.message)
         return self._build_result(state, problem, terms, target_image, reference_image,
                                   reference_bad, reference_variance, valid, model_undefined,
-                                  fit_mask, start, saturation_levels)
+                                  fit_mask, outliers, start, saturation_levels, pixel_masks)
 
     # -- pieces of fit ----------------------------------------------------------
     def _saturation_level(self, image, unit, name):
@@ -648,7 +699,7 @@ class DifferenceImager:
             variance = np.where(terms.bad, np.nan, variance)
         return variance
 
-    def _check_enough_pixels(self, fit_mask, reference_image):
+    def _check_enough_pixels(self, fit_mask, reference_image=None):
         n_unknowns = (self.kernel_size ** 2 * len(polynomial_terms(self.kernel_degree))
                       + len(polynomial_terms(self.background_degree)))
         n_data = int(fit_mask.sum())
@@ -660,10 +711,68 @@ class DifferenceImager:
             raise DIAError(
                 f"only {n_data} usable pixels for {n_unknowns} unknowns; use a smaller "
                 "kernel_size, a lower background_degree or kernel_degree, or larger images")
+        if reference_image is None:
+            return
         reference = reference_image.data[~reference_image.bad]
         if np.ptp(reference) == 0:
             raise DIAError("the reference is constant, so no kernel shape can be fitted; "
                            "check that the right frame was given as the reference")
+
+    def _solve_clipped(self, problem, terms):
+        """
+        The fit with outlier rejection (``clip``): robust pass, clip, fit, re-check.
+
+        Returns the final state and the rejected pixels (a bool ndarray on
+        the valid region, all False with ``clip=None``).
+        """
+        candidates = problem.mask
+        if self.clip is None:
+            return self._solve(problem, terms), np.zeros(tuple(candidates.shape), bool)
+        robust = self._solve_robust(problem)
+        outliers = find_outliers(problem, robust.kernel, robust.coefficients, self.clip,
+                                 candidates, scale_from_residuals=terms.estimate_scale)
+        set_fit_mask(problem, candidates & ~outliers)
+        self._check_enough_pixels(to_numpy(problem.mask))
+        state = self._solve(problem, terms)
+        for _ in range(MAX_CLIP_PASSES):
+            found = find_outliers(problem, state.kernel, state.coefficients, self.clip,
+                                  candidates, scale_from_residuals=terms.estimate_scale)
+            if not bool((found & ~outliers).any()):
+                break
+            outliers = outliers | found
+            set_fit_mask(problem, candidates & ~outliers)
+            self._check_enough_pixels(to_numpy(problem.mask))
+            state = self._resume(problem, state)
+        return state, to_numpy(outliers).astype(bool)
+
+    def _solve_robust(self, problem):
+        """
+        The robust pass before clipping: Huber loss, variance fixed at the data.
+
+        Its influence function is bounded, so outliers of any amplitude
+        cannot drag it (see ``astro_dia._outliers``).
+        """
+        twin = robust_twin(problem)
+        solver = self.solver
+        if solver not in ("direct", "cg"):
+            solver = choose_solver(problem.shape, self.kernel_size, problem.device, twin.loss,
+                                   kernel_terms=problem.kernel_terms)
+        settings = dict(max_iter=_MAX_ROBUST_STEPS, max_polish_iter=_MAX_ROBUST_STEPS)
+        if solver == "direct":
+            return solve_direct(twin, max_bytes=self._strip_budget(twin), **settings)
+        return solve_cg(twin, **settings)
+
+    def _resume(self, problem, state):
+        """Continue a fit after the problem's weights or fit mask changed."""
+        if state.solver == "iterative":
+            resumed = solve_iterative(problem, state.kernel, state.coefficients,
+                                      max_iter=self.max_iter, cholesky_factor=None)
+        else:
+            resumed = resume(problem, state, max_iter=min(self.max_iter, _MAX_NEWTON_STEPS),
+                             max_polish_iter=self.max_iter)
+        resumed.n_iterations += state.n_iterations
+        resumed.solver = state.solver
+        return resumed
 
     def _solve(self, problem, terms):
         """Run the chosen solver (``auto`` resolved per problem)."""
@@ -772,15 +881,7 @@ class DifferenceImager:
         terms.offset = refine_sky(terms.cropped(valid), to_numpy(model), residual,
                                   to_numpy(problem.mask).astype(bool))
         problem.offset = terms.offset
-        if state.solver == "iterative":
-            refined = solve_iterative(problem, state.kernel, state.coefficients,
-                                      max_iter=self.max_iter, cholesky_factor=None)
-        else:
-            refined = resume(problem, state, max_iter=min(self.max_iter, _MAX_NEWTON_STEPS),
-                             max_polish_iter=self.max_iter)
-        refined.n_iterations += state.n_iterations
-        refined.solver = state.solver
-        return refined
+        return self._resume(problem, state)
 
     @staticmethod
     def _normal_start(problem, weights):
@@ -804,7 +905,7 @@ class DifferenceImager:
 
     def _build_result(self, state, problem, terms, target_image, reference_image,
                       reference_bad, reference_variance, valid, model_undefined, fit_mask,
-                      start, saturation_levels):
+                      outliers, start, saturation_levels, pixel_masks):
         shape = target_image.data.shape
         kernel_terms = to_numpy(problem.effective_kernel(state.kernel.detach()))
         kernel = kernel_terms if self.kernel_degree == 0 else kernel_terms[0]
@@ -831,17 +932,23 @@ class DifferenceImager:
             variance_valid = variance_valid + np.maximum(fftconvolve(
                 np.where(reference_bad, 0.0, reference_variance), kernel ** 2, mode="valid"), 0)
         difference = target_image.data - model
+        fit_mask = fit_mask & ~outliers   # the pixels the final fit used
         if terms.estimate_scale:
             sigma = float(mad_std(difference[valid][fit_mask]))
             variance_valid = np.full(model_valid.shape, sigma ** 2)
         sigma = np.full(shape, np.nan)
         sigma[valid] = np.sqrt(variance_valid)
-        mask = target_image.bad | ~np.isfinite(model)
-        if terms.bad is not None:
-            mask |= terms.bad
+        full_outliers = np.zeros(shape, bool)
+        full_outliers[valid] = outliers
+        flags = flag_image(shape, outlier=full_outliers, no_model=~np.isfinite(model),
+                           **pixel_masks)
+        mask = (flags & INVALID) != 0
         sigma[mask] = np.nan
         full_fit_mask = np.zeros(shape, bool)
         full_fit_mask[valid] = fit_mask
+        residual_scatter = self._check_fit_quality(
+            (difference[valid] / sigma[valid])[fit_mask], int(outliers.sum()),
+            int(fit_mask.sum()))
 
         unit = target_image.unit
         scale_factor = float(kernel.sum())
@@ -853,11 +960,12 @@ class DifferenceImager:
         meta = copy_meta(target_image.meta)
         if self.add_keyword:
             stamp(meta, self._provenance(state, scale_factor, coefficients, terms,
-                                         int(fit_mask.sum()), errors, saturation_levels))
+                                         int(fit_mask.sum()), errors, saturation_levels,
+                                         int(outliers.sum()), residual_scatter))
         wcs = target_image.wcs
         result = DifferenceResult(
             difference=CCDData(difference, unit=unit, uncertainty=StdDevUncertainty(sigma),
-                               mask=mask, meta=meta, wcs=wcs),
+                               mask=mask, flags=flags, meta=meta, wcs=wcs),
             model=CCDData(model, unit=unit, mask=~np.isfinite(model), meta=copy_meta(meta),
                           wcs=wcs),
             kernel=kernel,
@@ -869,6 +977,10 @@ class DifferenceImager:
             background_coefficients=coefficients * unit,
             background_degree=self.background_degree,
             fit_mask=full_fit_mask,
+            flags=flags,
+            n_outliers=int(outliers.sum()),
+            clip=self.clip,
+            residual_scatter=residual_scatter,
             n_data=int(fit_mask.sum()),
             n_iterations=int(state.n_iterations),
             converged=bool(state.converged),
@@ -901,8 +1013,31 @@ class DifferenceImager:
                     kernel_error=np.sqrt(diagonal).reshape(self.kernel_size, self.kernel_size),
                     covariance_valid=bool(valid))
 
+    @staticmethod
+    def _check_fit_quality(z, n_outliers, n_fit):
+        """Robust std of D/sigma on the fitted pixels, with a warning when far from 1."""
+        z = z[np.isfinite(z)]
+        scatter = float(mad_std(z)) if z.size else float("nan")
+        low, high = RESIDUAL_SCATTER_RANGE
+        if not low <= scatter <= high:
+            warnings.warn(
+                f"the normalised residuals D/sigma of the fitted pixels have a robust standard "
+                f"deviation of {scatter:.3g}, where the noise model predicts 1 (accepted: "
+                f"{low}-{high}): the uncertainties of the difference image are not to be "
+                f"trusted. Likely causes: wrong noise-model settings (gain, read noise, flat, "
+                f"a subtracted sky, data already in electrons), outliers the fit kept "
+                f"(lower clip=), a misregistered pair, or a kernel too small for the seeing "
+                f"(raise kernel_size)", FitQualityWarning)
+        fraction = n_outliers / max(n_outliers + n_fit, 1)
+        if fraction > _CLIPPED_FRACTION_WARNING:
+            warnings.warn(
+                f"outlier rejection left {n_outliers} pixels ({100 * fraction:.1f}%) out of "
+                f"the fit, more than cosmic rays and hot pixels explain: check the noise-model "
+                f"settings and the registration of the pair, or raise clip=", FitQualityWarning)
+        return scatter
+
     def _provenance(self, state, scale_factor, coefficients, terms, n_data, errors,
-                    saturation_levels):
+                    saturation_levels, n_outliers, residual_scatter):
         loss_name = getattr(self.loss, "name", getattr(self.loss, "__name__",
                                                         type(self.loss).__name__))
         cards = [
@@ -921,6 +1056,10 @@ class DifferenceImager:
             ("DIA_LAMB", self.regularization, "Laplacian regularisation lambda"),
             ("DIA_REFN", self.reference_noise, "reference noise in the weights"),
             ("DIA_SKY", float(terms.offset), "sky added back in the variance"),
+            ("DIA_CLIP", "none" if self.clip is None else self.clip,
+             "outlier rejection threshold (sigma)"),
+            ("DIA_NOUT", n_outliers, "pixels rejected from the fit as outliers"),
+            ("DIA_ZSTD", residual_scatter, "robust std of D/sigma on the fitted pixels"),
         ]
         if self.kernel_degree > 0:
             cards.append(("DIA_CSCL", bool(self.constant_scale),

@@ -2,7 +2,8 @@
 
 from astropy.utils.exceptions import AstropyUserWarning
 
-__all__ = ["DIAError", "KernelFitWarning", "ConvergenceWarning", "NoiseModelWarning"]
+__all__ = ["DIAError", "KernelFitWarning", "ConvergenceWarning", "NoiseModelWarning",
+           "FitQualityWarning"]
 
 
 class DIAError(ValueError):
@@ -19,3 +20,7 @@ class ConvergenceWarning(KernelFitWarning):
 
 class NoiseModelWarning(AstropyUserWarning):
     """The noise model had to estimate something the header did not say."""
+
+
+class FitQualityWarning(KernelFitWarning):
+    """The normalised residuals of the fit do not scatter as the noise model predicts."""

@@ -71,23 +71,23 @@ def test_result_round_trip(fitted, tmp_path):
     np.testing.assert_array_equal(result.fit_mask, fitted.fit_mask)
     np.testing.assert_array_equal(result.model.data, fitted.model.data)
     assert result.model.unit == fitted.model.unit
-    # Header floats keep about 16 significant digits (a card has 20 characters
+    # Header floats keep 14 to 17 significant digits (a card has 20 characters
     # for the value), so compare them to that precision.
-    assert result.scale_factor == pytest.approx(fitted.scale_factor, rel=1e-14)
-    assert result.scale_factor_error == pytest.approx(fitted.scale_factor_error, rel=1e-14)
+    assert result.scale_factor == pytest.approx(fitted.scale_factor, rel=1e-12)
+    assert result.scale_factor_error == pytest.approx(fitted.scale_factor_error, rel=1e-12)
     assert len(result.background_coefficients) == 3
     assert result.background_coefficients.unit == fitted.background_coefficients.unit
     np.testing.assert_array_equal(result.background_coefficients.value,
                                   fitted.background_coefficients.value)
     np.testing.assert_array_equal(result.background_error.value, fitted.background_error.value)
-    assert u.allclose(result.background_offset, fitted.background_offset, rtol=1e-14)
+    assert u.allclose(result.background_offset, fitted.background_offset, rtol=1e-12)
     # The background image is rebuilt from the coefficients.
     assert u.allclose(result.background, fitted.background, rtol=1e-12)
     for name in ("background_degree", "n_data", "n_iterations", "converged", "solver",
                  "noise_settings", "saturation_levels", "covariance_valid"):
         assert getattr(result, name) == getattr(fitted, name), name
     for name in ("loss_value", "fit_time"):
-        assert getattr(result, name) == pytest.approx(getattr(fitted, name), rel=1e-14), name
+        assert getattr(result, name) == pytest.approx(getattr(fitted, name), rel=1e-12), name
     # Methods work on the loaded result.
     np.testing.assert_array_equal(result.normalized_residuals(), fitted.normalized_residuals())
     assert repr(result) == repr(fitted)

@@ -1,0 +1,115 @@
+"""Outlier rejection in the kernel fit: cosmic rays, hot pixels, other defects (private).
+
+Real targets carry pixels that no kernel explains. As in Bramich (2008)
+and pyDANDIA, astro_dia leaves them out of the fit after a first, robust
+pass:
+
+1. a *robust pass* fits the kernel with the Huber loss and the variance
+   held fixed at the data (`robust_twin`). With a fixed variance the
+   influence of a pixel on the fit is bounded whatever its amplitude, and
+   a model-dependent variance cannot be inflated to absorb the outliers;
+2. pixels whose normalised residual at that model exceeds ``clip`` and
+   whose residual is not explained by the local star signal
+   (`find_outliers`) are rejected, together with their eight neighbours;
+3. the fit proper runs on the remaining pixels; its residuals are checked
+   again and any new outliers are rejected before it is resumed.
+
+Bright stars are protected: a residual smaller than
+``STAR_RESIDUAL_FRACTION`` of the model's star signal ``|(R - r) (x) K|``
+at the pixel (``r`` the reference's median) is a kernel mismatch in a star
+core, which the kernel must keep fitting, not a defect.
+"""
+
+import copy
+
+import torch
+
+from .losses import HuberLoss
+
+__all__ = []
+
+#: A residual below this fraction of the local star signal is never an outlier.
+STAR_RESIDUAL_FRACTION = 0.2
+
+#: Most clipping passes after the robust one.
+MAX_CLIP_PASSES = 3
+
+
+def robust_twin(problem):
+    """
+    A copy of ``problem`` with the Huber loss and the variance fixed at the data.
+
+    The copy shares the image tensors; only its noise terms and loss differ.
+
+    Parameters
+    ----------
+    problem : ``astro_dia._problem.FitProblem``
+
+    Returns
+    -------
+    twin : ``astro_dia._problem.FitProblem``
+    """
+    twin = copy.copy(problem)
+    with torch.no_grad():
+        variance = problem.variance(problem.target)
+    twin.constant = variance
+    twin.slope = torch.zeros_like(problem.slope)
+    twin.minimum = torch.zeros_like(problem.minimum)
+    twin.offset = 0.0
+    twin.extra_variance = None
+    twin.reference_variance_spectrum = None
+    twin.loss = HuberLoss()
+    return twin
+
+
+def star_signal(problem, kernel):
+    """``|(R - r) (x) K|`` on the valid region, with ``r`` the reference's median."""
+    with torch.no_grad():
+        reference = problem.reference[0, 0]
+        median = float(torch.median(reference[problem.valid]))
+        return torch.abs(problem.convolve(kernel) - median * problem.scale_factor(kernel))
+
+
+def find_outliers(problem, kernel, coefficients, clip, candidates, *, scale_from_residuals=False):
+    """
+    Pixels of the fit whose residual no kernel can explain, grown by one pixel.
+
+    Parameters
+    ----------
+    problem : ``astro_dia._problem.FitProblem``
+    kernel, coefficients : tensor
+        The model to judge the residuals against.
+    clip : float
+        Threshold on ``|residual| / sigma``.
+    candidates : (ny', nx') bool tensor
+        The pixels that may be rejected (those of the fit before clipping).
+    scale_from_residuals : bool, optional
+        Take sigma as the robust standard deviation of the residuals of
+        ``candidates`` (the 'uniform' noise model) instead of the problem's
+        noise model at the model.
+
+    Returns
+    -------
+    outliers : (ny', nx') bool tensor
+        On the valid region, within ``candidates``.
+    """
+    with torch.no_grad():
+        model = problem.model(kernel, coefficients)
+        residual = problem.target - model
+        if scale_from_residuals:
+            values = residual[candidates]
+            sigma = 1.4826 * torch.median(torch.abs(values - torch.median(values)))
+        else:
+            sigma = torch.sqrt(problem.variance(model))
+        allowance = STAR_RESIDUAL_FRACTION * star_signal(problem, kernel)
+        seeds = (torch.abs(residual) > clip * sigma) & (torch.abs(residual) > allowance)
+        seeds &= candidates
+        grown = torch.nn.functional.max_pool2d(
+            seeds[None, None].to(model.dtype), 3, stride=1, padding=1)[0, 0] > 0
+        return grown & candidates
+
+
+def set_fit_mask(problem, mask):
+    """Replace the pixels that enter the fit (and their count)."""
+    problem.mask = mask
+    problem.n_data = int(mask.sum())
