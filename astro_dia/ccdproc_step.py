@@ -13,6 +13,9 @@ from astropy import units as u
 from astropy.io import fits
 from astropy.nddata import NDData
 
+from ._kernel_header import kernel_cards, remove_kernel_cards
+from ._provenance import stamp
+
 __all__ = ["subtract_reference"]
 
 #: Header key of the log entry, and the short FITS keyword holding its value,
@@ -29,7 +32,11 @@ def subtract_reference(ccd, reference, *, imager=None, add_keyword=True, **setti
     Fits the kernel and differential background that turn ``reference``
     into ``ccd`` with a `~astro_dia.DifferenceImager` and returns the
     difference image, ``ccd - (reference (x) K + B)``, with its
-    uncertainty, mask and the fit's ``DIA_*`` keywords. The call is logged
+    uncertainty, mask and the fit's ``DIA_*`` keywords, the kernel
+    included, so that `astro_dia.photometry.differential_photometry` and
+    `~astro_dia.photometry.aperture_photometry_difference` convolve the
+    reference PSF with it from the image alone, also after
+    ``difference.write(path)`` and ``CCDData.read(path)``. The call is logged
     in the header as ccdproc's own steps log theirs: the keyword
     ``HIERARCH SUBTRACT_REFERENCE`` names the short keyword ``SUBREF``, whose
     value lists the arguments (arrays and images as placeholders such as
@@ -62,7 +69,27 @@ def subtract_reference(ccd, reference, *, imager=None, add_keyword=True, **setti
     Returns
     -------
     difference : `~astropy.nddata.CCDData`
-        The difference image, in the unit of ``ccd``.
+        The difference image, in the unit of ``ccd``. Its header (``meta``)
+        holds the fit's ``DIA_*`` keywords (see
+        `~astro_dia.DifferenceImager`: ``DIA_KSZ`` the kernel size K,
+        ``DIA_KDEG`` its polynomial degree, ``DIA_P`` and ``DIA_PERR`` the
+        scale factor P and sigma_P, ...) and the kernel itself:
+
+        * ``DIA_KNUM``: the number of kernel values, ``n_terms * K**2``
+          (``n_terms = 1`` for a constant kernel);
+        * ``DIAK0001``, ``DIAK0002``, ...: the values (1-based, C order) of
+          the ``(K, K)`` kernel, or of the ``(n_terms, K, K)`` term kernels
+          ``result.kernel_terms`` of a spatially varying one
+          (``kernel_degree > 0``), each as the ``repr`` string of the
+          float64 value, so that it is exact after a FITS round trip;
+        * with ``kernel_degree > 0``: ``DIA_NX``, ``DIA_NY``, the image size
+          of the kernel polynomial's coordinates, and, when errors were
+          computed and P varies, ``DPCViijj``, the covariance of the
+          scale factors of terms i and j (``i <= j``), for sigma_P at any
+          position.
+
+        Earlier kernel cards in the header of ``ccd`` are removed. These
+        cards follow ``imager.add_keyword`` as the ``DIA_*`` keywords do.
 
     Raises
     ------
@@ -72,7 +99,8 @@ def subtract_reference(ccd, reference, *, imager=None, add_keyword=True, **setti
 
     See Also
     --------
-    astro_dia.DifferenceImager.fit : the full result, with the kernel.
+    astro_dia.DifferenceImager.fit : the full result (model, covariance, ...).
+    astro_dia.photometry.differential_photometry : fluxes on the difference image.
 
     Notes
     -----
@@ -92,6 +120,8 @@ def subtract_reference(ccd, reference, *, imager=None, add_keyword=True, **setti
     'ccd=<CCDData>, reference=<CCDData>, kernel_size=7, flat=1, sky=0'
     >>> print(f"P = {difference.header['DIA_P']:.1f} (true {truth.scale_factor})")
     P = 1.0 (true 1.0)
+    >>> difference.header["DIA_KNUM"]    # the 7 x 7 kernel, in DIAK0001 ... DIAK0049
+    49
     """
     from .core import DifferenceImager
 
@@ -103,7 +133,14 @@ def subtract_reference(ccd, reference, *, imager=None, add_keyword=True, **setti
         raise TypeError(f"give either imager or DifferenceImager settings, not both (got "
                         f"imager and {', '.join(sorted(settings))})")
     entries = _log_entries(add_keyword, ccd, reference, imager, settings)
-    difference = imager.fit(reference, ccd).difference
+    result = imager.fit(reference, ccd)
+    difference = result.difference
+    if difference.meta is None:
+        difference.meta = {}
+    # Kernel cards of an earlier subtraction in the input's header would be stale.
+    remove_kernel_cards(difference.meta)
+    if imager.add_keyword:
+        stamp(difference.meta, kernel_cards(result))
     for key, value in entries.items():
         _insert(difference.meta, key, value)
     return difference

@@ -189,9 +189,10 @@ def test_table_columns_units_and_reference_scale(series):
 def test_difference_image_with_header_scale_factor_gives_the_same_fluxes(series):
     _, _, truth, results = series
     result = results[2]
-    psf = target_psf(gaussian_psf(FWHM), result.kernel)
     from_result = differential_photometry(result, truth.variables, gaussian_psf(FWHM))
-    from_image = differential_photometry(result.difference, truth.variables, psf)
+    # result.difference records P (DIA_P) but not the kernel: pass it
+    from_image = differential_photometry(result.difference, truth.variables,
+                                         gaussian_psf(FWHM), kernel=result.kernel)
     np.testing.assert_allclose(from_image["flux_ref"], from_result["flux_ref"], rtol=1e-6)
     assert from_image.meta["scale_factor"] == pytest.approx(result.scale_factor)
 
@@ -253,7 +254,8 @@ def test_inputs_are_not_modified(series):
     difference = results[0].difference
     before = snapshot(difference)
     positions = QTable(truth.variables, copy=True)
-    differential_photometry(difference, positions, gaussian_psf(FWHM))
+    differential_photometry(difference, positions, gaussian_psf(FWHM),
+                            kernel=results[0].kernel)
     assert_unchanged(difference, before)
     assert positions.colnames == truth.variables.colnames
 
@@ -263,16 +265,19 @@ def test_missing_scale_factor_and_uncertainty_are_explained():
                     uncertainty=StdDevUncertainty(np.ones((20, 20))))
     with pytest.raises(ValueError, match="DIA_P"):
         differential_photometry(image, [[10.0, 10.0]], gaussian_psf(3.0))
+    # P given, the kernel still unknown: never the reference PSF unconvolved
+    with pytest.raises(ValueError, match="no kernel.*kernel="):
+        differential_photometry(image, [[10.0, 10.0]], gaussian_psf(3.0), scale_factor=1.0)
     with pytest.warns(AstropyUserWarning, match="error is unknown"):
         table = differential_photometry(image, [[10.0, 10.0]], gaussian_psf(3.0),
-                                        scale_factor=1.0)
+                                        scale_factor=1.0, kernel=[[1.0]])
     assert table["flux"][0].value == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(ValueError, match="no uncertainty"):
         differential_photometry(CCDData(np.zeros((20, 20)), unit="adu"), [[10.0, 10.0]],
-                                gaussian_psf(3.0), scale_factor=1.0)
+                                gaussian_psf(3.0), scale_factor=1.0, kernel=[[1.0]])
     with pytest.raises(ValueError, match="x/y"):
         differential_photometry(image, QTable({"a": [1.0]}), gaussian_psf(3.0),
-                                scale_factor=1.0, scale_factor_error=0.0)
+                                scale_factor=1.0, scale_factor_error=0.0, kernel=[[1.0]])
     with pytest.raises(TypeError, match="DifferenceResult"):
         differential_photometry(np.zeros((5, 5)), [[1.0, 1.0]], gaussian_psf(3.0))
 

@@ -17,6 +17,7 @@ from astropy.nddata import NDData, StdDevUncertainty
 from astropy.table import QTable
 from astropy.utils.exceptions import AstropyUserWarning
 
+from .._kernel_header import kernel_from_header
 from .flags import PHOTOMETRY_FLAGS
 from ._positions import position_table
 from .psf import _check_psf_model, _natural_size, render_psf, target_psf
@@ -28,31 +29,69 @@ _ENCLOSED = 0.97            # flux fraction the automatic fit box holds
 
 
 # -- inputs -----------------------------------------------------------------------
-def _difference_inputs(result, scale_factor, scale_factor_error, kernel):
-    """The difference NDData, P, sigma_P and kernel, from a result or an image."""
+def _fit_of(result):
+    """The fit behind ``result`` and its difference image.
+
+    A `~astro_dia.DifferenceResult` is its own fit; a difference image
+    carries one in its header when `~astro_dia.subtract_reference` made it
+    (``DIA_KNUM``/``DIAKnnnn`` cards), else the fit is None.
+    """
     if hasattr(result, "difference") and hasattr(result, "kernel"):
-        difference = result.difference
+        return result, result.difference
+    if isinstance(result, NDData):
+        return kernel_from_header(result.meta, shape=np.shape(result.data)), result
+    raise TypeError("result must be a DifferenceResult or a CCDData difference image, "
+                    f"got {type(result).__name__}")
+
+
+def _no_kernel_message(meta):
+    """Why a plain difference image cannot give the target PSF, and what to do."""
+    hint = ""
+    if "DIA_KSZ" in (meta or {}):
+        hint = (" (a file from DifferenceResult.write or astro_dia.io.write_result: read "
+                "it with astro_dia.io.read_result, which gives the kernel back)")
+    return ("the difference image carries no kernel (no DIA_KNUM/DIAKnnnn header cards), "
+            "so the target PSF, reference_psf convolved with the kernel, is unknown; "
+            "fitting reference_psf unconvolved would bias the fluxes. Pass the "
+            "DifferenceResult from DifferenceImager.fit instead of its difference image, "
+            "or make the difference with astro_dia.subtract_reference (which records the "
+            "kernel in the header), or pass kernel=result.kernel (kernel=[[1.0]] if "
+            f"reference_psf is already the target's PSF){hint}")
+
+
+def _difference_inputs(result, scale_factor, scale_factor_error, kernel, need_kernel=True):
+    """The fit (or None), difference NDData, P, sigma_P and kernel, from a result or an image.
+
+    With ``need_kernel``, an image without a recorded kernel and no
+    ``kernel`` given is an error, never a silent fit of the reference PSF.
+    """
+    fit, difference = _fit_of(result)
+    # A spatially varying fit gives the local kernel and P at each source,
+    # unless the caller overrides them.
+    local = (kernel is None and scale_factor is None
+             and getattr(fit, "kernel_terms", None) is not None)
+    if fit is not None:
         if kernel is None:
-            kernel = result.kernel
+            kernel = fit.kernel
         if scale_factor is None:
-            scale_factor = result.scale_factor
+            scale_factor = fit.scale_factor
             if scale_factor_error is None:
-                scale_factor_error = getattr(result, "scale_factor_error", None)
-    elif isinstance(result, NDData):
-        difference = result
+                scale_factor_error = getattr(fit, "scale_factor_error", None)
+    else:
         meta = difference.meta or {}
+        missing_kernel = need_kernel and kernel is None
         if scale_factor is None:
             if "DIA_P" not in meta:
                 raise ValueError(
                     "the difference image has no DIA_P header keyword, so the scale factor "
                     "P is unknown; pass scale_factor= (and scale_factor_error=), or the "
-                    "DifferenceResult itself")
+                    "DifferenceResult itself"
+                    + ("; " + _no_kernel_message(meta) if missing_kernel else ""))
             scale_factor = meta["DIA_P"]
             if scale_factor_error is None:
                 scale_factor_error = meta.get("DIA_PERR")
-    else:
-        raise TypeError("result must be a DifferenceResult or a CCDData difference image, "
-                        f"got {type(result).__name__}")
+        if missing_kernel:
+            raise ValueError(_no_kernel_message(meta))
     scale_factor = float(scale_factor)
     if not np.isfinite(scale_factor) or scale_factor == 0:
         raise ValueError(f"the scale factor P must be finite and non-zero, got {scale_factor}")
@@ -61,7 +100,7 @@ def _difference_inputs(result, scale_factor, scale_factor_error, kernel):
         if not np.isfinite(scale_factor_error) or scale_factor_error < 0:
             raise ValueError(f"scale_factor_error must be non-negative and finite, got "
                              f"{scale_factor_error}")
-    return difference, scale_factor, scale_factor_error, kernel
+    return fit, difference, scale_factor, scale_factor_error, kernel, local
 
 
 def _pixels(difference):
@@ -219,8 +258,12 @@ def differential_photometry(result, positions, reference_psf, *, fit_shape=None,
     ----------
     result : `~astro_dia.DifferenceResult` or `~astropy.nddata.CCDData`
         The fit (whose kernel, P and sigma_P are used), or a difference
-        image with an uncertainty; P and sigma_P then come from its
-        DIA_P/DIA_PERR keywords unless given.
+        image with an uncertainty. The image made by
+        `~astro_dia.subtract_reference` records the kernel in its header
+        (``DIA_KNUM`` and ``DIAKnnnn`` cards, kept by ``CCDData.write`` and
+        ``CCDData.read``), which is then used as the fit's, a spatially
+        varying one included; P and sigma_P come from its DIA_P/DIA_PERR
+        keywords unless given. Another difference image needs ``kernel=``.
     positions : `~astropy.table.Table`, (N, 2) array_like or `~astropy.coordinates.SkyCoord`
         Where to measure: a table with ``x``/``y`` (or
         ``xcentroid``/``ycentroid``, ``x_0``/``y_0``) columns in 0-based
@@ -244,8 +287,10 @@ def differential_photometry(result, positions, reference_psf, *, fit_shape=None,
     scale_factor, scale_factor_error : float, optional
         Override P and sigma_P.
     kernel : (K, K) array_like, optional
-        Override the kernel. With a difference image and no kernel,
-        ``reference_psf`` is fitted as it is (it is then the target PSF).
+        Override the kernel (and, with a spatially varying fit, use this
+        one kernel everywhere). Required with a difference image whose
+        header records no kernel; ``kernel=[[1.0]]`` fits ``reference_psf``
+        as it is (when it is already the target's PSF).
     oversampling : int, optional
         Oversampling of the rendered target PSF.
     position_bounds : float, optional
@@ -266,7 +311,9 @@ def differential_photometry(result, positions, reference_psf, *, fit_shape=None,
     Raises
     ------
     ValueError
-        If P is unknown, the image has no uncertainty, or sky positions are
+        If P is unknown, the kernel is unknown (a difference image without
+        the header cards of `~astro_dia.subtract_reference` and no
+        ``kernel=``), the image has no uncertainty, or sky positions are
         given for an image without a WCS.
 
     Warns
@@ -289,17 +336,15 @@ def differential_photometry(result, positions, reference_psf, *, fit_shape=None,
        -430 +- 127  (true -466)
        -655 +- 125  (true -473)
     """
-    local = _varying_kernel(result, kernel, scale_factor)
-    difference, scale_factor, scale_factor_error, kernel = _difference_inputs(
+    fit, difference, scale_factor, scale_factor_error, kernel, local = _difference_inputs(
         result, scale_factor, scale_factor_error, kernel)
     data, error, bad = _pixels(difference)
     ids, x, y, skycoord = position_table(positions, getattr(difference, "wcs", None))
     _check_psf_model(reference_psf)
-    psf = (target_psf(reference_psf, kernel, oversampling=oversampling) if kernel is not None
-           else reference_psf.copy())
+    psf = target_psf(reference_psf, kernel, oversampling=oversampling)
     box = _fit_shape(fit_shape, psf)
     if local:
-        scale_factor, scale_factor_error = _local_scale_factors(result, x, y)
+        scale_factor, scale_factor_error = _local_scale_factors(fit, x, y)
     flags, n_good = _footprints(x, y, data.shape, box, bad)
     n_free = 1 + (0 if fixed_positions else 2) + (1 if local_background is True else 0)
     too_few = (n_good > 0) & (n_good <= n_free)
@@ -315,7 +360,7 @@ def differential_photometry(result, positions, reference_psf, *, fit_shape=None,
     # One photutils fit for all sources, or one per source with its local
     # target PSF when the kernel varies over the image.
     groups = ([(psf, measured)] if not local else
-              [(target_psf(reference_psf, result.kernel_at(x[i], y[i]),
+              [(target_psf(reference_psf, fit.kernel_at(x[i], y[i]),
                            oversampling=oversampling), np.array([i])) for i in measured])
     for group_psf, members in groups:
         if not members.size:
@@ -365,16 +410,10 @@ def _fit_group(psf, data, error, bad, x, y, box, local_background, fixed_positio
         return photometry(data, mask=bad, error=error, init_params=init)
 
 
-def _varying_kernel(result, kernel, scale_factor):
-    """Whether to use the local kernel and P of a spatially varying fit at each source."""
-    return (kernel is None and scale_factor is None
-            and getattr(result, "kernel_terms", None) is not None)
-
-
-def _local_scale_factors(result, x, y):
+def _local_scale_factors(fit, x, y):
     """P and sigma_P at each source position of a spatially varying fit."""
-    scale_factor = np.atleast_1d(result.scale_factor_at(x, y))
-    error = result.scale_factor_error_at(x, y)
+    scale_factor = np.atleast_1d(fit.scale_factor_at(x, y))
+    error = fit.scale_factor_error_at(x, y)
     return scale_factor, (None if error is None else np.atleast_1d(error))
 
 
@@ -404,7 +443,8 @@ def aperture_photometry_difference(result, positions, radius, reference_psf=None
     reference_psf : `astropy.modeling.Model`, optional
         For the aperture correction; without it ``flux`` is the plain sum.
     scale_factor, scale_factor_error, kernel, oversampling : optional
-        As for `differential_photometry`.
+        As for `differential_photometry`; without ``reference_psf`` no
+        kernel is needed.
 
     Returns
     -------
@@ -430,13 +470,13 @@ def aperture_photometry_difference(result, positions, radius, reference_psf=None
     """
     from photutils.aperture import CircularAperture, aperture_photometry
 
-    local = _varying_kernel(result, kernel, scale_factor)
-    difference, scale_factor, scale_factor_error, kernel = _difference_inputs(
-        result, scale_factor, scale_factor_error, kernel)
+    fit, difference, scale_factor, scale_factor_error, kernel, local = _difference_inputs(
+        result, scale_factor, scale_factor_error, kernel,
+        need_kernel=reference_psf is not None)
     data, error, bad = _pixels(difference)
     ids, x, y, skycoord = position_table(positions, getattr(difference, "wcs", None))
     if local:
-        scale_factor, scale_factor_error = _local_scale_factors(result, x, y)
+        scale_factor, scale_factor_error = _local_scale_factors(fit, x, y)
     try:
         radius = float(radius)
     except (TypeError, ValueError) as exc:
@@ -459,12 +499,11 @@ def aperture_photometry_difference(result, positions, radius, reference_psf=None
             _check_psf_model(reference_psf)
             if local:
                 for i in measured:
-                    psf = target_psf(reference_psf, result.kernel_at(x[i], y[i]),
+                    psf = target_psf(reference_psf, fit.kernel_at(x[i], y[i]),
                                      oversampling=oversampling)
                     correction[i] = _enclosed_fraction(psf, x[i:i + 1], y[i:i + 1], radius)[0]
             else:
-                psf = (target_psf(reference_psf, kernel, oversampling=oversampling)
-                       if kernel is not None else reference_psf.copy())
+                psf = target_psf(reference_psf, kernel, oversampling=oversampling)
                 correction[measured] = _enclosed_fraction(psf, x[measured], y[measured],
                                                           radius)
     unit = _unit(difference)
