@@ -11,8 +11,10 @@ pass:
 2. pixels whose normalised residual at that model exceeds ``clip`` and
    whose residual is not explained by the local star signal
    (`find_outliers`) are rejected, together with their eight neighbours;
-3. the fit proper runs on the remaining pixels; its residuals are checked
-   again and any new outliers are rejected before it is resumed.
+3. the fit proper runs on the remaining pixels; the outliers are then
+   judged afresh at its model (a pixel the robust pass rejected comes back
+   when the fit explains it) and the fit resumed, until the set is stable
+   or ``MAX_CLIP_PASSES`` is reached.
 
 Bright stars are protected: a residual smaller than
 ``STAR_RESIDUAL_FRACTION`` of the model's star signal ``|(R - r) (x) K|``
@@ -101,8 +103,15 @@ def find_outliers(problem, kernel, coefficients, clip, candidates, *, scale_from
             sigma = 1.4826 * torch.median(torch.abs(values - torch.median(values)))
         else:
             sigma = torch.sqrt(problem.variance(model))
+        # Where the noise model underestimates the scatter everywhere (a wrong
+        # gain, a subtracted sky), clip against the scatter actually seen,
+        # so that rejection stays a matter of a few defects; the fit-quality
+        # check reports the scatter itself.
+        z = torch.abs(residual) / sigma
+        scale = 1.4826 * float(torch.median(z[candidates]))
+        threshold = clip * max(1.0, scale) * sigma
         allowance = STAR_RESIDUAL_FRACTION * star_signal(problem, kernel)
-        seeds = (torch.abs(residual) > clip * sigma) & (torch.abs(residual) > allowance)
+        seeds = (torch.abs(residual) > threshold) & (torch.abs(residual) > allowance)
         seeds &= candidates
         grown = torch.nn.functional.max_pool2d(
             seeds[None, None].to(model.dtype), 3, stride=1, padding=1)[0, 0] > 0

@@ -737,9 +737,11 @@ class DifferenceImager:
         for _ in range(MAX_CLIP_PASSES):
             found = find_outliers(problem, state.kernel, state.coefficients, self.clip,
                                   candidates, scale_from_residuals=terms.estimate_scale)
-            if not bool((found & ~outliers).any()):
+            if torch.equal(found, outliers):
                 break
-            outliers = outliers | found
+            # Judged afresh at each fit: a pixel the robust pass rejected
+            # comes back when the fit proper explains it.
+            outliers = found
             set_fit_mask(problem, candidates & ~outliers)
             self._check_enough_pixels(to_numpy(problem.mask))
             state = self._resume(problem, state)

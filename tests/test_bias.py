@@ -8,6 +8,10 @@ from astro_dia import DifferenceImager
 
 from .conftest import DEVICES
 
+# Noiseless pairs: D/sigma is ~0 where the noise model predicts 1, which the
+# fit-quality check rightly reports; these tests are about the kernel alone.
+pytestmark = pytest.mark.filterwarnings("ignore::astro_dia.exceptions.FitQualityWarning")
+
 KINDS = ["identity", "blur", "shift", "half_shift"]
 TOLERANCE = {"float32": 1e-5, "float64": 1e-9}
 

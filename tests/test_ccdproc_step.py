@@ -103,7 +103,9 @@ def test_the_kernel_survives_a_fits_round_trip(epoch, tmp_path):
     # sky positions through the WCS that was written with it
     sky = back.wcs.pixel_to_world(truth.variables["x"], truth.variables["y"])
     by_sky = differential_photometry(back, sky, gaussian_psf(FWHM))
-    np.testing.assert_allclose(by_sky["flux"].value, table["flux"].value, rtol=1e-6)
+    # the same fit either way, to a small fraction of the error (float32 sums
+    # differ between CPUs and BLAS builds by a few 1e-6 relative)
+    assert np.all(np.abs(by_sky["flux"] - table["flux"]) < 1e-3 * table["flux_err"])
 
 
 def test_aperture_photometry_uses_the_header_kernel(epoch, tmp_path):
@@ -116,7 +118,11 @@ def test_aperture_photometry_uses_the_header_kernel(epoch, tmp_path):
         truth.variables, 5.0, gaussian_psf(FWHM), kernel=kernel_from_header(back.meta).kernel)
     np.testing.assert_allclose(aperture["aperture_correction"],
                                explicit["aperture_correction"], rtol=1e-12)
-    assert np.all(aperture["aperture_correction"] < 0.99)
+    # the target PSF (reference PSF convolved with K) is wider than the reference's
+    unconvolved = aperture_photometry_difference(back, truth.variables, 5.0, gaussian_psf(FWHM),
+                                                 kernel=[[1.0]])
+    assert np.all(aperture["aperture_correction"]
+                  < unconvolved["aperture_correction"] - 1e-3)
     z = (aperture["flux_ref"] - psf["flux_ref"]) / aperture["flux_ref_err"]
     assert np.all(np.abs(z) < 3), z
 
@@ -205,7 +211,8 @@ def test_damaged_cards_are_explained():
 def varying():
     reference, target, truth = make_image_pair(shape=(64, 64), psf_sigma=1.2,
                                                kernel_sigma=(0.5, 1.6), density=300, seed=21)
-    imager = DifferenceImager(7, kernel_degree=1, flat=1, sky=0, solver="direct")
+    imager = DifferenceImager(7, kernel_degree=1, constant_scale=False, flat=1, sky=0,
+                              solver="direct")
     return reference, target, truth, imager, imager.fit(reference, target)
 
 

@@ -53,7 +53,7 @@ def test_fixed_weights_give_the_independent_least_squares_solution(varying_pair)
     """With fixed weights the fit is linear least squares: compare with numpy's."""
     reference, target, _ = varying_pair
     result = _fit(varying_pair, noise_model="uncertainty", kernel_degree=1,
-                  background_degree=1)
+                  background_degree=1, constant_scale=False, clip=None)
     h = SIZE // 2
     weights = 1.0 / target.uncertainty.array[h:-h, h:-h] ** 2
     kernels, coefficients = rs.solve_weighted_varying(reference.data, target.data, weights,
@@ -236,7 +236,7 @@ def test_regularised_fits_agree(varying_pair):
 
 
 def test_float32_agrees_with_float64(varying_pair, varying_fits):
-    single = _fit(varying_pair, "direct", "float32", kernel_degree=1)
+    single = _fit(varying_pair, "direct", "float32", kernel_degree=1, constant_scale=False)
     assert_allclose(single.scale_factor, varying_fits[("direct", 1, False)].scale_factor,
                     rtol=1e-4)
 

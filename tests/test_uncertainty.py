@@ -200,7 +200,8 @@ def test_saturated_stars_are_masked_from_the_header(saturated_pair):
     assert masked.saturation_levels["target"] == (4000.0, "header SATURATE")
     assert masked.difference.header["DIA_TSAT"] == 4000.0
 
-    blind = DifferenceImager(11, flat=1, sky=0).fit(_without(reference, "SATURATE"),
+    # clip=None: outlier rejection would catch part of the flat-topped cores
+    blind = DifferenceImager(11, flat=1, sky=0, clip=None).fit(_without(reference, "SATURATE"),
                                                     _without(target, "SATURATE"))
     assert blind.saturation_levels["target"][0] is None
     assert "DIA_TSAT" not in blind.difference.header
