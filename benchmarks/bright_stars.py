@@ -58,8 +58,10 @@ Run from the root of the source tree (HOTPANTS is optional; build it with
 strings: ``loss=huber``); they are applied to every astro_dia configuration
 before that configuration's own settings, so ``--imager kernel_size=25``
 does not change the ``K15``/``K25`` rows. ``--add "name: k=v k=v"`` adds a
-configuration. The default run (4 frames of 512 x 512, the table
-configurations) takes about 5 minutes on 2 CPU cores.
+configuration. The default run (3 frames of 512 x 512, the table
+configurations) takes about 5 minutes on 2 idle CPU cores (the
+``kernel_degree=1`` and ``huber`` fits dominate); on a loaded machine
+several times longer.
 """
 
 import argparse
@@ -323,8 +325,26 @@ def write_fits(path, data, header=None):
     fits.PrimaryHDU(np.asarray(data, np.float32), header=header).writeto(path, overwrite=True)
 
 
-def run_hotpants(binary, reference, target, truth, ko, workdir, *, half_width=9, bgo=0):
-    """HOTPANTS with the reference convolved (-c t), normalised to the target (-n i)."""
+def run_hotpants(binary, reference, target, truth, ko, workdir, *, half_width=9, bgo=0,
+                 n_stamps=None):
+    """
+    HOTPANTS with the reference convolved (-c t), normalised to the target (-n i).
+
+    Its defaults are kept except: the valid-data limits (-tu/-iu at the
+    SATURATE level, -tl/-il at -10 sky sigma, since the frames are
+    sky-subtracted), noise images with the subtracted sky put back (-tni,
+    -ini; HOTPANTS would otherwise see no sky noise), and the stamp grid
+    (-nsx/-nsy): its default 10 x 10 is meant for ~2k frames; on 512 x 512
+    it makes 31-pixel stamps most of which hold no star 20 sigma above the
+    sky, and the kernel fails (P off by +25 % on two of the three default
+    frames). With 5 x 5 one frame of three still fails the same way (one
+    bad stamp); 3 x 3, 4 x 4, 6 x 6 and 8 x 8 all work on the three
+    frames. The default is ``n_stamps = round(size / 128)`` per side (4 for
+    512 x 512, stamps of ~110 pixels as on a 2k frame with 10 x 10 at
+    half the size); ``--hotpants-stamps`` changes it.
+    """
+    if n_stamps is None:
+        n_stamps = max(1, round(min(reference.shape) / 128))
     paths = {name: os.path.join(workdir, f"{name}.fits")
              for name in ("ref", "tgt", "refnoise", "tgtnoise", "diff", "mask")}
     write_fits(paths["ref"], reference.data)
@@ -343,6 +363,7 @@ def run_hotpants(binary, reference, target, truth, ko, workdir, *, half_width=9,
                    f"-{prefix}ni", paths[noise_name]]
     command = [binary, "-inim", paths["tgt"], "-tmplim", paths["ref"], "-outim", paths["diff"],
                *limits, "-r", str(half_width), "-ko", str(ko), "-bgo", str(bgo),
+               "-nsx", str(n_stamps), "-nsy", str(n_stamps),
                "-c", "t", "-n", "i", "-omi", paths["mask"], "-v", "0"]
     start = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True)
@@ -379,7 +400,7 @@ def frame_metrics(difference, truth, zones, common):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", type=int, default=4)
+    parser.add_argument("--frames", type=int, default=3)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--n-bright", type=int, default=12)
@@ -397,6 +418,9 @@ def main(argv=None):
     parser.add_argument("--add", action="append", default=[], metavar="'NAME: K=V ...'",
                         help="an extra astro_dia configuration")
     parser.add_argument("--per-frame", action="store_true", help="print each frame's numbers")
+    parser.add_argument("--hotpants-stamps", type=int, default=None,
+                        help="HOTPANTS -nsx/-nsy (default round(size / 128))")
+    parser.add_argument("--json", help="write the per-frame metrics to this JSON file")
     args = parser.parse_args(argv)
 
     base = parse_settings(args.imager)
@@ -440,7 +464,8 @@ def main(argv=None):
             for name, config in configs.items():
                 if config.get("hotpants"):
                     outputs[name] = run_hotpants(args.hotpants, reference, target, truth,
-                                                 config["ko"], workdir)
+                                                 config["ko"], workdir,
+                                                 n_stamps=args.hotpants_stamps)
                 else:
                     outputs[name] = run_astro_dia(reference, target, truth,
                                                   {**base, **config})
@@ -459,6 +484,10 @@ def main(argv=None):
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
+    if args.json:
+        import json
+        with open(args.json, "w") as f:
+            json.dump({"settings": vars(args), "results": results}, f, indent=1)
     print_table(results, args.frames)
     return results
 
