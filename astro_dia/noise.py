@@ -34,9 +34,21 @@ __all__ = ["VarianceTerms", "NoiseModel", "CCDNoiseModel", "EMCCDNoiseModel",
 
 _COUNT_UNITS = (u.adu, u.electron)
 
+#: Units the EMCCD model accepts: ``photon`` marks photo-electrons, data from
+#: which the EM gain has already been divided out.
+_EMCCD_COUNT_UNITS = (u.adu, u.electron, u.photon)
+
+#: Sky pixels of EMCCD data in electrons scattering with less than this
+#: fraction of the predicted variance are taken for photo-electrons.
+SCATTER_DEFICIT_THRESHOLD = 0.1
+
 #: A sky-pixel variance this many times above the prediction of the noise
 #: model means the data have probably been sky-subtracted.
 SKY_EXCESS_THRESHOLD = 1.5
+
+#: A sky level more than this many (observed) standard deviations above zero
+#: was not subtracted, however large the scatter of the sky pixels.
+SKY_ZERO_SIGMAS = 3.0
 
 #: How `VarianceTerms.settings` records a sky level estimated from the data.
 SKY_ESTIMATED = "estimated from the data"
@@ -143,11 +155,12 @@ class NoiseModel:
         return f"{type(self).__name__}()"
 
 
-def _require_count_unit(image, model_name):
+def _require_count_unit(image, model_name, units=_COUNT_UNITS):
     unit = image.unit
-    if unit is None or not any(unit == count for count in _COUNT_UNITS):
+    if unit is None or not any(unit == count for count in units):
+        names = keyword_list(str(count) for count in units)
         raise u.UnitsError(
-            f"noise_model={model_name!r} needs data in counts (adu or electron), but the "
+            f"noise_model={model_name!r} needs data in counts ({names}), but the "
             f"image unit is {unit}; multiply rate images by the exposure time, or use "
             "noise_model='uncertainty' or 'uniform'")
     return unit
@@ -295,8 +308,11 @@ class _PhotonNoiseModel(NoiseModel):
         """Subclasses: return (constant, slope, minimum, settings) before sky handling."""
         raise NotImplementedError
 
+    #: Data units the model accepts.
+    count_units = _COUNT_UNITS
+
     def variance_terms(self, image, *, mask=None):
-        unit = _require_count_unit(image, self.name)
+        unit = _require_count_unit(image, self.name, self.count_units)
         shape = np.shape(image.data)
         flat, bad, flat_source = _load_flat(self.flat, image, shape, self.name)
         constant, slope, minimum, settings = self._photon_terms(image, unit, flat)
@@ -330,20 +346,19 @@ class _PhotonNoiseModel(NoiseModel):
         which faint stars do not reach. `DifferenceImager` refines the level
         from the fit's residuals (`refine_sky`).
         """
-        data = np.asarray(image.data, dtype=float)
-        good = np.isfinite(data)
-        if mask is not None:
-            good &= ~mask
-        if good.sum() < 100:
+        stats = _sky_statistics(image, mask)
+        if stats is None:
             return 0.0, "none (too few pixels to check)"
-        _, median, _ = sigma_clipped_stats(data[good], sigma=3.0, maxiters=10)
-        low_side = median - np.percentile(data[good], 15.865)
+        median, observed = stats
         slope = float(np.median(terms.slope))
         constant = float(np.median(terms.constant))
         predicted = constant + slope * max(median, 0.0)
-        observed = low_side ** 2
         if observed <= SKY_EXCESS_THRESHOLD * predicted or slope <= 0:
             return 0.0, "none"
+        if median > SKY_ZERO_SIGMAS * np.sqrt(observed):
+            # A sky well above zero was not subtracted, whatever inflates the
+            # scatter (faint unresolved stars in a crowded field, a wrong gain).
+            return 0.0, "none (the sky level is well above zero)"
         sky = max((observed - constant) / slope - max(median, 0.0), 0.0)
         warnings.warn(
             f"the sky pixels scatter with variance {observed:.4g} where the noise model "
@@ -353,6 +368,25 @@ class _PhotonNoiseModel(NoiseModel):
             f"{keyword_list(SKY_KEYWORDS)}) to set it, or sky=0 if the data are not "
             "sky-subtracted", NoiseModelWarning)
         return float(sky), SKY_ESTIMATED
+
+
+def _sky_statistics(image, mask):
+    """
+    The sky level and scatter of an image, or None with fewer than 100 pixels.
+
+    Returns the sigma-clipped median and the variance measured on the low
+    side of the pixel distribution (median minus the 15.87th percentile,
+    squared), which faint stars do not reach.
+    """
+    data = np.asarray(image.data, dtype=float)
+    good = np.isfinite(data)
+    if mask is not None:
+        good &= ~mask
+    if good.sum() < 100:
+        return None
+    _, median, _ = sigma_clipped_stats(data[good], sigma=3.0, maxiters=10)
+    low_side = median - np.percentile(data[good], 15.865)
+    return float(median), float(low_side) ** 2
 
 
 def refine_sky(terms, model, residual, mask):
@@ -453,33 +487,62 @@ class EMCCDNoiseModel(_PhotonNoiseModel):
 
     .. math::
 
-        \\sigma^2 = E\\,\\frac{M + S}{G_{\\rm total}\\,F}, \\qquad
+        \\sigma^2 = E\\,\\frac{M + S}{G_{\\rm total}\\,F}
+        + \\frac{\\sigma_0^2}{G^2 F^2}, \\qquad
         G_{\\rm total} = G / G_{\\rm EM}
+
+    The first term is eq. 7; the second is the read noise of the output
+    amplifier, which the EM cascade does not amplify (in photo-electrons it
+    is :math:`\\sigma_0 / G_{\\rm EM}`, negligible at high EM gain).
 
     Parameters
     ----------
     gain : `~astropy.units.Quantity` or float, optional
         CCD (output amplifier) gain in electron / adu. Default: header
-        keyword GAIN, EGAIN or CCDGAIN; not needed for data in electrons.
+        keyword GAIN, EGAIN or CCDGAIN; not needed for data in electrons
+        or photons.
     em_gain : float, optional
-        Electron-multiplying gain. Default: header keyword EMGAIN or
-        EM_GAIN.
+        Electron-multiplying gain. Default: header keyword EMGAIN, EM_GAIN,
+        EMREALGN, EMCCDGN, EMCCDGAI, GAINEM, EMCCDGAIN or EM GAIN.
     excess_noise_factor : float, optional
         Excess noise factor E, 2 by default (high EM gain).
     read_noise : `~astropy.units.Quantity` or float, optional
-        Read noise (electrons by default) to add as in eq. 6. Eq. 7 has no
-        read-noise term, so none is read from the header; give it only if
-        the EM gain is too low to make it negligible.
+        Read noise of the output amplifier :math:`\\sigma_0`, in electrons
+        after multiplication (the electrons of ``gain``; a bare number is
+        taken in electrons). Default: header keyword RDNOISE, READNOIS,
+        RON or READNOISE, read in those electrons; none if no keyword is
+        set (eq. 7 has no read-noise term).
     flat, sky
         As for `CCDNoiseModel`.
 
+    Raises
+    ------
+    ValueError
+        At resolution, as for `CCDNoiseModel`; and for data in electrons
+        whose sky pixels scatter far less than the model predicts (by a
+        factor of 10 in variance), which means they are photo-electrons
+        (give them the unit ``photon``).
+    astropy.units.UnitsError
+        If the data are not in adu, electron or photon.
+
     Notes
     -----
+    The data unit says what a count is. ``adu``: read-out counts, converted
+    with ``gain`` and ``em_gain`` (:math:`G_{\\rm total} = G/G_{\\rm EM}`
+    photo-electrons per adu). ``electron``: electrons at the output
+    amplifier, i.e. adu times the CCD gain, as `ccdproc.gain_correct` with
+    the amplifier gain gives them (:math:`G = 1`,
+    :math:`G_{\\rm total} = 1/G_{\\rm EM}`). ``photon``: photo-electrons,
+    data from which the EM gain has been divided out (:math:`G = G_{\\rm
+    EM}`, :math:`G_{\\rm total} = 1`); the EM gain then only converts the
+    read noise.
+
     Where ``M + S`` falls to zero, the variance is floored at that of a
     single photo-electron, so that weights stay finite.
     """
 
     name = "emccd"
+    count_units = _EMCCD_COUNT_UNITS
 
     def __init__(self, *, gain=None, em_gain=None, excess_noise_factor=2.0, read_noise=None,
                  flat=None, sky=None):
@@ -502,30 +565,64 @@ class EMCCDNoiseModel(_PhotonNoiseModel):
             raise ValueError(f"em_gain must be positive and finite, got {value} (from {source})")
         return value
 
-    def _photon_terms(self, image, unit, flat):
-        g, gain_source = _resolve_gain(self.gain, image, unit, self.name)
+    def _resolve_em_gain(self, image):
         if self.em_gain is not None:
-            em_gain, em_source = self._check_em_gain(self.em_gain, "argument"), "argument"
+            return self._check_em_gain(self.em_gain, "argument"), "argument"
+        keyword, value = header_float(image.meta, EM_GAIN_KEYWORDS, "EM gain")
+        if keyword is None:
+            raise ValueError(
+                "noise_model='emccd' needs the EM gain: none of the header keywords "
+                f"{keyword_list(EM_GAIN_KEYWORDS)} is set; pass em_gain= (e.g. em_gain=300)")
+        return self._check_em_gain(value, f"header keyword {keyword}"), f"header {keyword}"
+
+    def _photon_terms(self, image, unit, flat):
+        em_gain, em_source = self._resolve_em_gain(image)
+        if unit == u.photon:
+            # output electrons per photo-electron
+            g, gain_source = em_gain, "data in photo-electrons (photon): the EM gain"
+            if isinstance(self.read_noise, u.Quantity) and self.read_noise.unit == u.adu:
+                raise u.UnitsError(
+                    "read_noise is in adu but the data are in photo-electrons (photon); give "
+                    "it in electrons of the output amplifier")
         else:
-            keyword, value = header_float(image.meta, EM_GAIN_KEYWORDS, "EM gain")
-            if keyword is None:
-                raise ValueError(
-                    "noise_model='emccd' needs the EM gain: none of the header keywords "
-                    f"{keyword_list(EM_GAIN_KEYWORDS)} is set; pass em_gain= (e.g. em_gain=300)")
-            em_gain = self._check_em_gain(value, f"header keyword {keyword}")
-            em_source = f"header {keyword}"
-        read_noise, rn_source = (0.0, "not part of eq. 7")
-        if self.read_noise is not None:
-            read_noise, rn_source = _resolve_read_noise(
-                self.read_noise, image, g, required=False, model_name=self.name)
+            g, gain_source = _resolve_gain(self.gain, image, unit, self.name)
+        read_noise, rn_source = _resolve_read_noise(
+            self.read_noise, image, g, required=False, model_name=self.name)
+        if rn_source == "not part of the model":
+            rn_source = "none (no header keyword; eq. 7 has no read-noise term)"
         total_gain = g / em_gain  # photo-electrons per data unit
         constant = read_noise ** 2 / flat ** 2
         slope = self.excess_noise_factor / (total_gain * flat)
         minimum = np.maximum(constant, slope / total_gain)
         settings = {"gain": (g, gain_source), "em_gain": (em_gain, em_source),
+                    "total_gain": (total_gain, "photo-electrons per data unit"),
                     "read_noise": (read_noise, rn_source),
                     "excess_noise_factor": (self.excess_noise_factor, "argument")}
         return constant, slope, minimum, settings
+
+    def variance_terms(self, image, *, mask=None):
+        terms = super().variance_terms(image, mask=mask)
+        if image.unit == u.electron:
+            self._check_not_photo_electrons(image, terms, mask)
+        return terms
+
+    def _check_not_photo_electrons(self, image, terms, mask):
+        """Data in electrons that scatter like photo-electrons are an error, not a bad sigma."""
+        stats = _sky_statistics(image, mask)
+        if stats is None:
+            return
+        median, observed = stats
+        predicted = float(np.median(terms.variance(np.full(np.shape(image.data), median))))
+        if observed <= 0 or observed >= SCATTER_DEFICIT_THRESHOLD * predicted:
+            return
+        em_gain = terms.settings["em_gain"][0]
+        raise ValueError(
+            f"noise_model='emccd': the sky pixels scatter with variance {observed:.4g} "
+            f"electron2, {predicted / observed:.3g} times less than eq. 7 predicts for "
+            f"electrons at the output amplifier (EM gain {em_gain:.4g}): the data look like "
+            "photo-electrons, with the EM gain already divided out. Give such data the unit "
+            "photon (e.g. CCDData(data, unit='photon')), for which the EM gain is not applied "
+            "again; if they are output electrons, check em_gain")
 
 
 class UniformNoiseModel(NoiseModel):

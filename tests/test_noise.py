@@ -545,13 +545,55 @@ def test_emccd_em_gain_header_aliases_and_default_excess_factor(keyword):
     assert_allclose(terms.variance(np.array(1000.0)), 50.0 * 1000.0, rtol=1e-14)
 
 
-def test_emccd_ignores_header_read_noise_but_takes_explicit_one():
+def test_emccd_reads_header_read_noise_in_output_electrons():
+    # RDNOISE is the output amplifier's, in the electrons of GAIN: (400 / 4)**2 adu**2
     meta = {"GAIN": 4.0, "EMGAIN": 100.0, "RDNOISE": 400.0}
-    plain = EMCCDNoiseModel(flat=1, sky=0).variance_terms(image(meta=meta))
-    assert plain.constant == 0.0
+    terms = EMCCDNoiseModel(flat=1, sky=0).variance_terms(image(meta=meta))
+    assert_allclose(terms.variance(np.array(1000.0)), 1e4 + 50.0 * 1000.0, rtol=1e-14)
+    assert terms.settings["read_noise"] == (100.0, "header RDNOISE (electrons)")
+    # an explicit read noise still overrides the header
     explicit = EMCCDNoiseModel(read_noise=40 * u.electron, flat=1, sky=0).variance_terms(
         image(meta=meta))
     assert_allclose(explicit.variance(np.array(1000.0)), 100.0 + 50.0 * 1000.0, rtol=1e-14)
+
+
+def test_emccd_without_read_noise_keyword_is_eq7():
+    terms = EMCCDNoiseModel(flat=1, sky=0).variance_terms(
+        image(meta={"GAIN": 4.0, "EMGAIN": 100.0}))
+    assert terms.constant == 0.0
+    assert "eq. 7 has no read-noise term" in terms.settings["read_noise"][1]
+
+
+@pytest.mark.parametrize("keyword", ["EMREALGN", "EMCCDGN", "EMCCDGAI", "GAINEM"])
+def test_emccd_em_gain_keywords_of_camera_software(keyword):
+    header = fits.Header()
+    header["GAIN"] = 4.0
+    header[keyword] = 100.0
+    terms = EMCCDNoiseModel(flat=1, sky=0).variance_terms(image(meta=header))
+    assert terms.settings["em_gain"] == (100.0, f"header {keyword}")
+    assert_allclose(terms.variance(np.array(1000.0)), 50.0 * 1000.0, rtol=1e-14)
+
+
+def test_emccd_em_gain_from_a_hierarch_card():
+    header = fits.Header()
+    header["GAIN"] = 4.0
+    header["HIERARCH EMCCDGAIN"] = 100.0
+    terms = EMCCDNoiseModel(flat=1, sky=0).variance_terms(image(meta=header))
+    assert terms.settings["em_gain"] == (100.0, "header EMCCDGAIN")
+
+
+def test_emccd_photon_data_are_photo_electrons():
+    # photo-electrons: total gain 1, whatever the EM gain; it only converts the read noise
+    meta = {"GAIN": 4.0, "EMGAIN": 100.0, "RDNOISE": 50.0}
+    terms = EMCCDNoiseModel(flat=1, sky=0).variance_terms(image("photon", meta=meta))
+    assert_allclose(terms.variance(np.array(1000.0)), (50.0 / 100.0) ** 2 + 2 * 1000.0,
+                    rtol=1e-14)
+    assert terms.settings["total_gain"][0] == 1.0
+    with pytest.raises(u.UnitsError, match="read_noise is in adu but the data are in photo"):
+        EMCCDNoiseModel(read_noise=3 * u.adu, flat=1, sky=0).variance_terms(
+            image("photon", meta=meta))
+    with pytest.raises(u.UnitsError, match=r"counts \(adu or electron\).*unit is ph"):
+        CCDNoiseModel(flat=1, sky=0).variance_terms(image("photon", meta=meta))
 
 
 @pytest.mark.parametrize("value", [0.5, 0.0, -2.0, np.nan, np.inf])
@@ -732,3 +774,51 @@ def test_make_noise_model_unknown_name(name):
 def test_base_noise_model_is_abstract():
     with pytest.raises(NotImplementedError):
         NoiseModel().variance_terms(image())
+
+
+# --------------------------------------------------------------------------
+# EMCCD data calibrated to electrons or photo-electrons, end to end
+
+
+def _emccd_pair_in(unit, *, gain=8.0, em_gain=150.0, seed=21):
+    """An EMCCD pair in adu, re-expressed in output electrons or photo-electrons."""
+    from astro_dia.simulate import make_image_pair
+
+    reference, target, _ = make_image_pair(shape=(64, 64), density=100, seed=seed,
+                                           noise_model="emccd", gain=gain, em_gain=em_gain,
+                                           target_sky=300.0)
+    factor = {"adu": 1.0, "electron": gain, "photon": gain / em_gain}[unit]
+
+    def convert(ccd, as_unit):
+        meta = ccd.meta.copy()
+        meta["RDNOISE"] = (40.0, "output amplifier read noise (e-)")
+        return CCDData(ccd.data * factor, unit=as_unit, meta=meta,
+                       uncertainty=StdDevUncertainty(ccd.uncertainty.array * factor))
+
+    return convert(reference, unit), convert(target, unit), factor
+
+
+@pytest.mark.parametrize("unit", ["adu", "electron", "photon"])
+def test_emccd_fit_is_honest_in_adu_output_electrons_and_photo_electrons(unit):
+    from astropy.stats import mad_std
+
+    from astro_dia import DifferenceImager
+
+    reference, target, _ = _emccd_pair_in(unit)
+    result = DifferenceImager(9, noise_model="emccd", flat=1, sky=0).fit(reference, target)
+    assert abs(mad_std(result.normalized_residuals()) - 1) < 0.07
+    assert result.noise_settings["total_gain"][0] == pytest.approx(
+        {"adu": 8.0 / 150.0, "electron": 1 / 150.0, "photon": 1.0}[unit])
+
+
+def test_emccd_photo_electrons_labelled_electron_are_an_error():
+    from astro_dia import DifferenceImager
+
+    # photo-electrons, mislabelled: eq. 7 for output electrons would give sigma ~12x too large
+    reference, target, _ = _emccd_pair_in("photon")
+    target = CCDData(target.data, unit="electron", meta=target.meta)
+    reference = CCDData(reference.data, unit="electron", meta=reference.meta)
+    with pytest.raises(ValueError, match=r"look like photo-electrons.*unit photon"):
+        DifferenceImager(9, noise_model="emccd", flat=1, sky=0).fit(reference, target)
+    with pytest.raises(ValueError, match="look like photo-electrons"):
+        EMCCDNoiseModel(flat=1).variance_terms(target)
