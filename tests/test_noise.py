@@ -469,6 +469,35 @@ def test_unsubtracted_image_gives_no_warning_and_zero_offset():
     assert terms.settings["sky"] == "none"
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_crowded_unsubtracted_field_is_not_taken_for_sky_subtracted(seed):
+    from astropy.stats import mad_std
+
+    from astro_dia import DifferenceImager
+    from astro_dia.simulate import make_image_pair
+
+    # faint unresolved stars inflate the sky pixels' scatter far above the
+    # model's prediction, but a 350 adu sky is not near zero: not subtracted
+    reference, target, _ = make_image_pair(shape=(64, 64), density=1000, target_sky=350.0,
+                                           kernel_sigma=1.0, seed=seed)
+    terms = CCDNoiseModel(flat=1).variance_terms(target)  # filterwarnings=error: no warning
+    assert terms.offset == 0.0
+    assert terms.settings["sky"] == "none (the sky level is well above zero)"
+    result = DifferenceImager(kernel_size=9, flat=1).fit(reference, target)
+    assert result.difference.header["DIA_SKY"] == 0.0
+    assert abs(mad_std(result.normalized_residuals()) - 1) < 0.05
+
+
+def test_crowded_sky_subtracted_field_is_still_detected():
+    from astro_dia.simulate import make_image_pair
+
+    _, target, _ = make_image_pair(shape=(64, 64), density=300, target_sky=350.0, seed=3,
+                                   sky_subtracted=True, record_sky=False)
+    with pytest.warns(NoiseModelWarning, match="image looks sky-subtracted"):
+        terms = CCDNoiseModel(flat=1).variance_terms(target)
+    assert terms.offset > 100
+
+
 def test_sky_estimate_needs_enough_unmasked_pixels():
     data = sky_subtracted_image(1000.0)
     mask = np.ones(data.shape, bool)
