@@ -30,7 +30,7 @@ from .exceptions import NoiseModelWarning
 
 __all__ = ["VarianceTerms", "NoiseModel", "CCDNoiseModel", "EMCCDNoiseModel",
            "UniformNoiseModel", "UncertaintyNoiseModel", "make_noise_model",
-           "uncertainty_variance", "refine_sky"]
+           "uncertainty_variance", "flat_from_uncertainty", "refine_sky"]
 
 _COUNT_UNITS = (u.adu, u.electron)
 
@@ -49,6 +49,13 @@ SKY_EXCESS_THRESHOLD = 1.5
 #: A sky level more than this many (observed) standard deviations above zero
 #: was not subtracted, however large the scatter of the sky pixels.
 SKY_ZERO_SIGMAS = 3.0
+
+#: The target's uncertainty and the model variance at the data differing by
+#: more than this fraction (median ratio) give a warning.
+UNCERTAINTY_DISAGREEMENT = 0.2
+
+#: Header keys of ccdproc's log of `ccdproc.flat_correct`.
+CCDPROC_FLAT_KEYS = ("flat_correct", "flatcor")
 
 #: How `VarianceTerms.settings` records a sky level estimated from the data.
 SKY_ESTIMATED = "estimated from the data"
@@ -276,6 +283,127 @@ def _load_flat(explicit, image, shape, model_name):
     return flat, (bad if bad.any() else None), source
 
 
+def _flat_recoverable(image):
+    """True for an image ccdproc flat-corrected, with an uncertainty and no flat named."""
+    if getattr(image, "uncertainty", None) is None:
+        return False
+    keyword, value = find_keyword(image.meta, FLAT_KEYWORDS)
+    if keyword is not None and isinstance(value, str):
+        return False
+    found, _ = find_keyword(image.meta, tuple(key.upper() for key in CCDPROC_FLAT_KEYS))
+    return found is not None
+
+
+def _fill_from_neighbours(values):
+    """Replace NaNs by the median of their finite 3 x 3 neighbours, growing inwards."""
+    values = values.copy()
+    ny, nx = values.shape
+    for _ in range(max(ny, nx)):
+        missing = np.isnan(values)
+        if not missing.any() or missing.all():
+            break
+        padded = np.pad(values, 1, constant_values=np.nan)
+        rows, cols = np.nonzero(missing)
+        neighbours = np.stack([padded[rows + dy, cols + dx]
+                               for dy in range(3) for dx in range(3)])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN neighbourhoods
+            values[rows, cols] = np.nanmedian(neighbours, axis=0)
+    return values
+
+
+def flat_from_uncertainty(image, electrons_per_unit, *, mask=None):
+    """
+    Recover the master flat that ccdproc divided out, from the uncertainty it propagated.
+
+    `ccdproc.create_deviation` gives a raw pixel of ``R`` counts the
+    variance ``(g R + rn**2) / g**2``; `ccdproc.flat_correct` divides data
+    and deviation by the normalised flat ``F``. With the flat-fielded value
+    ``I = R' / F`` (``R'`` the counts after bias subtraction) the
+    propagated variance obeys, pixel by pixel,
+
+    .. math::
+
+        \\sigma^2 F^2 - \\frac{I}{g} F - A = 0,
+
+    where ``A`` (the data unit squared) is the constant part: the read
+    noise, plus the bias level when the deviation was created before the
+    bias was subtracted. Each pixel gives ``F`` for a given ``A``; ``A``
+    is the one value that makes the mean of ``F`` one, as ccdproc
+    normalises the flat.
+
+    Parameters
+    ----------
+    image : `~astropy.nddata.CCDData`
+        The flat-fielded image with its propagated ``uncertainty``.
+    electrons_per_unit : float
+        ``g``: electrons per data unit (1 for data in electrons).
+    mask : (M, N) bool ndarray, optional
+        Pixels to leave out.
+
+    Returns
+    -------
+    flat : (M, N) ndarray
+        The response, mean one. Where the master flat's own noise enters
+        the propagated variance noticeably (the pixels of stars, more than
+        three sigma above the sky) and where the uncertainty is not
+        finite, it is the median of the neighbouring sky pixels.
+    constant : float
+        ``A``, in the data unit squared.
+
+    Raises
+    ------
+    ValueError
+        If too few pixels have a finite uncertainty, or the uncertainty is
+        smaller than the photon noise of the data (it then did not come
+        from ccdproc's propagation).
+    """
+    variance = uncertainty_variance(image)
+    data = np.asarray(image.data, dtype=float)
+    good = np.isfinite(variance) & np.isfinite(data)
+    if mask is not None:
+        good &= ~mask
+    if good.sum() < 100:
+        raise ValueError(
+            "cannot recover the master flat from the target's uncertainty: fewer than 100 "
+            "unmasked pixels have a finite uncertainty; pass flat= explicitly")
+    _, sky, _ = sigma_clipped_stats(data[good], sigma=3.0, maxiters=10)
+    sky_sigma = float(np.sqrt(np.median(variance[good])))
+    faint = good & (data < sky + 3 * sky_sigma)
+    counts = data[good] / electrons_per_unit
+    var = variance[good]
+
+    def flat_at(constant):
+        # all good pixels, as ccdproc normalises the flat by its mean over the image
+        return (counts + np.sqrt(np.maximum(counts ** 2 + 4 * var * constant, 0.0))) / (2 * var)
+
+    if np.mean(flat_at(0.0)) > 1.02:
+        raise ValueError(
+            "cannot recover the master flat from the target's uncertainty: it is smaller than "
+            "the photon noise of the data, so it is not the one ccdproc propagated "
+            "(create_deviation, then flat_correct); pass flat= explicitly")
+    low, high = 0.0, float(np.median(var))
+    for _ in range(200):
+        if np.mean(flat_at(high)) >= 1.0:
+            break
+        low, high = high, 2 * high
+    for _ in range(100):
+        middle = 0.5 * (low + high)
+        if np.mean(flat_at(middle)) < 1.0:
+            low = middle
+        else:
+            high = middle
+        if high - low <= 1e-12 * max(high, 1.0):
+            break
+    constant = 0.5 * (low + high)
+    flat = np.full(data.shape, np.nan)
+    flat[good] = flat_at(constant)
+    flat[~faint] = np.nan
+    flat = _fill_from_neighbours(flat)
+    flat = np.where(np.isfinite(flat), flat, 1.0)
+    return flat / np.mean(flat), float(constant)
+
+
 class _PhotonNoiseModel(NoiseModel):
     """Shared resolution of gain, flat and sky for the CCD and EMCCD models."""
 
@@ -314,13 +442,69 @@ class _PhotonNoiseModel(NoiseModel):
     def variance_terms(self, image, *, mask=None):
         unit = _require_count_unit(image, self.name, self.count_units)
         shape = np.shape(image.data)
-        flat, bad, flat_source = _load_flat(self.flat, image, shape, self.name)
+        recovered = None
+        if self.flat is None and _flat_recoverable(image):
+            recovered = self._recover_flat(image, unit, mask)
+        if recovered is not None:
+            flat, bad, flat_source, implied_constant = recovered
+        else:
+            flat, bad, flat_source = _load_flat(self.flat, image, shape, self.name)
         constant, slope, minimum, settings = self._photon_terms(image, unit, flat)
         settings["flat"] = flat_source
+        if recovered is not None:
+            settings["uncertainty_constant"] = (
+                implied_constant, "data unit squared: the constant variance (read noise, and "
+                "any bias level counted as signal) of the propagated uncertainty")
         terms = VarianceTerms(constant=constant, slope=slope, minimum=minimum, bad=bad,
                               settings=settings)
         terms.offset, settings["sky"] = self._resolve_sky(image, unit, terms, mask)
+        self._compare_with_uncertainty(image, terms, mask)
         return terms
+
+    def _recover_flat(self, image, unit, mask):
+        """Subclasses: (flat, bad, source, constant) from the image's uncertainty, or None."""
+        return None
+
+    def _compare_with_uncertainty(self, image, terms, mask):
+        """Record that the model sets the weights; warn if the attached uncertainty disagrees."""
+        if image.uncertainty is None:
+            return
+        settings = terms.settings
+        settings["weights"] = (f"noise model {self.name!r}; the target's uncertainty is not "
+                               "used (noise_model='uncertainty' uses it)")
+        try:
+            attached = uncertainty_variance(image)
+        except (TypeError, ValueError):
+            return
+        data = np.asarray(image.data, dtype=float)
+        model = terms.variance(np.where(np.isfinite(data), data, 0.0))
+        good = np.isfinite(attached) & np.isfinite(data) & (model > 0)
+        if mask is not None:
+            good &= ~mask
+        if terms.bad is not None:
+            good &= ~terms.bad
+        if not good.any():
+            return
+        ratio = float(np.median(attached[good] / model[good]))
+        settings["uncertainty_ratio"] = (
+            ratio, "median of the target's uncertainty variance over the model's at the data")
+        if abs(ratio - 1) <= UNCERTAINTY_DISAGREEMENT or settings.get("sky") == SKY_ESTIMATED:
+            # an estimated sky is only a first guess, refined by the fit
+            return
+        hint = ""
+        implied = settings.get("uncertainty_constant", (None,))[0]
+        read_noise = settings.get("read_noise", (0.0,))[0]
+        if implied is not None and implied > 1.5 * read_noise ** 2 + 1.0:
+            hint = (f" The uncertainty carries a constant variance of {implied:.4g} "
+                    f"{image.unit}2 where the read noise gives {read_noise ** 2:.4g}: "
+                    "ccdproc.create_deviation counts a bias level not yet subtracted as "
+                    "signal (ccd_process without oscan=), so its uncertainty is too large.")
+        warnings.warn(
+            f"the target's uncertainty gives a variance {ratio:.3g} times that of noise_model="
+            f"{self.name!r} at the data (median over the unmasked pixels); the noise model "
+            f"sets the weights and the output uncertainty.{hint} Use "
+            "noise_model='uncertainty' to weight by the attached uncertainty instead, or "
+            "check the detector settings", NoiseModelWarning)
 
     def _resolve_sky(self, image, unit, terms, mask):
         if self.sky is not None:
@@ -468,6 +652,14 @@ class CCDNoiseModel(_PhotonNoiseModel):
     """
 
     name = "ccd"
+
+    def _recover_flat(self, image, unit, mask):
+        g, _ = _resolve_gain(self.gain, image, unit, self.name)
+        flat, constant = flat_from_uncertainty(image, g, mask=mask)
+        bad = ~np.isfinite(flat) | (flat <= 0)
+        source = ("recovered from the ccdproc-propagated uncertainty (flat_correct in the "
+                  "header log, no flat file named)")
+        return np.where(bad, 1.0, flat), (bad if bad.any() else None), source, constant
 
     def _photon_terms(self, image, unit, flat):
         g, gain_source = _resolve_gain(self.gain, image, unit, self.name)

@@ -851,3 +851,69 @@ def test_emccd_photo_electrons_labelled_electron_are_an_error():
         DifferenceImager(9, noise_model="emccd", flat=1, sky=0).fit(reference, target)
     with pytest.raises(ValueError, match="look like photo-electrons"):
         EMCCDNoiseModel(flat=1).variance_terms(target)
+
+
+# --------------------------------------------------------------------------
+# The target's own uncertainty next to a photon-noise model
+
+
+def _with_uncertainty(ccd, factor):
+    return CCDData(ccd.data, unit=ccd.unit, meta=ccd.meta,
+                   uncertainty=StdDevUncertainty(ccd.uncertainty.array * factor))
+
+
+def test_consistent_uncertainty_is_recorded_without_warning():
+    from astro_dia.simulate import make_image_pair
+
+    _, target, _ = make_image_pair(shape=(64, 64), density=50, seed=4)
+    terms = CCDNoiseModel(flat=1, sky=0).variance_terms(target)
+    assert "not used" in terms.settings["weights"]
+    assert terms.settings["uncertainty_ratio"][0] == pytest.approx(1.0, abs=0.1)
+
+
+@pytest.mark.parametrize("factor", [0.8, 1.25])
+def test_disagreeing_uncertainty_warns(factor):
+    from astro_dia.simulate import make_image_pair
+
+    _, target, _ = make_image_pair(shape=(64, 64), density=50, seed=4)
+    with pytest.warns(NoiseModelWarning, match="the target's uncertainty gives a variance"):
+        terms = CCDNoiseModel(flat=1, sky=0).variance_terms(_with_uncertainty(target, factor))
+    assert terms.settings["uncertainty_ratio"][0] == pytest.approx(factor ** 2, rel=0.1)
+
+
+def test_uncertainty_of_unknown_class_is_not_compared():
+    data = image(meta={"GAIN": 2.0, "RDNOISE": 5.0},
+                 uncertainty=UnknownUncertainty(np.ones(SHAPE)))
+    terms = CCDNoiseModel(flat=1, sky=0).variance_terms(data)
+    assert "uncertainty_ratio" not in terms.settings
+
+
+def test_flat_is_recovered_only_from_a_ccdproc_flat_correct_log():
+    rng = np.random.default_rng(8)
+    flat = np.where(np.arange(32) < 16, 0.85, 1.15)[None, :] * np.ones((32, 1))
+    flat /= flat.mean()
+    raw = flat * rng.uniform(300.0, 400.0, (32, 32))  # electrons, bias-subtracted
+    sigma = np.sqrt(25.0 + raw) / flat         # create_deviation, then flat_correct
+    meta = {"RDNOISE": 5.0, "flatcor": "ccd=<CCDData>, flat=<CCDData>"}
+    data = CCDData(raw / flat, unit="electron", meta=meta, uncertainty=StdDevUncertainty(sigma))
+    terms = CCDNoiseModel(sky=0).variance_terms(data)
+    assert terms.settings["flat"].startswith("recovered from the ccdproc-propagated")
+    assert_allclose(terms.slope, 1 / flat, rtol=1e-6)
+    assert terms.settings["uncertainty_constant"][0] == pytest.approx(25.0, rel=1e-6)
+    # no log of flat_correct, or no uncertainty: nothing says what the flat was
+    for unsaid in (CCDData(data.data, unit="electron", meta={"RDNOISE": 5.0},
+                           uncertainty=data.uncertainty),
+                   CCDData(data.data, unit="electron", meta=meta)):
+        with pytest.raises(ValueError, match="needs the master flat F"):
+            CCDNoiseModel(sky=0).variance_terms(unsaid)
+    # an explicit flat still wins
+    assert CCDNoiseModel(flat=1, sky=0).variance_terms(data).settings["flat"] == \
+        "uniform (flat=1)"
+
+
+def test_flat_recovery_rejects_an_uncertainty_below_the_photon_noise():
+    data = CCDData(np.full((16, 16), 400.0), unit="electron",
+                   meta={"RDNOISE": 5.0, "flatcor": "ccd=<CCDData>, flat=<CCDData>"},
+                   uncertainty=StdDevUncertainty(np.full((16, 16), 5.0)))
+    with pytest.raises(ValueError, match="smaller than the photon noise.*pass flat="):
+        CCDNoiseModel(sky=0).variance_terms(data)
