@@ -191,23 +191,25 @@ def test_subtract_reference_rejects_bad_arguments(ccd_pair):
 # --------------------------------------------------------------------------
 # A flat of +-15 %, through ccd_process, differenced with nothing passed by hand
 
+STEP_SHAPE = (96, 96)
+
 
 @pytest.fixture(scope="module")
 def flat_step_frame():
     """A light frame with a +-15 % flat (left half 0.85, right 1.15), calibrated by ccdproc."""
     rng = np.random.default_rng(515)
-    ny, nx = SHAPE
+    ny, nx = STEP_SHAPE
     xx = np.mgrid[:ny, :nx][1]
-    flat = np.where(xx < nx // 2, 0.85, 1.15) * (1 + 0.01 * rng.standard_normal(SHAPE))
+    flat = np.where(xx < nx // 2, 0.85, 1.15) * (1 + 0.01 * rng.standard_normal(STEP_SHAPE))
     header = {"GAIN": (GAIN, "electron/adu"), "RDNOISE": (READ_NOISE, "electron")}
-    biases = [CCDData(BIAS_LEVEL + rng.standard_normal(SHAPE) * READ_NOISE / GAIN,
+    biases = [CCDData(BIAS_LEVEL + rng.standard_normal(STEP_SHAPE) * READ_NOISE / GAIN,
                       unit="adu", meta=header) for _ in range(6)]
     master_bias = ccdproc.combine(biases, method="average")
     flats = [ccdproc.subtract_bias(CCDData(BIAS_LEVEL + _noisy(rng, 20000.0 * flat),
                                            unit="adu", meta=header), master_bias)
              for _ in range(4)]
     master_flat = ccdproc.combine(flats, method="average")
-    _, _, sim = make_image_pair(SHAPE, psf_sigma=1.3, kernel_sigma=1.0, shift=(0.3, -0.2),
+    _, _, sim = make_image_pair(STEP_SHAPE, psf_sigma=1.3, kernel_sigma=1.0, shift=(0.3, -0.2),
                                 scale_factor=1.1, reference_sky=REFERENCE_SKY, target_sky=350.0,
                                 density=120, noise=False, seed=12)
     raw = CCDData(BIAS_LEVEL + _noisy(rng, flat * sim.target_noiseless), unit="adu",
@@ -218,7 +220,7 @@ def flat_step_frame():
         gain_corrected=False)
     clean = GAIN * sim.reference_noiseless
     sigma = np.sqrt(0.05 * (clean + READ_NOISE ** 2))
-    reference = CCDData(clean + rng.standard_normal(SHAPE) * sigma, unit="electron",
+    reference = CCDData(clean + rng.standard_normal(STEP_SHAPE) * sigma, unit="electron",
                         uncertainty=StdDevUncertainty(sigma))
     return calibrated, reference, master_flat
 
@@ -227,6 +229,7 @@ def test_flat_recovered_from_the_ccdproc_uncertainty(flat_step_frame):
     from astropy.stats import mad_std
 
     calibrated, reference, master_flat = flat_step_frame
+    half_width = STEP_SHAPE[1] // 2
     assert "FLATFILE" not in calibrated.meta and "flatcor" in calibrated.meta
     before = snapshot(calibrated)
     # ccd_process created the deviation before subtracting the 400 adu bias,
@@ -241,7 +244,7 @@ def test_flat_recovered_from_the_ccdproc_uncertainty(flat_step_frame):
     implied = result.noise_settings["uncertainty_constant"][0]
     assert implied == pytest.approx(READ_NOISE ** 2 + GAIN * BIAS_LEVEL, rel=0.05)
     z = result.difference.data / result.difference.uncertainty.array
-    for half in (slice(0, SHAPE[1] // 2), slice(SHAPE[1] // 2, None)):
+    for half in (slice(0, half_width), slice(half_width, None)):
         fitted = result.fit_mask[:, half]
         assert abs(mad_std(z[:, half][fitted]) - 1) < 0.07
     assert abs(result.scale_factor - 1.1) < 4 * result.scale_factor_error + 2e-3
