@@ -6,7 +6,11 @@ __all__ = []
 
 GAIN_KEYWORDS = ("GAIN", "EGAIN", "CCDGAIN")
 READ_NOISE_KEYWORDS = ("RDNOISE", "READNOIS", "RON", "READNOISE")
-EM_GAIN_KEYWORDS = ("EMGAIN", "EM_GAIN")
+#: EM gain: the common spelling, Andor SOLIS's real (calibrated) EM gain
+#: EMREALGN, and spellings of other camera software. EMCCDGAIN and EM GAIN
+#: need a HIERARCH card in a FITS file, but are plain keys of a ``meta`` dict.
+EM_GAIN_KEYWORDS = ("EMGAIN", "EM_GAIN", "EMREALGN", "EMCCDGN", "EMCCDGAI", "GAINEM",
+                    "EMCCDGAIN", "EM GAIN")
 SKY_KEYWORDS = ("SKYLEVEL", "SKY", "SKYSUB")
 FLAT_KEYWORDS = ("FLATFILE", "FLATNAME", "FLAT")
 SATURATION_KEYWORDS = ("SATURATE", "SATLEVEL")

@@ -30,13 +30,32 @@ from .exceptions import NoiseModelWarning
 
 __all__ = ["VarianceTerms", "NoiseModel", "CCDNoiseModel", "EMCCDNoiseModel",
            "UniformNoiseModel", "UncertaintyNoiseModel", "make_noise_model",
-           "uncertainty_variance", "refine_sky"]
+           "uncertainty_variance", "flat_from_uncertainty", "refine_sky"]
 
 _COUNT_UNITS = (u.adu, u.electron)
+
+#: Units the EMCCD model accepts: ``photon`` marks photo-electrons, data from
+#: which the EM gain has already been divided out.
+_EMCCD_COUNT_UNITS = (u.adu, u.electron, u.photon)
+
+#: Sky pixels of EMCCD data in electrons scattering with less than this
+#: fraction of the predicted variance are taken for photo-electrons.
+SCATTER_DEFICIT_THRESHOLD = 0.1
 
 #: A sky-pixel variance this many times above the prediction of the noise
 #: model means the data have probably been sky-subtracted.
 SKY_EXCESS_THRESHOLD = 1.5
+
+#: A sky level more than this many (observed) standard deviations above zero
+#: was not subtracted, however large the scatter of the sky pixels.
+SKY_ZERO_SIGMAS = 3.0
+
+#: The target's uncertainty and the model variance at the data differing by
+#: more than this fraction (median ratio) give a warning.
+UNCERTAINTY_DISAGREEMENT = 0.2
+
+#: Header keys of ccdproc's log of `ccdproc.flat_correct`.
+CCDPROC_FLAT_KEYS = ("flat_correct", "flatcor")
 
 #: How `VarianceTerms.settings` records a sky level estimated from the data.
 SKY_ESTIMATED = "estimated from the data"
@@ -143,11 +162,12 @@ class NoiseModel:
         return f"{type(self).__name__}()"
 
 
-def _require_count_unit(image, model_name):
+def _require_count_unit(image, model_name, units=_COUNT_UNITS):
     unit = image.unit
-    if unit is None or not any(unit == count for count in _COUNT_UNITS):
+    if unit is None or not any(unit == count for count in units):
+        names = keyword_list(str(count) for count in units)
         raise u.UnitsError(
-            f"noise_model={model_name!r} needs data in counts (adu or electron), but the "
+            f"noise_model={model_name!r} needs data in counts ({names}), but the "
             f"image unit is {unit}; multiply rate images by the exposure time, or use "
             "noise_model='uncertainty' or 'uniform'")
     return unit
@@ -263,6 +283,127 @@ def _load_flat(explicit, image, shape, model_name):
     return flat, (bad if bad.any() else None), source
 
 
+def _flat_recoverable(image):
+    """True for an image ccdproc flat-corrected, with an uncertainty and no flat named."""
+    if getattr(image, "uncertainty", None) is None:
+        return False
+    keyword, value = find_keyword(image.meta, FLAT_KEYWORDS)
+    if keyword is not None and isinstance(value, str):
+        return False
+    found, _ = find_keyword(image.meta, tuple(key.upper() for key in CCDPROC_FLAT_KEYS))
+    return found is not None
+
+
+def _fill_from_neighbours(values):
+    """Replace NaNs by the median of their finite 3 x 3 neighbours, growing inwards."""
+    values = values.copy()
+    ny, nx = values.shape
+    for _ in range(max(ny, nx)):
+        missing = np.isnan(values)
+        if not missing.any() or missing.all():
+            break
+        padded = np.pad(values, 1, constant_values=np.nan)
+        rows, cols = np.nonzero(missing)
+        neighbours = np.stack([padded[rows + dy, cols + dx]
+                               for dy in range(3) for dx in range(3)])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN neighbourhoods
+            values[rows, cols] = np.nanmedian(neighbours, axis=0)
+    return values
+
+
+def flat_from_uncertainty(image, electrons_per_unit, *, mask=None):
+    """
+    Recover the master flat that ccdproc divided out, from the uncertainty it propagated.
+
+    `ccdproc.create_deviation` gives a raw pixel of ``R`` counts the
+    variance ``(g R + rn**2) / g**2``; `ccdproc.flat_correct` divides data
+    and deviation by the normalised flat ``F``. With the flat-fielded value
+    ``I = R' / F`` (``R'`` the counts after bias subtraction) the
+    propagated variance obeys, pixel by pixel,
+
+    .. math::
+
+        \\sigma^2 F^2 - \\frac{I}{g} F - A = 0,
+
+    where ``A`` (the data unit squared) is the constant part: the read
+    noise, plus the bias level when the deviation was created before the
+    bias was subtracted. Each pixel gives ``F`` for a given ``A``; ``A``
+    is the one value that makes the mean of ``F`` one, as ccdproc
+    normalises the flat.
+
+    Parameters
+    ----------
+    image : `~astropy.nddata.CCDData`
+        The flat-fielded image with its propagated ``uncertainty``.
+    electrons_per_unit : float
+        ``g``: electrons per data unit (1 for data in electrons).
+    mask : (M, N) bool ndarray, optional
+        Pixels to leave out.
+
+    Returns
+    -------
+    flat : (M, N) ndarray
+        The response, mean one. Where the master flat's own noise enters
+        the propagated variance noticeably (the pixels of stars, more than
+        three sigma above the sky) and where the uncertainty is not
+        finite, it is the median of the neighbouring sky pixels.
+    constant : float
+        ``A``, in the data unit squared.
+
+    Raises
+    ------
+    ValueError
+        If too few pixels have a finite uncertainty, or the uncertainty is
+        smaller than the photon noise of the data (it then did not come
+        from ccdproc's propagation).
+    """
+    variance = uncertainty_variance(image)
+    data = np.asarray(image.data, dtype=float)
+    good = np.isfinite(variance) & np.isfinite(data)
+    if mask is not None:
+        good &= ~mask
+    if good.sum() < 100:
+        raise ValueError(
+            "cannot recover the master flat from the target's uncertainty: fewer than 100 "
+            "unmasked pixels have a finite uncertainty; pass flat= explicitly")
+    _, sky, _ = sigma_clipped_stats(data[good], sigma=3.0, maxiters=10)
+    sky_sigma = float(np.sqrt(np.median(variance[good])))
+    faint = good & (data < sky + 3 * sky_sigma)
+    counts = data[good] / electrons_per_unit
+    var = variance[good]
+
+    def flat_at(constant):
+        # all good pixels, as ccdproc normalises the flat by its mean over the image
+        return (counts + np.sqrt(np.maximum(counts ** 2 + 4 * var * constant, 0.0))) / (2 * var)
+
+    if np.mean(flat_at(0.0)) > 1.02:
+        raise ValueError(
+            "cannot recover the master flat from the target's uncertainty: it is smaller than "
+            "the photon noise of the data, so it is not the one ccdproc propagated "
+            "(create_deviation, then flat_correct); pass flat= explicitly")
+    low, high = 0.0, float(np.median(var))
+    for _ in range(200):
+        if np.mean(flat_at(high)) >= 1.0:
+            break
+        low, high = high, 2 * high
+    for _ in range(100):
+        middle = 0.5 * (low + high)
+        if np.mean(flat_at(middle)) < 1.0:
+            low = middle
+        else:
+            high = middle
+        if high - low <= 1e-12 * max(high, 1.0):
+            break
+    constant = 0.5 * (low + high)
+    flat = np.full(data.shape, np.nan)
+    flat[good] = flat_at(constant)
+    flat[~faint] = np.nan
+    flat = _fill_from_neighbours(flat)
+    flat = np.where(np.isfinite(flat), flat, 1.0)
+    return flat / np.mean(flat), float(constant)
+
+
 class _PhotonNoiseModel(NoiseModel):
     """Shared resolution of gain, flat and sky for the CCD and EMCCD models."""
 
@@ -295,16 +436,75 @@ class _PhotonNoiseModel(NoiseModel):
         """Subclasses: return (constant, slope, minimum, settings) before sky handling."""
         raise NotImplementedError
 
+    #: Data units the model accepts.
+    count_units = _COUNT_UNITS
+
     def variance_terms(self, image, *, mask=None):
-        unit = _require_count_unit(image, self.name)
+        unit = _require_count_unit(image, self.name, self.count_units)
         shape = np.shape(image.data)
-        flat, bad, flat_source = _load_flat(self.flat, image, shape, self.name)
+        recovered = None
+        if self.flat is None and _flat_recoverable(image):
+            recovered = self._recover_flat(image, unit, mask)
+        if recovered is not None:
+            flat, bad, flat_source, implied_constant = recovered
+        else:
+            flat, bad, flat_source = _load_flat(self.flat, image, shape, self.name)
         constant, slope, minimum, settings = self._photon_terms(image, unit, flat)
         settings["flat"] = flat_source
+        if recovered is not None:
+            settings["uncertainty_constant"] = (
+                implied_constant, "data unit squared: the constant variance (read noise, and "
+                "any bias level counted as signal) of the propagated uncertainty")
         terms = VarianceTerms(constant=constant, slope=slope, minimum=minimum, bad=bad,
                               settings=settings)
         terms.offset, settings["sky"] = self._resolve_sky(image, unit, terms, mask)
+        self._compare_with_uncertainty(image, terms, mask)
         return terms
+
+    def _recover_flat(self, image, unit, mask):
+        """Subclasses: (flat, bad, source, constant) from the image's uncertainty, or None."""
+        return None
+
+    def _compare_with_uncertainty(self, image, terms, mask):
+        """Record that the model sets the weights; warn if the attached uncertainty disagrees."""
+        if image.uncertainty is None:
+            return
+        settings = terms.settings
+        settings["weights"] = (f"noise model {self.name!r}; the target's uncertainty is not "
+                               "used (noise_model='uncertainty' uses it)")
+        try:
+            attached = uncertainty_variance(image)
+        except (TypeError, ValueError):
+            return
+        data = np.asarray(image.data, dtype=float)
+        model = terms.variance(np.where(np.isfinite(data), data, 0.0))
+        good = np.isfinite(attached) & np.isfinite(data) & (model > 0)
+        if mask is not None:
+            good &= ~mask
+        if terms.bad is not None:
+            good &= ~terms.bad
+        if not good.any():
+            return
+        ratio = float(np.median(attached[good] / model[good]))
+        settings["uncertainty_ratio"] = (
+            ratio, "median of the target's uncertainty variance over the model's at the data")
+        if abs(ratio - 1) <= UNCERTAINTY_DISAGREEMENT or settings.get("sky") == SKY_ESTIMATED:
+            # an estimated sky is only a first guess, refined by the fit
+            return
+        hint = ""
+        implied = settings.get("uncertainty_constant", (None,))[0]
+        read_noise = settings.get("read_noise", (0.0,))[0]
+        if implied is not None and implied > 1.5 * read_noise ** 2 + 1.0:
+            hint = (f" The uncertainty carries a constant variance of {implied:.4g} "
+                    f"{image.unit}2 where the read noise gives {read_noise ** 2:.4g}: "
+                    "ccdproc.create_deviation counts a bias level not yet subtracted as "
+                    "signal (ccd_process without oscan=), so its uncertainty is too large.")
+        warnings.warn(
+            f"the target's uncertainty gives a variance {ratio:.3g} times that of noise_model="
+            f"{self.name!r} at the data (median over the unmasked pixels); the noise model "
+            f"sets the weights and the output uncertainty.{hint} Use "
+            "noise_model='uncertainty' to weight by the attached uncertainty instead, or "
+            "check the detector settings", NoiseModelWarning)
 
     def _resolve_sky(self, image, unit, terms, mask):
         if self.sky is not None:
@@ -330,20 +530,19 @@ class _PhotonNoiseModel(NoiseModel):
         which faint stars do not reach. `DifferenceImager` refines the level
         from the fit's residuals (`refine_sky`).
         """
-        data = np.asarray(image.data, dtype=float)
-        good = np.isfinite(data)
-        if mask is not None:
-            good &= ~mask
-        if good.sum() < 100:
+        stats = _sky_statistics(image, mask)
+        if stats is None:
             return 0.0, "none (too few pixels to check)"
-        _, median, _ = sigma_clipped_stats(data[good], sigma=3.0, maxiters=10)
-        low_side = median - np.percentile(data[good], 15.865)
+        median, observed = stats
         slope = float(np.median(terms.slope))
         constant = float(np.median(terms.constant))
         predicted = constant + slope * max(median, 0.0)
-        observed = low_side ** 2
         if observed <= SKY_EXCESS_THRESHOLD * predicted or slope <= 0:
             return 0.0, "none"
+        if median > SKY_ZERO_SIGMAS * np.sqrt(observed):
+            # A sky well above zero was not subtracted, whatever inflates the
+            # scatter (faint unresolved stars in a crowded field, a wrong gain).
+            return 0.0, "none (the sky level is well above zero)"
         sky = max((observed - constant) / slope - max(median, 0.0), 0.0)
         warnings.warn(
             f"the sky pixels scatter with variance {observed:.4g} where the noise model "
@@ -353,6 +552,25 @@ class _PhotonNoiseModel(NoiseModel):
             f"{keyword_list(SKY_KEYWORDS)}) to set it, or sky=0 if the data are not "
             "sky-subtracted", NoiseModelWarning)
         return float(sky), SKY_ESTIMATED
+
+
+def _sky_statistics(image, mask):
+    """
+    The sky level and scatter of an image, or None with fewer than 100 pixels.
+
+    Returns the sigma-clipped median and the variance measured on the low
+    side of the pixel distribution (median minus the 15.87th percentile,
+    squared), which faint stars do not reach.
+    """
+    data = np.asarray(image.data, dtype=float)
+    good = np.isfinite(data)
+    if mask is not None:
+        good &= ~mask
+    if good.sum() < 100:
+        return None
+    _, median, _ = sigma_clipped_stats(data[good], sigma=3.0, maxiters=10)
+    low_side = median - np.percentile(data[good], 15.865)
+    return float(median), float(low_side) ** 2
 
 
 def refine_sky(terms, model, residual, mask):
@@ -435,6 +653,14 @@ class CCDNoiseModel(_PhotonNoiseModel):
 
     name = "ccd"
 
+    def _recover_flat(self, image, unit, mask):
+        g, _ = _resolve_gain(self.gain, image, unit, self.name)
+        flat, constant = flat_from_uncertainty(image, g, mask=mask)
+        bad = ~np.isfinite(flat) | (flat <= 0)
+        source = ("recovered from the ccdproc-propagated uncertainty (flat_correct in the "
+                  "header log, no flat file named)")
+        return np.where(bad, 1.0, flat), (bad if bad.any() else None), source, constant
+
     def _photon_terms(self, image, unit, flat):
         g, gain_source = _resolve_gain(self.gain, image, unit, self.name)
         read_noise, rn_source = _resolve_read_noise(
@@ -453,33 +679,62 @@ class EMCCDNoiseModel(_PhotonNoiseModel):
 
     .. math::
 
-        \\sigma^2 = E\\,\\frac{M + S}{G_{\\rm total}\\,F}, \\qquad
+        \\sigma^2 = E\\,\\frac{M + S}{G_{\\rm total}\\,F}
+        + \\frac{\\sigma_0^2}{G^2 F^2}, \\qquad
         G_{\\rm total} = G / G_{\\rm EM}
+
+    The first term is eq. 7; the second is the read noise of the output
+    amplifier, which the EM cascade does not amplify (in photo-electrons it
+    is :math:`\\sigma_0 / G_{\\rm EM}`, negligible at high EM gain).
 
     Parameters
     ----------
     gain : `~astropy.units.Quantity` or float, optional
         CCD (output amplifier) gain in electron / adu. Default: header
-        keyword GAIN, EGAIN or CCDGAIN; not needed for data in electrons.
+        keyword GAIN, EGAIN or CCDGAIN; not needed for data in electrons
+        or photons.
     em_gain : float, optional
-        Electron-multiplying gain. Default: header keyword EMGAIN or
-        EM_GAIN.
+        Electron-multiplying gain. Default: header keyword EMGAIN, EM_GAIN,
+        EMREALGN, EMCCDGN, EMCCDGAI, GAINEM, EMCCDGAIN or EM GAIN.
     excess_noise_factor : float, optional
         Excess noise factor E, 2 by default (high EM gain).
     read_noise : `~astropy.units.Quantity` or float, optional
-        Read noise (electrons by default) to add as in eq. 6. Eq. 7 has no
-        read-noise term, so none is read from the header; give it only if
-        the EM gain is too low to make it negligible.
+        Read noise of the output amplifier :math:`\\sigma_0`, in electrons
+        after multiplication (the electrons of ``gain``; a bare number is
+        taken in electrons). Default: header keyword RDNOISE, READNOIS,
+        RON or READNOISE, read in those electrons; none if no keyword is
+        set (eq. 7 has no read-noise term).
     flat, sky
         As for `CCDNoiseModel`.
 
+    Raises
+    ------
+    ValueError
+        At resolution, as for `CCDNoiseModel`; and for data in electrons
+        whose sky pixels scatter far less than the model predicts (by a
+        factor of 10 in variance), which means they are photo-electrons
+        (give them the unit ``photon``).
+    astropy.units.UnitsError
+        If the data are not in adu, electron or photon.
+
     Notes
     -----
+    The data unit says what a count is. ``adu``: read-out counts, converted
+    with ``gain`` and ``em_gain`` (:math:`G_{\\rm total} = G/G_{\\rm EM}`
+    photo-electrons per adu). ``electron``: electrons at the output
+    amplifier, i.e. adu times the CCD gain, as `ccdproc.gain_correct` with
+    the amplifier gain gives them (:math:`G = 1`,
+    :math:`G_{\\rm total} = 1/G_{\\rm EM}`). ``photon``: photo-electrons,
+    data from which the EM gain has been divided out (:math:`G = G_{\\rm
+    EM}`, :math:`G_{\\rm total} = 1`); the EM gain then only converts the
+    read noise.
+
     Where ``M + S`` falls to zero, the variance is floored at that of a
     single photo-electron, so that weights stay finite.
     """
 
     name = "emccd"
+    count_units = _EMCCD_COUNT_UNITS
 
     def __init__(self, *, gain=None, em_gain=None, excess_noise_factor=2.0, read_noise=None,
                  flat=None, sky=None):
@@ -502,30 +757,64 @@ class EMCCDNoiseModel(_PhotonNoiseModel):
             raise ValueError(f"em_gain must be positive and finite, got {value} (from {source})")
         return value
 
-    def _photon_terms(self, image, unit, flat):
-        g, gain_source = _resolve_gain(self.gain, image, unit, self.name)
+    def _resolve_em_gain(self, image):
         if self.em_gain is not None:
-            em_gain, em_source = self._check_em_gain(self.em_gain, "argument"), "argument"
+            return self._check_em_gain(self.em_gain, "argument"), "argument"
+        keyword, value = header_float(image.meta, EM_GAIN_KEYWORDS, "EM gain")
+        if keyword is None:
+            raise ValueError(
+                "noise_model='emccd' needs the EM gain: none of the header keywords "
+                f"{keyword_list(EM_GAIN_KEYWORDS)} is set; pass em_gain= (e.g. em_gain=300)")
+        return self._check_em_gain(value, f"header keyword {keyword}"), f"header {keyword}"
+
+    def _photon_terms(self, image, unit, flat):
+        em_gain, em_source = self._resolve_em_gain(image)
+        if unit == u.photon:
+            # output electrons per photo-electron
+            g, gain_source = em_gain, "data in photo-electrons (photon): the EM gain"
+            if isinstance(self.read_noise, u.Quantity) and self.read_noise.unit == u.adu:
+                raise u.UnitsError(
+                    "read_noise is in adu but the data are in photo-electrons (photon); give "
+                    "it in electrons of the output amplifier")
         else:
-            keyword, value = header_float(image.meta, EM_GAIN_KEYWORDS, "EM gain")
-            if keyword is None:
-                raise ValueError(
-                    "noise_model='emccd' needs the EM gain: none of the header keywords "
-                    f"{keyword_list(EM_GAIN_KEYWORDS)} is set; pass em_gain= (e.g. em_gain=300)")
-            em_gain = self._check_em_gain(value, f"header keyword {keyword}")
-            em_source = f"header {keyword}"
-        read_noise, rn_source = (0.0, "not part of eq. 7")
-        if self.read_noise is not None:
-            read_noise, rn_source = _resolve_read_noise(
-                self.read_noise, image, g, required=False, model_name=self.name)
+            g, gain_source = _resolve_gain(self.gain, image, unit, self.name)
+        read_noise, rn_source = _resolve_read_noise(
+            self.read_noise, image, g, required=False, model_name=self.name)
+        if rn_source == "not part of the model":
+            rn_source = "none (no header keyword; eq. 7 has no read-noise term)"
         total_gain = g / em_gain  # photo-electrons per data unit
         constant = read_noise ** 2 / flat ** 2
         slope = self.excess_noise_factor / (total_gain * flat)
         minimum = np.maximum(constant, slope / total_gain)
         settings = {"gain": (g, gain_source), "em_gain": (em_gain, em_source),
+                    "total_gain": (total_gain, "photo-electrons per data unit"),
                     "read_noise": (read_noise, rn_source),
                     "excess_noise_factor": (self.excess_noise_factor, "argument")}
         return constant, slope, minimum, settings
+
+    def variance_terms(self, image, *, mask=None):
+        terms = super().variance_terms(image, mask=mask)
+        if image.unit == u.electron:
+            self._check_not_photo_electrons(image, terms, mask)
+        return terms
+
+    def _check_not_photo_electrons(self, image, terms, mask):
+        """Data in electrons that scatter like photo-electrons are an error, not a bad sigma."""
+        stats = _sky_statistics(image, mask)
+        if stats is None:
+            return
+        median, observed = stats
+        predicted = float(np.median(terms.variance(np.full(np.shape(image.data), median))))
+        if observed <= 0 or observed >= SCATTER_DEFICIT_THRESHOLD * predicted:
+            return
+        em_gain = terms.settings["em_gain"][0]
+        raise ValueError(
+            f"noise_model='emccd': the sky pixels scatter with variance {observed:.4g} "
+            f"electron2, {predicted / observed:.3g} times less than eq. 7 predicts for "
+            f"electrons at the output amplifier (EM gain {em_gain:.4g}): the data look like "
+            "photo-electrons, with the EM gain already divided out. Give such data the unit "
+            "photon (e.g. CCDData(data, unit='photon')), for which the EM gain is not applied "
+            "again; if they are output electrons, check em_gain")
 
 
 class UniformNoiseModel(NoiseModel):

@@ -11,6 +11,7 @@ ccdproc = pytest.importorskip("ccdproc")
 from astro_dia import DifferenceImager  # noqa: E402
 from astro_dia.batch import fit_many, summary_table  # noqa: E402
 from astro_dia.ccdproc_step import subtract_reference  # noqa: E402
+from astro_dia.exceptions import NoiseModelWarning  # noqa: E402
 from astro_dia.simulate import make_image_pair  # noqa: E402
 
 from .conftest import assert_unchanged, snapshot  # noqa: E402
@@ -94,6 +95,10 @@ def _calibrate(night, out_dir):
     return master_flat
 
 
+# ccd_process creates the deviation before subtracting the bias (there is no
+# overscan here), so the attached uncertainty is ~3x the true variance and the
+# noise model says so; the model's weights are the right ones.
+@pytest.mark.filterwarnings("ignore:the target's uncertainty gives a variance")
 def test_night_through_ccdproc_and_a_batch(night, tmp_path):
     master_flat = _calibrate(night, tmp_path)
     lights = ccdproc.ImageFileCollection(tmp_path).filter(imagetyp="LIGHT")
@@ -181,3 +186,91 @@ def test_subtract_reference_rejects_bad_arguments(ccd_pair):
         subtract_reference(target, reference, imager=imager, add_keyword=3.5)
     with pytest.raises(ValueError, match="kernel_size"):
         subtract_reference(target, reference, kernel_size=4)
+
+
+# --------------------------------------------------------------------------
+# A flat of +-15 %, through ccd_process, differenced with nothing passed by hand
+
+STEP_SHAPE = (96, 96)
+
+
+@pytest.fixture(scope="module")
+def flat_step_frame():
+    """A light frame with a +-15 % flat (left half 0.85, right 1.15), calibrated by ccdproc."""
+    rng = np.random.default_rng(515)
+    ny, nx = STEP_SHAPE
+    xx = np.mgrid[:ny, :nx][1]
+    flat = np.where(xx < nx // 2, 0.85, 1.15) * (1 + 0.01 * rng.standard_normal(STEP_SHAPE))
+    header = {"GAIN": (GAIN, "electron/adu"), "RDNOISE": (READ_NOISE, "electron")}
+    biases = [CCDData(BIAS_LEVEL + rng.standard_normal(STEP_SHAPE) * READ_NOISE / GAIN,
+                      unit="adu", meta=header) for _ in range(6)]
+    master_bias = ccdproc.combine(biases, method="average")
+    flats = [ccdproc.subtract_bias(CCDData(BIAS_LEVEL + _noisy(rng, 20000.0 * flat),
+                                           unit="adu", meta=header), master_bias)
+             for _ in range(4)]
+    master_flat = ccdproc.combine(flats, method="average")
+    _, _, sim = make_image_pair(STEP_SHAPE, psf_sigma=1.3, kernel_sigma=1.0, shift=(0.3, -0.2),
+                                scale_factor=1.1, reference_sky=REFERENCE_SKY, target_sky=350.0,
+                                density=120, noise=False, seed=12)
+    raw = CCDData(BIAS_LEVEL + _noisy(rng, flat * sim.target_noiseless), unit="adu",
+                  meta=header)
+    calibrated = ccdproc.ccd_process(
+        raw, master_bias=master_bias, master_flat=master_flat,
+        gain=GAIN * u.electron / u.adu, readnoise=READ_NOISE * u.electron, error=True,
+        gain_corrected=False)
+    clean = GAIN * sim.reference_noiseless
+    sigma = np.sqrt(0.05 * (clean + READ_NOISE ** 2))
+    reference = CCDData(clean + rng.standard_normal(STEP_SHAPE) * sigma, unit="electron",
+                        uncertainty=StdDevUncertainty(sigma))
+    return calibrated, reference, master_flat
+
+
+def test_flat_recovered_from_the_ccdproc_uncertainty(flat_step_frame):
+    from astropy.stats import mad_std
+
+    calibrated, reference, master_flat = flat_step_frame
+    half_width = STEP_SHAPE[1] // 2
+    assert "FLATFILE" not in calibrated.meta and "flatcor" in calibrated.meta
+    before = snapshot(calibrated)
+    # ccd_process created the deviation before subtracting the 400 adu bias,
+    # so its uncertainty is too large: the model sets the weights, and says so
+    with pytest.warns(NoiseModelWarning, match="counts a bias level not yet subtracted"):
+        result = DifferenceImager(kernel_size=9).fit(reference, calibrated)
+    assert_unchanged(calibrated, before)
+    assert result.noise_settings["flat"].startswith(
+        "recovered from the ccdproc-propagated uncertainty")
+    assert "not used" in result.noise_settings["weights"]
+    # the constant part of ccdproc's variance: rn**2 + gain * bias, in electron**2
+    implied = result.noise_settings["uncertainty_constant"][0]
+    assert implied == pytest.approx(READ_NOISE ** 2 + GAIN * BIAS_LEVEL, rel=0.05)
+    z = result.difference.data / result.difference.uncertainty.array
+    for half in (slice(0, half_width), slice(half_width, None)):
+        fitted = result.fit_mask[:, half]
+        assert abs(mad_std(z[:, half][fitted]) - 1) < 0.07
+    assert abs(result.scale_factor - 1.1) < 4 * result.scale_factor_error + 2e-3
+
+
+def test_recovered_flat_matches_the_master_flat(flat_step_frame):
+    from astro_dia.noise import flat_from_uncertainty
+
+    calibrated, _, master_flat = flat_step_frame
+    flat, _ = flat_from_uncertainty(calibrated, 1.0)
+    truth = master_flat.data / master_flat.data.mean()
+    error = np.abs(flat / truth - 1)
+    assert np.median(error) < 0.01
+    assert np.mean(error < 0.05) > 0.97  # star pixels take their neighbours' response
+
+
+def test_subtract_reference_on_a_ccdproc_frame_needs_no_flat(flat_step_frame):
+    import warnings
+
+    calibrated, reference, _ = flat_step_frame
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoiseModelWarning)
+        difference = subtract_reference(calibrated, reference, kernel_size=9)
+    assert difference.header["DIA_P"] == pytest.approx(1.1, abs=0.02)
+    # without the log of flat_correct nothing says what the flat was: the error stays
+    unlogged = calibrated.copy()
+    del unlogged.meta["flatcor"], unlogged.meta["flat_correct"]
+    with pytest.raises(ValueError, match="needs the master flat F"):
+        subtract_reference(unlogged, reference, kernel_size=9)

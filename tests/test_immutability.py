@@ -224,6 +224,7 @@ NOISE_MODELS = {
 
 
 @pytest.mark.parametrize("name", list(NOISE_MODELS))
+@pytest.mark.filterwarnings("ignore:the target's uncertainty gives a variance")
 def test_variance_terms_never_modify_image_or_mask(pair, name):
     _, target = pair
     image = _image(target)

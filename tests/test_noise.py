@@ -469,6 +469,35 @@ def test_unsubtracted_image_gives_no_warning_and_zero_offset():
     assert terms.settings["sky"] == "none"
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_crowded_unsubtracted_field_is_not_taken_for_sky_subtracted(seed):
+    from astropy.stats import mad_std
+
+    from astro_dia import DifferenceImager
+    from astro_dia.simulate import make_image_pair
+
+    # faint unresolved stars inflate the sky pixels' scatter far above the
+    # model's prediction, but a 350 adu sky is not near zero: not subtracted
+    reference, target, _ = make_image_pair(shape=(64, 64), density=1000, target_sky=350.0,
+                                           kernel_sigma=1.0, seed=seed)
+    terms = CCDNoiseModel(flat=1).variance_terms(target)  # filterwarnings=error: no warning
+    assert terms.offset == 0.0
+    assert terms.settings["sky"] == "none (the sky level is well above zero)"
+    result = DifferenceImager(kernel_size=9, flat=1).fit(reference, target)
+    assert result.difference.header["DIA_SKY"] == 0.0
+    assert abs(mad_std(result.normalized_residuals()) - 1) < 0.05
+
+
+def test_crowded_sky_subtracted_field_is_still_detected():
+    from astro_dia.simulate import make_image_pair
+
+    _, target, _ = make_image_pair(shape=(64, 64), density=300, target_sky=350.0, seed=3,
+                                   sky_subtracted=True, record_sky=False)
+    with pytest.warns(NoiseModelWarning, match="image looks sky-subtracted"):
+        terms = CCDNoiseModel(flat=1).variance_terms(target)
+    assert terms.offset > 100
+
+
 def test_sky_estimate_needs_enough_unmasked_pixels():
     data = sky_subtracted_image(1000.0)
     mask = np.ones(data.shape, bool)
@@ -545,13 +574,55 @@ def test_emccd_em_gain_header_aliases_and_default_excess_factor(keyword):
     assert_allclose(terms.variance(np.array(1000.0)), 50.0 * 1000.0, rtol=1e-14)
 
 
-def test_emccd_ignores_header_read_noise_but_takes_explicit_one():
+def test_emccd_reads_header_read_noise_in_output_electrons():
+    # RDNOISE is the output amplifier's, in the electrons of GAIN: (400 / 4)**2 adu**2
     meta = {"GAIN": 4.0, "EMGAIN": 100.0, "RDNOISE": 400.0}
-    plain = EMCCDNoiseModel(flat=1, sky=0).variance_terms(image(meta=meta))
-    assert plain.constant == 0.0
+    terms = EMCCDNoiseModel(flat=1, sky=0).variance_terms(image(meta=meta))
+    assert_allclose(terms.variance(np.array(1000.0)), 1e4 + 50.0 * 1000.0, rtol=1e-14)
+    assert terms.settings["read_noise"] == (100.0, "header RDNOISE (electrons)")
+    # an explicit read noise still overrides the header
     explicit = EMCCDNoiseModel(read_noise=40 * u.electron, flat=1, sky=0).variance_terms(
         image(meta=meta))
     assert_allclose(explicit.variance(np.array(1000.0)), 100.0 + 50.0 * 1000.0, rtol=1e-14)
+
+
+def test_emccd_without_read_noise_keyword_is_eq7():
+    terms = EMCCDNoiseModel(flat=1, sky=0).variance_terms(
+        image(meta={"GAIN": 4.0, "EMGAIN": 100.0}))
+    assert terms.constant == 0.0
+    assert "eq. 7 has no read-noise term" in terms.settings["read_noise"][1]
+
+
+@pytest.mark.parametrize("keyword", ["EMREALGN", "EMCCDGN", "EMCCDGAI", "GAINEM"])
+def test_emccd_em_gain_keywords_of_camera_software(keyword):
+    header = fits.Header()
+    header["GAIN"] = 4.0
+    header[keyword] = 100.0
+    terms = EMCCDNoiseModel(flat=1, sky=0).variance_terms(image(meta=header))
+    assert terms.settings["em_gain"] == (100.0, f"header {keyword}")
+    assert_allclose(terms.variance(np.array(1000.0)), 50.0 * 1000.0, rtol=1e-14)
+
+
+def test_emccd_em_gain_from_a_hierarch_card():
+    header = fits.Header()
+    header["GAIN"] = 4.0
+    header["HIERARCH EMCCDGAIN"] = 100.0
+    terms = EMCCDNoiseModel(flat=1, sky=0).variance_terms(image(meta=header))
+    assert terms.settings["em_gain"] == (100.0, "header EMCCDGAIN")
+
+
+def test_emccd_photon_data_are_photo_electrons():
+    # photo-electrons: total gain 1, whatever the EM gain; it only converts the read noise
+    meta = {"GAIN": 4.0, "EMGAIN": 100.0, "RDNOISE": 50.0}
+    terms = EMCCDNoiseModel(flat=1, sky=0).variance_terms(image("photon", meta=meta))
+    assert_allclose(terms.variance(np.array(1000.0)), (50.0 / 100.0) ** 2 + 2 * 1000.0,
+                    rtol=1e-14)
+    assert terms.settings["total_gain"][0] == 1.0
+    with pytest.raises(u.UnitsError, match="read_noise is in adu but the data are in photo"):
+        EMCCDNoiseModel(read_noise=3 * u.adu, flat=1, sky=0).variance_terms(
+            image("photon", meta=meta))
+    with pytest.raises(u.UnitsError, match=r"counts \(adu or electron\).*unit is ph"):
+        CCDNoiseModel(flat=1, sky=0).variance_terms(image("photon", meta=meta))
 
 
 @pytest.mark.parametrize("value", [0.5, 0.0, -2.0, np.nan, np.inf])
@@ -732,3 +803,117 @@ def test_make_noise_model_unknown_name(name):
 def test_base_noise_model_is_abstract():
     with pytest.raises(NotImplementedError):
         NoiseModel().variance_terms(image())
+
+
+# --------------------------------------------------------------------------
+# EMCCD data calibrated to electrons or photo-electrons, end to end
+
+
+def _emccd_pair_in(unit, *, gain=8.0, em_gain=150.0, seed=21):
+    """An EMCCD pair in adu, re-expressed in output electrons or photo-electrons."""
+    from astro_dia.simulate import make_image_pair
+
+    reference, target, _ = make_image_pair(shape=(64, 64), density=100, seed=seed,
+                                           noise_model="emccd", gain=gain, em_gain=em_gain,
+                                           target_sky=300.0)
+    factor = {"adu": 1.0, "electron": gain, "photon": gain / em_gain}[unit]
+
+    def convert(ccd, as_unit):
+        meta = ccd.meta.copy()
+        meta["RDNOISE"] = (40.0, "output amplifier read noise (e-)")
+        return CCDData(ccd.data * factor, unit=as_unit, meta=meta,
+                       uncertainty=StdDevUncertainty(ccd.uncertainty.array * factor))
+
+    return convert(reference, unit), convert(target, unit), factor
+
+
+@pytest.mark.parametrize("unit", ["adu", "electron", "photon"])
+def test_emccd_fit_is_honest_in_adu_output_electrons_and_photo_electrons(unit):
+    from astropy.stats import mad_std
+
+    from astro_dia import DifferenceImager
+
+    reference, target, _ = _emccd_pair_in(unit)
+    result = DifferenceImager(9, noise_model="emccd", flat=1, sky=0).fit(reference, target)
+    assert abs(mad_std(result.normalized_residuals()) - 1) < 0.07
+    assert result.noise_settings["total_gain"][0] == pytest.approx(
+        {"adu": 8.0 / 150.0, "electron": 1 / 150.0, "photon": 1.0}[unit])
+
+
+def test_emccd_photo_electrons_labelled_electron_are_an_error():
+    from astro_dia import DifferenceImager
+
+    # photo-electrons, mislabelled: eq. 7 for output electrons would give sigma ~12x too large
+    reference, target, _ = _emccd_pair_in("photon")
+    target = CCDData(target.data, unit="electron", meta=target.meta)
+    reference = CCDData(reference.data, unit="electron", meta=reference.meta)
+    with pytest.raises(ValueError, match=r"look like photo-electrons.*unit photon"):
+        DifferenceImager(9, noise_model="emccd", flat=1, sky=0).fit(reference, target)
+    with pytest.raises(ValueError, match="look like photo-electrons"):
+        EMCCDNoiseModel(flat=1).variance_terms(target)
+
+
+# --------------------------------------------------------------------------
+# The target's own uncertainty next to a photon-noise model
+
+
+def _with_uncertainty(ccd, factor):
+    return CCDData(ccd.data, unit=ccd.unit, meta=ccd.meta,
+                   uncertainty=StdDevUncertainty(ccd.uncertainty.array * factor))
+
+
+def test_consistent_uncertainty_is_recorded_without_warning():
+    from astro_dia.simulate import make_image_pair
+
+    _, target, _ = make_image_pair(shape=(64, 64), density=50, seed=4)
+    terms = CCDNoiseModel(flat=1, sky=0).variance_terms(target)
+    assert "not used" in terms.settings["weights"]
+    assert terms.settings["uncertainty_ratio"][0] == pytest.approx(1.0, abs=0.1)
+
+
+@pytest.mark.parametrize("factor", [0.8, 1.25])
+def test_disagreeing_uncertainty_warns(factor):
+    from astro_dia.simulate import make_image_pair
+
+    _, target, _ = make_image_pair(shape=(64, 64), density=50, seed=4)
+    with pytest.warns(NoiseModelWarning, match="the target's uncertainty gives a variance"):
+        terms = CCDNoiseModel(flat=1, sky=0).variance_terms(_with_uncertainty(target, factor))
+    assert terms.settings["uncertainty_ratio"][0] == pytest.approx(factor ** 2, rel=0.1)
+
+
+def test_uncertainty_of_unknown_class_is_not_compared():
+    data = image(meta={"GAIN": 2.0, "RDNOISE": 5.0},
+                 uncertainty=UnknownUncertainty(np.ones(SHAPE)))
+    terms = CCDNoiseModel(flat=1, sky=0).variance_terms(data)
+    assert "uncertainty_ratio" not in terms.settings
+
+
+def test_flat_is_recovered_only_from_a_ccdproc_flat_correct_log():
+    rng = np.random.default_rng(8)
+    flat = np.where(np.arange(32) < 16, 0.85, 1.15)[None, :] * np.ones((32, 1))
+    flat /= flat.mean()
+    raw = flat * rng.uniform(300.0, 400.0, (32, 32))  # electrons, bias-subtracted
+    sigma = np.sqrt(25.0 + raw) / flat         # create_deviation, then flat_correct
+    meta = {"RDNOISE": 5.0, "flatcor": "ccd=<CCDData>, flat=<CCDData>"}
+    data = CCDData(raw / flat, unit="electron", meta=meta, uncertainty=StdDevUncertainty(sigma))
+    terms = CCDNoiseModel(sky=0).variance_terms(data)
+    assert terms.settings["flat"].startswith("recovered from the ccdproc-propagated")
+    assert_allclose(terms.slope, 1 / flat, rtol=1e-6)
+    assert terms.settings["uncertainty_constant"][0] == pytest.approx(25.0, rel=1e-6)
+    # no log of flat_correct, or no uncertainty: nothing says what the flat was
+    for unsaid in (CCDData(data.data, unit="electron", meta={"RDNOISE": 5.0},
+                           uncertainty=data.uncertainty),
+                   CCDData(data.data, unit="electron", meta=meta)):
+        with pytest.raises(ValueError, match="needs the master flat F"):
+            CCDNoiseModel(sky=0).variance_terms(unsaid)
+    # an explicit flat still wins
+    assert CCDNoiseModel(flat=1, sky=0).variance_terms(data).settings["flat"] == \
+        "uniform (flat=1)"
+
+
+def test_flat_recovery_rejects_an_uncertainty_below_the_photon_noise():
+    data = CCDData(np.full((16, 16), 400.0), unit="electron",
+                   meta={"RDNOISE": 5.0, "flatcor": "ccd=<CCDData>, flat=<CCDData>"},
+                   uncertainty=StdDevUncertainty(np.full((16, 16), 5.0)))
+    with pytest.raises(ValueError, match="smaller than the photon noise.*pass flat="):
+        CCDNoiseModel(sky=0).variance_terms(data)

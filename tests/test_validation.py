@@ -330,7 +330,8 @@ CASES = [
                  Raises(ValueError, "RDNOISE, READNOIS, RON or READNOISE is set; pass "
                                     "read_noise="), id="header-read-noise-missing"),
     pytest.param(lambda c: _fit(c, noise_model="emccd"),
-                 Raises(ValueError, "EMGAIN or EM_GAIN is set; pass em_gain="),
+                 Raises(ValueError, "EMCCDGAI, GAINEM, EMCCDGAIN or EM GAIN is set; "
+                                    "pass em_gain="),
                  id="header-em-gain-missing"),
     pytest.param(lambda c: _fit(c, flat=None),
                  Raises(ValueError, "flat=1 for a flat-fielded image"), id="flat-missing"),
