@@ -106,9 +106,11 @@ def subtract_reference(ccd, reference, *, imager=None, add_keyword=True, **setti
     -----
     After `ccdproc.flat_correct` the photon noise of a pixel depends on the
     master flat (paper eq. 6), which ccdproc does not record in the header
-    by name: pass the master flat as ``flat=``, or use
-    ``noise_model='uncertainty'`` with the uncertainty that
-    ``ccd_process(..., error=True)`` propagated.
+    by name. When the header logs ``flat_correct`` and the frame carries the
+    uncertainty that ``ccd_process(..., error=True)`` propagated, the CCD
+    noise model recovers the flat from it
+    (`~astro_dia.noise.flat_from_uncertainty`, recorded in the provenance);
+    otherwise pass the master flat as ``flat=``.
 
     Examples
     --------

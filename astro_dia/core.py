@@ -40,7 +40,7 @@ _SOLVERS = ("auto", "direct", "cg", "iterative")
 _MAX_NEWTON_STEPS = 100
 
 #: Most Gauss-Newton (and L-BFGS) steps of the robust pass before clipping.
-_MAX_ROBUST_STEPS = 30
+_MAX_ROBUST_STEPS = 10
 
 #: Robust standard deviation of D/sigma outside which a fit is warned about.
 RESIDUAL_SCATTER_RANGE = (0.8, 1.25)
@@ -106,6 +106,20 @@ class DifferenceResult:
         background at the image centre.
     fit_mask : (M, N) bool ndarray
         True for the pixels that entered the fit.
+    flags : (M, N) uint8 ndarray
+        Bit flags of each pixel (`astro_dia.flags`): masked input,
+        saturated, no model, bad noise model, outlier, excluded. Also set as
+        ``difference.flags``; ``difference.mask`` is
+        ``flags & astro_dia.flags.INVALID != 0``.
+    n_outliers : int
+        Pixels that outlier rejection (``clip``) left out of the fit.
+    clip : float or None
+        The rejection threshold in sigma (None: no rejection).
+    residual_scatter : float
+        Robust standard deviation (`~astropy.stats.mad_std`) of D/sigma on
+        the fitted pixels: near 1 when the noise model describes the data
+        (FITS card ``DIA_ZSTD``); outside 0.8-1.25 a
+        `~astro_dia.exceptions.FitQualityWarning` is issued.
     n_data : int
         Number of pixels in the fit.
     n_iterations : int
@@ -597,7 +611,10 @@ class DifferenceImager:
             For unmasked NaN pixels (which are masked),
             `~astro_dia.exceptions.NoiseModelWarning` when a subtracted sky
             had to be estimated, `~astro_dia.exceptions.ConvergenceWarning`
-            when the solver hit its iteration limit.
+            when the solver hit its iteration limit,
+            `~astro_dia.exceptions.FitQualityWarning` when the robust std
+            of D/sigma is outside 0.8-1.25 or rejection took more than 10%
+            of the pixels.
         """
         start = time.perf_counter()
         target_image = as_image(target, "target")

@@ -38,7 +38,7 @@ from .background import background_basis, polynomial_terms
 __all__ = ["write_result", "read_result", "read_image", "RESULT_FORMAT_VERSION"]
 
 #: Version of the layout written by `write_result` (keyword DIAFMT of KERNEL).
-RESULT_FORMAT_VERSION = 1
+RESULT_FORMAT_VERSION = 2
 
 _MASK_HDU = "MASK"
 _UNCERTAINTY_HDU = "UNCERT"
@@ -186,6 +186,7 @@ def _result_hdulist(result, *, include_model=True, include_covariance=True):
         model.header["BUNIT"] = unit.to_string("fits")
         hdus.append(model)
     hdus.append(fits.ImageHDU(np.asarray(result.fit_mask, dtype=np.uint8), name="FITMASK"))
+    hdus.append(fits.ImageHDU(np.asarray(result.flags, dtype=np.uint8), name="FLAGS"))
     if include_covariance and result.covariance is not None:
         hdus.append(fits.ImageHDU(np.asarray(result.covariance, dtype=float), name="COVAR"))
     return hdus
@@ -208,8 +209,9 @@ def read_result(path):
         coefficients), ``background_coefficients``, ``background_error``,
         ``kernel_error``, ``covariance``, ``fit_mask``, ``n_data``,
         ``n_iterations``, ``converged``, ``loss_value``, ``fit_time``,
-        ``noise_settings``, ``solver``, ``saturation_levels`` and
-        ``covariance_valid``.
+        ``noise_settings``, ``solver``, ``saturation_levels``,
+        ``covariance_valid``, ``flags`` (also as ``difference.flags``),
+        ``n_outliers``, ``clip`` and ``residual_scatter``.
 
     Raises
     ------
@@ -242,9 +244,11 @@ def read_result(path):
         table = QTable.read(hdus["BKGCOEF"])
         model_data = np.array(hdus["MODEL"].data, dtype=float) if "MODEL" in names else None
         fit_mask = np.array(hdus["FITMASK"].data, dtype=bool)
+        flags = np.array(hdus["FLAGS"].data, dtype=np.uint8)
         covariance = np.array(hdus["COVAR"].data, dtype=float) if "COVAR" in names else None
         info = info.copy()
     difference = CCDData.read(path, hdu_mask=_MASK_HDU, hdu_uncertainty=_UNCERTAINTY_HDU)
+    difference.flags = flags
     unit = difference.unit
     coefficients = u.Quantity(table["value"], unit).ravel()
     degree = int(info["DIA_BDEG"])
@@ -267,6 +271,10 @@ def read_result(path):
         background_coefficients=coefficients,
         background_degree=degree,
         fit_mask=fit_mask,
+        flags=flags,
+        n_outliers=int(info["DIA_NOUT"]),
+        clip=None if info["DIA_CLIP"] == "none" else float(info["DIA_CLIP"]),
+        residual_scatter=float(info["DIA_ZSTD"]),
         n_data=int(info["DIA_NDAT"]),
         n_iterations=int(info["DIA_NIT"]),
         converged=bool(info["DIA_CONV"]),
@@ -312,6 +320,10 @@ def _result_cards(result, unit):
         ("DIA_CVOK", bool(result.covariance_valid) if has_errors else None,
          "covariance passed validity checks"),
         ("DIA_NDAT", int(result.n_data), "pixels in the fit"),
+        ("DIA_NOUT", int(result.n_outliers), "pixels rejected from the fit as outliers"),
+        ("DIA_CLIP", "none" if result.clip is None else float(result.clip),
+         "outlier rejection threshold (sigma)"),
+        ("DIA_ZSTD", float(result.residual_scatter), "robust std of D/sigma, fitted pixels"),
         ("DIA_NIT", int(result.n_iterations), "solver iterations"),
         ("DIA_CONV", bool(result.converged), "solver converged"),
         ("DIA_LVAL", float(result.loss_value), "final value of the objective"),

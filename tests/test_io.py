@@ -49,14 +49,18 @@ def test_difference_reads_back_with_ccddata(fitted, tmp_path):
     assert_same_image(difference, fitted.difference)
     assert difference.mask[30, 12]
     # Every provenance keyword comes back with its value.
+    # (floats to the 14-17 digits that a 20-character FITS value keeps)
     for key, value in fitted.difference.meta.items():
-        assert difference.header[key] == value, key
-    assert difference.header["DIA_P"] == fitted.scale_factor
+        if isinstance(value, float):
+            assert difference.header[key] == pytest.approx(value, rel=1e-12), key
+        else:
+            assert difference.header[key] == value, key
+    assert difference.header["DIA_P"] == pytest.approx(fitted.scale_factor, rel=1e-12)
     assert difference.wcs.wcs.compare(fitted.difference.wcs.wcs)
     with fits.open(path) as hdus:
         names = [hdu.name for hdu in hdus]
     assert names == ["PRIMARY", "MASK", "UNCERT", "KERNEL", "KERNERR", "BKGCOEF", "MODEL",
-                     "FITMASK", "COVAR"]
+                     "FITMASK", "FLAGS", "COVAR"]
 
 
 def test_result_round_trip(fitted, tmp_path):
@@ -69,6 +73,10 @@ def test_result_round_trip(fitted, tmp_path):
     np.testing.assert_array_equal(result.kernel_error, fitted.kernel_error)
     np.testing.assert_array_equal(result.covariance, fitted.covariance)
     np.testing.assert_array_equal(result.fit_mask, fitted.fit_mask)
+    np.testing.assert_array_equal(result.flags, fitted.flags)
+    np.testing.assert_array_equal(result.difference.flags, fitted.flags)
+    assert (result.n_outliers, result.clip) == (fitted.n_outliers, fitted.clip)
+    assert result.residual_scatter == pytest.approx(fitted.residual_scatter, rel=1e-12)
     np.testing.assert_array_equal(result.model.data, fitted.model.data)
     assert result.model.unit == fitted.model.unit
     # Header floats keep 14 to 17 significant digits (a card has 20 characters
