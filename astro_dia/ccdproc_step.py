@@ -13,8 +13,6 @@ from astropy import units as u
 from astropy.io import fits
 from astropy.nddata import NDData
 
-from ._kernel_header import kernel_cards, remove_kernel_cards
-from ._provenance import stamp
 
 __all__ = ["subtract_reference"]
 
@@ -135,14 +133,9 @@ def subtract_reference(ccd, reference, *, imager=None, add_keyword=True, **setti
         raise TypeError(f"give either imager or DifferenceImager settings, not both (got "
                         f"imager and {', '.join(sorted(settings))})")
     entries = _log_entries(add_keyword, ccd, reference, imager, settings)
-    result = imager.fit(reference, ccd)
-    difference = result.difference
-    if difference.meta is None:
-        difference.meta = {}
-    # Kernel cards of an earlier subtraction in the input's header would be stale.
-    remove_kernel_cards(difference.meta)
-    if imager.add_keyword:
-        stamp(difference.meta, kernel_cards(result))
+    # The fit writes its kernel cards into the difference's header (and
+    # removes stale ones inherited from the input).
+    difference = imager.fit(reference, ccd).difference
     for key, value in entries.items():
         _insert(difference.meta, key, value)
     return difference

@@ -16,6 +16,7 @@ from ._outliers import MAX_CLIP_PASSES, find_outliers, robust_twin, set_fit_mask
 from ._normal import add_regularization, assemble_normal_equations, cholesky
 from ._problem import FitProblem
 from ._header import SATURATION_KEYWORDS, header_float, keyword_list
+from ._kernel_header import kernel_cards, remove_kernel_cards
 from ._provenance import copy_meta, stamp
 from ._torch import flush_denormals, resolve_device, resolve_dtype, to_numpy, to_tensor
 from ._validation import as_image, check_exclude, check_pair, footprint_touches, parse_memory
@@ -1011,6 +1012,12 @@ class DifferenceImager:
             saturation_levels=saturation_levels,
             **errors,
         )
+        # The kernel in the header, so that photometry on the difference image
+        # alone (after CCDData.write/read too) uses the target PSF; kernel
+        # cards inherited from the input would be stale.
+        remove_kernel_cards(result.difference.meta)
+        if self.add_keyword:
+            stamp(result.difference.meta, kernel_cards(result))
         return result
 
     def _errors(self, problem, state, terms, residuals):
