@@ -36,7 +36,7 @@ import re
 import numpy as np
 from astropy.io import fits
 
-from .background import polynomial_terms
+from .background import basis_at, polynomial_terms
 
 __all__ = []
 
@@ -121,11 +121,7 @@ class HeaderKernel:
         self.scale_covariance = scale_covariance
 
     def _term_values(self, x, y):
-        ny, nx = self.shape
-        x, y = np.broadcast_arrays(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
-        eta = (x - (nx - 1) / 2) / nx
-        xi = (y - (ny - 1) / 2) / ny
-        return np.stack([eta ** m * xi ** n for m, n in polynomial_terms(self.kernel_degree)])
+        return basis_at(self.shape, self.kernel_degree, x, y)
 
     def kernel_at(self, x, y):
         """The kernel at one 0-based pixel position, as `DifferenceResult.kernel_at`."""

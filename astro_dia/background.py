@@ -2,7 +2,7 @@
 
 import numpy as np
 
-__all__ = ["polynomial_terms", "background_basis", "evaluate_background"]
+__all__ = ["polynomial_terms", "background_basis", "basis_at", "evaluate_background"]
 
 
 def polynomial_terms(degree):
@@ -55,6 +55,34 @@ def background_basis(shape, degree, *, region=None):
     y, x = np.mgrid[0:ny, 0:nx].astype(float)
     if region is not None:
         y, x = y[region], x[region]
+    return basis_at(shape, degree, x, y)
+
+
+def basis_at(shape, degree, x, y):
+    """
+    The polynomial terms :math:`\\eta^m\\xi^n` at given pixel positions.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(ny, nx)`` of the full image (it sets the normalisation, eq. 19).
+    degree : int
+        Polynomial degree.
+    x, y : float or array_like
+        0-based pixel coordinates, broadcast together.
+
+    Returns
+    -------
+    terms : (n_terms, ...) ndarray
+        In the order of `polynomial_terms`.
+
+    Examples
+    --------
+    >>> basis_at((10, 10), 1, 9.5, 4.5).tolist()
+    [1.0, 0.0, 0.5]
+    """
+    ny, nx = shape
+    x, y = np.broadcast_arrays(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
     eta = (x - (nx - 1) / 2) / nx
     xi = (y - (ny - 1) / 2) / ny
     return np.stack([eta ** m * xi ** n for m, n in polynomial_terms(degree)])

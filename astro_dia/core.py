@@ -20,7 +20,7 @@ from ._kernel_header import kernel_cards, remove_kernel_cards
 from ._provenance import copy_meta, stamp
 from ._torch import flush_denormals, resolve_device, resolve_dtype, to_numpy, to_tensor
 from ._validation import as_image, check_exclude, check_pair, footprint_touches, parse_memory
-from .background import background_basis, polynomial_terms
+from .background import background_basis, basis_at, polynomial_terms
 from .exceptions import ConvergenceWarning, DIAError, FitQualityWarning
 from .flags import INVALID, flag_image
 from .kernels import check_kernel_size, delta_kernel, gaussian_kernel
@@ -167,13 +167,7 @@ class DifferenceResult:
 
     def _term_values(self, x, y):
         """Polynomial terms ``eta**m xi**n`` of the kernel at pixel positions."""
-        from .background import polynomial_terms
-        ny, nx = self.difference.shape
-        x, y = np.broadcast_arrays(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
-        eta = (x - (nx - 1) / 2) / nx
-        xi = (y - (ny - 1) / 2) / ny
-        return np.stack([eta ** m * xi ** n for m, n in
-                         polynomial_terms(self.kernel_degree)])
+        return basis_at(self.difference.shape, self.kernel_degree, x, y)
 
     def kernel_at(self, x, y):
         """
