@@ -334,7 +334,7 @@ class DifferenceImager:
         ``clip`` and whose residual is more than a fifth of the local star
         signal are left out of the fit together with their eight
         neighbours; the fit's own residuals are checked again. Rejected
-        pixels are flagged with `~astro_dia.flags.OUTLIER` in
+        pixels are flagged with ``OUTLIER`` (`astro_dia.flags`) in
         ``result.flags`` (not masked: a real transient is an outlier of the
         fit too). None turns rejection off. See :ref:`real_frames`.
     regularization : float, optional

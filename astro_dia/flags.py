@@ -1,10 +1,10 @@
 """
 Bit flags of the difference image: why a pixel is masked or was left out of the fit.
 
-`DifferenceResult.flags` (and the ``flags`` of ``result.difference``) is a
+``DifferenceResult.flags`` (and the ``flags`` of ``result.difference``) is a
 ``uint8`` image whose bits say what happened to each pixel. The boolean
 ``mask`` of the difference image is ``flags & INVALID != 0``: the pixels
-whose difference is undefined or meaningless. `OUTLIER` and `EXCLUDED`
+whose difference is undefined or meaningless. ``OUTLIER`` and ``EXCLUDED``
 pixels keep their difference (a real transient is an outlier of the fit
 too) but did not pull the kernel.
 
@@ -50,7 +50,7 @@ def describe_flags(value):
     Parameters
     ----------
     value : int
-        A pixel of `DifferenceResult.flags`.
+        A pixel of ``DifferenceResult.flags``.
 
     Returns
     -------
