@@ -33,7 +33,7 @@ import traceback
 
 from astropy.units import UnitsError
 
-from . import __version__
+from ._package_version import version as __version__
 from .demo import DEFAULT_SEED, run_demo
 
 __all__ = ["main", "build_parser", "format_report"]
