@@ -11,7 +11,7 @@ from astropy.nddata import CCDData, StdDevUncertainty
 from astropy.stats import mad_std
 from scipy.signal import fftconvolve
 
-from . import __version__
+from ._package_version import version as __version__
 from ._outliers import MAX_CLIP_PASSES, find_outliers, robust_twin, set_fit_mask
 from ._normal import add_regularization, assemble_normal_equations, cholesky
 from ._problem import FitProblem
@@ -20,18 +20,19 @@ from ._kernel_header import kernel_cards, remove_kernel_cards
 from ._provenance import copy_meta, stamp
 from ._torch import flush_denormals, resolve_device, resolve_dtype, to_numpy, to_tensor
 from ._validation import as_image, check_exclude, check_pair, footprint_touches, parse_memory
-from .background import background_basis, basis_at, polynomial_terms
+from .background import background_basis, polynomial_terms
 from .exceptions import ConvergenceWarning, DIAError, FitQualityWarning
 from .flags import INVALID, flag_image
 from .kernels import check_kernel_size, delta_kernel, gaussian_kernel
 from .losses import get_loss
 from .noise import SKY_ESTIMATED, make_noise_model, refine_sky, uncertainty_variance
+from .result import DifferenceResult
 from .solvers import choose_solver, solve_cg, solve_direct, solve_iterative
 from .solvers.gauss_newton import resume
 from .uncertainty import (background_errors, covariance_from_information, fisher_information,
                           scale_factor_error)
 
-__all__ = ["DifferenceImager", "DifferenceResult"]
+__all__ = ["DifferenceImager"]
 
 log = logging.getLogger(__name__)
 
@@ -58,231 +59,6 @@ def _passes_converged(previous, current, dtype):
     """Whether P changed by less than the data type resolves between two passes."""
     tolerance = 1e-9 if dtype == torch.float64 else 1e-6
     return abs(current - previous) <= tolerance * abs(current)
-
-
-def _position_shape(x, y):
-    """Shape of the broadcast pixel coordinates ``x`` and ``y``."""
-    return np.broadcast(np.asarray(x), np.asarray(y)).shape
-
-
-class DifferenceResult:
-    """
-    The outcome of one `DifferenceImager.fit`.
-
-    Attributes
-    ----------
-    difference : `~astropy.nddata.CCDData`
-        ``target - model`` in the target's unit, with a
-        `~astropy.nddata.StdDevUncertainty` (the noise model at the fitted
-        model), a mask (input masks, non-finite pixels, the border where the
-        convolution is undefined, and pixels whose kernel footprint touches a
-        bad reference pixel) and provenance keywords in ``meta``. Pixels
-        where the model is undefined are NaN.
-    model : `~astropy.nddata.CCDData`
-        The model ``R (x) K + B``, NaN where undefined.
-    kernel : (K, K) ndarray
-        The convolution kernel, such that the model is the reference
-        *convolved* with it (a kernel peaked at ``(+1, +1)`` from the centre
-        shifts the reference by ``+1`` pixel in ``y`` and ``x``). With a
-        spatially varying kernel, the kernel at the image centre; see
-        `kernel_at`.
-    kernel_degree : int
-        Degree of the kernel's spatial variation (0: one kernel).
-    constant_scale : bool
-        Whether P was held constant over the image (``kernel_degree > 0``).
-    kernel_terms : (n_terms, K, K) ndarray or None
-        With ``kernel_degree > 0``, the kernel of each polynomial term, in
-        the order of `~astro_dia.background.polynomial_terms`: the kernel at
-        ``(x, y)`` is ``sum_j eta**m_j xi**n_j kernel_terms[j]`` (normalised
-        coordinates of paper eq. 19). None for a constant kernel.
-    scale_factor : float
-        Photometric scale factor P, the sum of the kernel (paper eq. 3); at
-        the image centre for a spatially varying kernel (see
-        `scale_factor_at`).
-    background : `~astropy.units.Quantity`
-        The differential background image (full frame).
-    background_coefficients : `~astropy.units.Quantity`
-        Coefficients of the background polynomial, in the order of
-        `~astro_dia.background.polynomial_terms`; the first is B0, the
-        background at the image centre.
-    fit_mask : (M, N) bool ndarray
-        True for the pixels that entered the fit.
-    flags : (M, N) uint8 ndarray
-        Bit flags of each pixel (`astro_dia.flags`): masked input,
-        saturated, no model, bad noise model, outlier, excluded. Also set as
-        ``difference.flags``; ``difference.mask`` is
-        ``flags & astro_dia.flags.INVALID != 0``.
-    n_outliers : int
-        Pixels that outlier rejection (``clip``) left out of the fit.
-    clip : float or None
-        The rejection threshold in sigma (None: no rejection).
-    residual_scatter : float
-        Robust standard deviation (`~astropy.stats.mad_std`) of D/sigma on
-        the fitted pixels: near 1 when the noise model describes the data
-        (FITS card ``DIA_ZSTD``); outside 0.8-1.25 a
-        `~astro_dia.exceptions.FitQualityWarning` is issued.
-    n_data : int
-        Number of pixels in the fit.
-    n_iterations : int
-        Solver iterations.
-    converged : bool
-        Whether the solver met its tolerance.
-    loss_value : float
-        Final value of the objective, with its normalising constant.
-    fit_time : float
-        Wall-clock seconds spent in `DifferenceImager.fit`.
-    noise_settings : dict
-        The resolved noise-model settings and where each came from.
-    covariance : (n, n) ndarray or None
-        Covariance of the parameters of ``M = R (x) K + B``: the ``K**2``
-        kernel pixels (C order, dimensionless), then the background
-        coefficients (target unit), from the inverse of the observed Fisher
-        information (paper eq. 15-17); the kernel-background block is in the
-        target unit, the background block in its square. None with
-        ``compute_errors=False``. See `astro_dia.uncertainty`. With a
-        spatially varying kernel the kernel pixels are those of every term
-        in turn; under ``constant_scale`` the central pixel of each
-        non-constant term is not a free parameter and its rows are
-        meaningless.
-    scale_factor_error : float or None
-        Standard error sigma_P of the scale factor, ``sqrt(1^T C_KK 1)``.
-    background_error : `~astropy.units.Quantity` or None
-        Standard errors of ``background_coefficients`` (target unit); the
-        first is sigma_B0.
-    kernel_error : (K, K) ndarray or None
-        Standard errors of the kernel pixels.
-    covariance_valid : bool or None
-        False when the information matrix failed the checks of paper
-        section 2.5 (a `~astro_dia.exceptions.KernelFitWarning` was
-        issued); the errors are then not to be trusted.
-    saturation_levels : dict
-        The saturation levels used for masking, ``{'reference': (level,
-        source), 'target': (level, source)}``, in the target unit; a level is
-        None when no saturation masking was done for that image.
-    """
-
-    def __init__(self, **values):
-        self.kernel_degree, self.constant_scale, self.kernel_terms = 0, False, None
-        self.__dict__.update(values)
-
-    def _term_values(self, x, y):
-        """Polynomial terms ``eta**m xi**n`` of the kernel at pixel positions."""
-        return basis_at(self.difference.shape, self.kernel_degree, x, y)
-
-    def kernel_at(self, x, y):
-        """
-        The convolution kernel at a pixel position.
-
-        Parameters
-        ----------
-        x, y : float
-            0-based pixel coordinates in the target.
-
-        Returns
-        -------
-        kernel : (K, K) ndarray
-            ``self.kernel`` itself for a constant kernel.
-        """
-        if np.ndim(x) or np.ndim(y):
-            raise ValueError("kernel_at takes one position; loop for several")
-        if self.kernel_terms is None:
-            return self.kernel.copy()
-        return np.tensordot(self._term_values(x, y), self.kernel_terms, axes=1)
-
-    def scale_factor_at(self, x, y):
-        """
-        The photometric scale factor P at pixel positions.
-
-        Parameters
-        ----------
-        x, y : float or array_like
-            0-based pixel coordinates in the target.
-
-        Returns
-        -------
-        scale_factor : float or ndarray
-            A float for a scalar position; ``self.scale_factor`` everywhere
-            for a constant kernel or with ``constant_scale``.
-        """
-        if self.kernel_terms is None:
-            values = np.full(_position_shape(x, y), self.scale_factor)
-        else:
-            sums = self.kernel_terms.sum(axis=(1, 2))
-            values = np.tensordot(sums, self._term_values(x, y), axes=1)
-        return float(values) if values.ndim == 0 else values
-
-    def scale_factor_error_at(self, x, y):
-        """
-        Standard error of P at pixel positions, from ``self.covariance``.
-
-        Parameters
-        ----------
-        x, y : float or array_like
-            0-based pixel coordinates in the target.
-
-        Returns
-        -------
-        sigma_p : float or ndarray or None
-            None without errors (``compute_errors=False``).
-        """
-        if self.covariance is None:
-            return None
-        if self.kernel_terms is None or self.constant_scale:
-            values = np.full(_position_shape(x, y), self.scale_factor_error)
-        else:
-            pixels = self.kernel.size
-            n_terms = len(self.kernel_terms)
-            block = self.covariance[:n_terms * pixels, :n_terms * pixels]
-            # P(x, y) = t^T S theta, with S summing each term's pixels.
-            summed = block.reshape(n_terms, pixels, n_terms, pixels).sum(axis=(1, 3))
-            terms = self._term_values(x, y).reshape(n_terms, -1)
-            variance = np.einsum("in,ij,jn->n", terms, summed, terms)
-            values = np.sqrt(np.maximum(variance, 0.0)).reshape(_position_shape(x, y))
-        return float(values) if values.ndim == 0 else values
-
-    @property
-    def scale_factor_map(self):
-        """P at every pixel of the image (ndarray), for a spatially varying kernel."""
-        ny, nx = self.difference.shape
-        y, x = np.mgrid[0:ny, 0:nx]
-        return np.asarray(self.scale_factor_at(x, y), dtype=float)
-
-    @property
-    def background_offset(self):
-        """B0, the constant term of the background, as a Quantity."""
-        return self.background_coefficients[0]
-
-    def normalized_residuals(self):
-        """
-        The difference divided by its uncertainty, on the fitted pixels.
-
-        Returns
-        -------
-        z : 1-D ndarray
-        """
-        diff = self.difference
-        return (diff.data / diff.uncertainty.array)[self.fit_mask]
-
-    def write(self, path, **kwargs):
-        """Write the whole fit as one multi-extension FITS file; see `astro_dia.io.write_result`."""
-        from .io import write_result
-        write_result(self, path, **kwargs)
-
-    @classmethod
-    def read(cls, path):
-        """Read a file written by `write`; see `astro_dia.io.read_result`."""
-        from .io import read_result
-        return read_result(path)
-
-    def plot(self, **kwargs):
-        """Diagnostic figure (needs matplotlib); see `astro_dia.plotting.plot_result`."""
-        from .plotting import plot_result
-        return plot_result(self, **kwargs)
-
-    def __repr__(self):
-        return (f"<DifferenceResult kernel={self.kernel.shape[0]}x{self.kernel.shape[1]} "
-                f"P={self.scale_factor:.6g} B0={self.background_offset:.6g} "
-                f"converged={self.converged}>")
 
 
 class DifferenceImager:
