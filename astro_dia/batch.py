@@ -155,8 +155,8 @@ def fit_many(imager, reference, targets, *, output_dir=None, overwrite=False, pl
     Raises
     ------
     TypeError
-        If ``imager`` is not a DifferenceImager, or a target is neither an
-        image nor a path.
+        If ``imager`` is not a DifferenceImager (has no ``fit`` method), or
+        a target is neither an image nor a path.
     ValueError
         If there are no targets, two targets would write the same result
         file, or a cluster is asked for without ``output_dir`` or with
@@ -185,9 +185,9 @@ def fit_many(imager, reference, targets, *, output_dir=None, overwrite=False, pl
     >>> print(f"{summary_table(outcomes)['scale_factor'][0]:.1f}")
     1.0
     """
-    from .core import DifferenceImager
-
-    if not isinstance(imager, DifferenceImager):
+    # Recognised by its fit method, not by its class: the imager's fit_many calls this
+    # function, so importing the imager here would close an import cycle.
+    if not callable(getattr(imager, "fit", None)):
         raise TypeError(f"imager must be a DifferenceImager, got {type(imager).__name__}")
     items = _target_items(targets)
     distributed = workers is not None or scheduler is not None

@@ -15,6 +15,12 @@ __all__ = ["plot_result"]
 
 _MATPLOTLIB_HINT = 'pip install "astro_dia[plot]" (or pip install matplotlib)'
 
+#: The fields of a `~astro_dia.DifferenceResult` that the figure reads. The
+#: result is recognised by them, so that this module need not import the
+#: result module (whose ``plot`` method imports this one).
+_RESULT_FIELDS = ("difference", "model", "kernel", "scale_factor", "background_offset",
+                  "normalized_residuals", "n_data", "n_iterations", "converged", "solver")
+
 
 def plot_result(result, *, reference=None, target=None, figure=None, bins=50):
     """
@@ -62,10 +68,10 @@ def plot_result(result, *, reference=None, target=None, figure=None, bins=50):
     >>> [axes.get_title() for axes in figure.axes[:3]]
     ['reference', 'target', 'difference (zscale)']
     """
-    from .core import DifferenceResult
-
-    if not isinstance(result, DifferenceResult):
-        raise TypeError(f"result must be a DifferenceResult, got {type(result).__name__}")
+    missing = [name for name in _RESULT_FIELDS if not hasattr(result, name)]
+    if missing:
+        raise TypeError(f"result must be a DifferenceResult, got {type(result).__name__} "
+                        f"(without {', '.join(missing)})")
     try:
         from matplotlib.figure import Figure
     except ImportError as exc:
