@@ -14,7 +14,7 @@ PACKAGE = "astro_dia"
 
 
 def _module_names():
-    """``{dotted module name: path}`` of every module of the package (``__init__`` as the package)."""
+    """``{dotted name: path}`` of every module of astro_dia (``__init__`` as its package)."""
     modules = {}
     for path in sorted(PACKAGE_DIR.rglob("*.py")):
         parts = path.relative_to(PACKAGE_DIR).with_suffix("").parts
