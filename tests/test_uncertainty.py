@@ -109,7 +109,10 @@ def test_fisher_matches_reference_solver_for_fixed_weights():
         covariance).max())
 
 
+@pytest.mark.slow
 def test_calibration_against_noise_realisations():
+    # Slow (50 fits); the default suite checks the same Fisher errors against the
+    # reference solver (test_fisher_matches_reference_solver_for_fixed_weights).
     # The reference is noiseless (truth.reference_noiseless): the Fisher
     # information of the target likelihood does not know about reference
     # noise, whose scatter would otherwise add to that of P and B0.

@@ -10,7 +10,7 @@ from astro_dia import DIAError, DifferenceImager
 from astro_dia._normal import assemble_normal_equations, strip_bytes
 from astro_dia.solvers import choose_solver
 
-from . import reference_solver as rs
+from .. import reference_solver as rs
 
 SOLVERS = ["direct", "cg"]
 

@@ -21,7 +21,7 @@ from astro_dia.photometry import (PHOTOMETRY_FLAGS, aperture_photometry_differen
                                   render_psf, target_psf)
 from astro_dia.simulate import make_variable_series
 
-from .conftest import assert_unchanged, simple_wcs, snapshot
+from ..conftest import assert_unchanged, simple_wcs, snapshot
 
 PSF_SIGMA = 1.5
 FWHM = PSF_SIGMA * 2 * np.sqrt(2 * np.log(2))
