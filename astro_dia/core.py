@@ -17,6 +17,7 @@ from ._normal import add_regularization, assemble_normal_equations, cholesky
 from ._problem import FitProblem
 from ._header import SATURATION_KEYWORDS, header_float, keyword_list
 from ._kernel_header import kernel_cards, remove_kernel_cards
+from ._tolerances import passes_converged
 from ._provenance import copy_meta, stamp
 from ._torch import flush_denormals, resolve_device, resolve_dtype, to_numpy, to_tensor
 from ._validation import as_image, check_exclude, check_pair, footprint_touches, parse_memory
@@ -52,12 +53,6 @@ _CLIPPED_FRACTION_WARNING = 0.1
 #: Most fits with ``reference_noise=True``, each with the reference variance
 #: propagated through the previous pass's ``K**2``.
 _REFERENCE_PASSES = 10
-
-
-def _passes_converged(previous, current, dtype):
-    """Whether P changed by less than the data type resolves between two passes."""
-    tolerance = 1e-9 if dtype == torch.float64 else 1e-6
-    return abs(current - previous) <= tolerance * abs(current)
 
 
 def _position_shape(x, y):
@@ -818,7 +813,7 @@ class DifferenceImager:
             state = resume(problem, state, max_iter=settings["max_iter"],
                            max_polish_iter=self.max_iter)
             n_iterations += state.n_iterations
-            if _passes_converged(previous, float(state.kernel.sum()), problem.dtype):
+            if passes_converged(previous, float(state.kernel.sum()), problem.dtype):
                 break
         state.n_iterations = n_iterations
         return state
@@ -882,7 +877,7 @@ class DifferenceImager:
             n_iterations += state.n_iterations
             previous = float(kernel.sum())
             kernel, coefficients = state.kernel, state.coefficients
-            if _passes_converged(previous, float(kernel.sum()), problem.dtype):
+            if passes_converged(previous, float(kernel.sum()), problem.dtype):
                 break
         state.n_iterations = n_iterations
         return state
