@@ -7,8 +7,8 @@ public classes `AutoSolver`, `DirectSolver`, `ConjugateGradientSolver` and
 `get_solver`, which turns a name plus the imager's keyword shortcuts
 (``max_iter``, ``max_adam_iter``, ``adam_tol``, ``preconditioner``,
 ``max_memory``, ``kernel_init``) into one of them. The algorithms
-themselves are in `~astro_dia.solvers.direct`, `~astro_dia.solvers.cg`
-and `~astro_dia.solvers.iterative`.
+themselves are in ``astro_dia.solvers.direct``, ``astro_dia.solvers.cg``
+and ``astro_dia.solvers.iterative``.
 """
 
 import numpy as np
@@ -100,7 +100,7 @@ class AutoSolver(Solver):
     """
     ``solver='auto'``: direct or matrix-free by problem size, iterative for a custom loss.
 
-    The choice is made per fit by `~astro_dia.solvers.choose_solver`; the
+    The choice is made per fit by ``astro_dia.solvers.choose_solver``; the
     settings apply to whichever solver is chosen.
 
     Parameters
@@ -117,7 +117,8 @@ class AutoSolver(Solver):
     --------
     >>> from astro_dia.solvers import AutoSolver
     >>> AutoSolver(max_iter=500)
-    AutoSolver(max_iter=500, max_memory=None, max_adam_iter=0, adam_tol=1e-06, preconditioner='normal', kernel_init='flat')
+    AutoSolver(max_iter=500, max_memory=None, max_adam_iter=0, adam_tol=1e-06,
+               preconditioner='normal', kernel_init='flat')
     """
 
     name = "auto"
@@ -133,7 +134,7 @@ class AutoSolver(Solver):
 
 class DirectSolver(Solver):
     """
-    Gauss-Newton steps with the assembled normal matrix (`~astro_dia.solvers.solve_direct`).
+    Gauss-Newton steps with the assembled normal matrix (``astro_dia.solvers.solve_direct``).
 
     Parameters
     ----------
@@ -159,7 +160,7 @@ class DirectSolver(Solver):
 
 class ConjugateGradientSolver(Solver):
     """
-    Matrix-free Gauss-Newton steps by conjugate gradients (`~astro_dia.solvers.solve_cg`).
+    Matrix-free Gauss-Newton steps by conjugate gradients (``astro_dia.solvers.solve_cg``).
 
     Parameters
     ----------
@@ -182,7 +183,9 @@ class ConjugateGradientSolver(Solver):
 
 class IterativeSolver(Solver):
     """
-    The paper's optimisation: optional Adam, then whitened L-BFGS (`~astro_dia.solvers.solve_iterative`).
+    The paper's optimisation: optional Adam, then whitened L-BFGS.
+
+    The algorithm is ``astro_dia.solvers.solve_iterative``.
 
     Parameters
     ----------
@@ -202,7 +205,8 @@ class IterativeSolver(Solver):
     --------
     >>> from astro_dia.solvers import IterativeSolver
     >>> IterativeSolver(max_iter=500, preconditioner="diagonal")
-    IterativeSolver(max_iter=500, max_adam_iter=0, adam_tol=1e-06, preconditioner='diagonal', kernel_init='flat')
+    IterativeSolver(max_iter=500, max_adam_iter=0, adam_tol=1e-06,
+                    preconditioner='diagonal', kernel_init='flat')
     """
 
     name = "iterative"
