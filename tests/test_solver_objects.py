@@ -59,7 +59,7 @@ def test_object_with_a_shortcut_raises(shortcut):
 
 @pytest.mark.parametrize("solver", ["newton", 3, None, DirectSolver])
 def test_bad_solver_raises(solver):
-    with pytest.raises(ValueError, match="solver must be one of .* or a Solver instance"):
+    with pytest.raises(ValueError, match="solver must be one of .*; a Solver instance"):
         DifferenceImager(7, solver=solver)
 
 

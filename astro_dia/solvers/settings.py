@@ -263,8 +263,8 @@ def get_solver(solver, **shortcuts):
                 f"{type(solver).__name__} instance; set them on the instance instead")
         return solver
     if not isinstance(solver, str) or solver not in _SOLVERS:
-        raise ValueError(f"solver must be one of {list(_SOLVERS)} or a Solver instance, "
-                         f"got {solver!r}")
+        raise ValueError(f"solver must be one of {list(_SOLVERS)}, got {solver!r}; a Solver "
+                         f"instance (DirectSolver(...), IterativeSolver(...)) is also accepted")
     instance = _SOLVERS[solver].__new__(_SOLVERS[solver])
     Solver.__init__(instance, **given)   # every shortcut, as a name always accepted
     return instance
