@@ -209,3 +209,42 @@ def check_exclude(exclude, shape):
         raise TypeError(f"exclude must be a boolean array (True = leave out of the fit), got "
                         f"dtype {array.dtype}; use e.g. exclude=array > 0")
     return array
+
+
+def check_clip(clip):
+    """The imager's ``clip`` (outlier threshold in sigma, at least 3) or None."""
+    if clip is None:
+        return None
+    if isinstance(clip, bool):
+        raise TypeError(f"clip must be a number of sigma or None, got {clip!r}")
+    try:
+        value = float(clip)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"clip must be a number of sigma or None, got {clip!r}") from exc
+    if not np.isfinite(value) or value < 3:
+        raise ValueError(
+            f"clip must be finite and at least 3 (sigma), got {clip!r}: a lower threshold "
+            "rejects good pixels of a Gaussian tail; use clip=None to turn rejection off")
+    return value
+
+
+def check_saturation(saturation):
+    """The imager's ``saturation``: a scalar Quantity, a positive float, or None."""
+    if saturation is None:
+        return None
+    if isinstance(saturation, bool):
+        raise TypeError(f"saturation must be a Quantity, a float or None, got {saturation!r}")
+    if isinstance(saturation, u.Quantity):
+        if not saturation.isscalar:
+            raise ValueError(f"saturation must be a scalar, got shape {saturation.shape}")
+        value = float(saturation.value)
+    else:
+        try:
+            value = float(saturation)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"saturation must be a Quantity, a float or None, got "
+                            f"{saturation!r}") from exc
+        saturation = value
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"saturation must be positive and finite, got {saturation!r}")
+    return saturation

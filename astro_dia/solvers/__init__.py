@@ -4,5 +4,9 @@ from .cg import solve_cg  # noqa: F401
 from .choice import choose_solver  # noqa: F401
 from .direct import solve_direct  # noqa: F401
 from .iterative import solve_iterative  # noqa: F401
+from .settings import (AutoSolver, ConjugateGradientSolver, DirectSolver,  # noqa: F401
+                       IterativeSolver, Solver, get_solver)
 
-__all__ = ["solve_iterative", "solve_direct", "solve_cg", "choose_solver"]
+__all__ = ["solve_iterative", "solve_direct", "solve_cg", "choose_solver", "Solver",
+           "AutoSolver", "DirectSolver", "ConjugateGradientSolver", "IterativeSolver",
+           "get_solver"]

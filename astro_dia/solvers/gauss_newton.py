@@ -33,12 +33,10 @@ import math
 import torch
 
 from .._problem import FitState
+from .._tolerances import tolerance as _tolerance
 from .iterative import solve_iterative
 
 __all__ = []
-
-#: Newton decrement (in standard deviations) at which a fit has converged.
-_TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-3}
 
 #: Above this decrement ratio between two steps the metric is re-weighted.
 _REWEIGHT_RATIO = 0.3
@@ -48,8 +46,8 @@ _CHEAP_STEPS = 8
 
 
 def tolerance(dtype):
-    """Newton-decrement tolerance for a data type."""
-    return _TOLERANCE.get(dtype, 1e-3)
+    """Newton-decrement tolerance for a data type (from `astro_dia._tolerances`)."""
+    return _tolerance(dtype, "newton")
 
 
 def pack(kernel, coefficients):

@@ -32,6 +32,7 @@ import math
 import torch
 
 from .._problem import FitState
+from .._tolerances import tolerance
 
 __all__ = ["solve_iterative"]
 
@@ -41,9 +42,7 @@ _INNER_ITERATIONS = 10
 
 def _tolerances(dtype):
     """Gradient and step tolerances in whitened units (about one sigma each)."""
-    if dtype == torch.float64:
-        return 1e-8, 1e-9
-    return 1e-4, 1e-4
+    return tolerance(dtype, "gradient"), tolerance(dtype, "step")
 
 
 class _Whitening:

@@ -1,0 +1,244 @@
+"""Assembly of a fit's outcome (private; functional core of `DifferenceImager.fit`).
+
+Owns what happens after the solver: the final model ``R (x) K + B`` in
+float64 on the un-centred reference, its variance (with the reference
+noise through ``K**2`` and the 'uniform' constant from the final
+residuals), the difference, its uncertainty, flags and mask, the
+fit-quality check of D/sigma, the errors from the Fisher information and
+the provenance cards. `assemble_result` returns the values of a
+`~astro_dia.DifferenceResult`; the imager makes the record.
+"""
+
+import warnings
+
+import numpy as np
+from astropy.nddata import CCDData, StdDevUncertainty
+from astropy.stats import mad_std
+from scipy.signal import fftconvolve
+
+from ._package_version import version as __version__
+from ._provenance import copy_meta, stamp
+from ._torch import to_numpy
+from .background import background_basis
+from .exceptions import FitQualityWarning
+from .flags import INVALID, flag_image
+from .uncertainty import (background_errors, covariance_from_information, fisher_information,
+                          scale_factor_error)
+
+__all__ = []
+
+#: Robust standard deviation of D/sigma outside which a fit is warned about.
+RESIDUAL_SCATTER_RANGE = (0.8, 1.25)
+
+#: Fraction of the fitted pixels above which clipping is warned about.
+CLIPPED_FRACTION_WARNING = 0.1
+
+
+def final_model(reference, kernel_terms, coefficients, shape, valid, *, kernel_degree,
+                background_degree):
+    """
+    ``R (x) K + B`` in float64 on the valid region, and the background ``B``.
+
+    Parameters
+    ----------
+    reference : (M, N) ndarray
+        The un-centred reference, bad pixels set to 0.
+    kernel_terms : (K, K) or (T, K, K) ndarray
+        The kernel, or its polynomial terms for ``kernel_degree > 0``.
+    coefficients : (B,) ndarray
+        Un-centred background coefficients.
+    """
+    if kernel_degree == 0:
+        model_valid = fftconvolve(reference, kernel_terms, mode="valid")
+    else:
+        model_valid = sum(term * fftconvolve(reference, k, mode="valid") for term, k in
+                          zip(background_basis(shape, kernel_degree, region=valid),
+                              kernel_terms))
+    background = np.tensordot(coefficients, background_basis(shape, background_degree), axes=1)
+    return model_valid + background[valid], background
+
+
+def fit_errors(problem, state, terms, residuals, kernel_size):
+    """Covariance, sigma_P, sigma_B0 and kernel errors from the Fisher information."""
+    information = fisher_information(problem, state.kernel, state.coefficients)
+    n_kernel, n_scale = problem.n_kernel, kernel_size ** 2
+    covariance, valid = covariance_from_information(
+        information, reference_mean=problem.reference_mean, n_kernel=n_kernel,
+        n_scale=n_scale)
+    if terms.estimate_scale:
+        # The 'uniform' weights were 1/constant with the constant from the
+        # starting residuals; the output's variance is that of the final ones.
+        constant = float(problem.constant.reshape(-1)[0])
+        covariance = covariance * float(mad_std(residuals)) ** 2 / constant
+    diagonal = np.maximum(np.diag(covariance)[:n_scale], 0.0)
+    return dict(covariance=covariance,
+                scale_factor_error=scale_factor_error(covariance, n_scale),
+                background_error=background_errors(covariance, n_kernel),
+                kernel_error=np.sqrt(diagonal).reshape(kernel_size, kernel_size),
+                covariance_valid=bool(valid))
+
+
+def check_fit_quality(z, n_outliers, n_fit):
+    """Robust std of D/sigma on the fitted pixels, with a warning when far from 1."""
+    z = z[np.isfinite(z)]
+    scatter = float(mad_std(z)) if z.size else float("nan")
+    low, high = RESIDUAL_SCATTER_RANGE
+    if not low <= scatter <= high:
+        warnings.warn(
+            f"the normalised residuals D/sigma of the fitted pixels have a robust standard "
+            f"deviation of {scatter:.3g}, where the noise model predicts 1 (accepted: "
+            f"{low}-{high}): the uncertainties of the difference image are not to be "
+            f"trusted. Likely causes: wrong noise-model settings (gain, read noise, flat, "
+            f"a subtracted sky, data already in electrons), outliers the fit kept "
+            f"(lower clip=), a misregistered pair, or a kernel too small for the seeing "
+            f"(raise kernel_size)", FitQualityWarning)
+    fraction = n_outliers / max(n_outliers + n_fit, 1)
+    if fraction > CLIPPED_FRACTION_WARNING:
+        warnings.warn(
+            f"outlier rejection left {n_outliers} pixels ({100 * fraction:.1f}%) out of "
+            f"the fit, more than cosmic rays and hot pixels explain: check the noise-model "
+            f"settings and the registration of the pair, or raise clip=", FitQualityWarning)
+    return scatter
+
+
+def provenance_cards(config, state, scale_factor, coefficients, terms, n_data, errors,
+                     saturation_levels, n_outliers, residual_scatter):
+    """The ``DIA_*`` cards of a fit; ``config`` gives the imager's scalar settings."""
+    loss = config["loss"]
+    loss_name = getattr(loss, "name", getattr(loss, "__name__", type(loss).__name__))
+    clip = config["clip"]
+    cards = [
+        ("DIA_VER", __version__, "astro_dia version"),
+        ("DIA_KSZ", config["kernel_size"], "kernel size (pixels)"),
+        ("DIA_P", scale_factor, "photometric scale factor P = sum(K)"),
+        ("DIA_B0", float(coefficients[0]), "background B0 at the image centre"),
+        ("DIA_BDEG", config["background_degree"], "background polynomial degree"),
+        ("DIA_KDEG", config["kernel_degree"], "kernel polynomial degree (spatial variation)"),
+        ("DIA_LOSS", loss_name, "loss function"),
+        ("DIA_NOIS", config["noise_model"], "noise model"),
+        ("DIA_SOLV", state.solver, "solver"),
+        ("DIA_NIT", int(state.n_iterations), "solver iterations"),
+        ("DIA_CONV", bool(state.converged), "solver converged"),
+        ("DIA_NDAT", n_data, "pixels in the fit"),
+        ("DIA_LAMB", config["regularization"], "Laplacian regularisation lambda"),
+        ("DIA_REFN", config["reference_noise"], "reference noise in the weights"),
+        ("DIA_SKY", float(terms.offset), "sky added back in the variance"),
+        ("DIA_CLIP", "none" if clip is None else clip, "outlier rejection threshold (sigma)"),
+        ("DIA_NOUT", n_outliers, "pixels rejected from the fit as outliers"),
+        ("DIA_ZSTD", residual_scatter, "robust std of D/sigma on the fitted pixels"),
+    ]
+    if config["kernel_degree"] > 0:
+        cards.append(("DIA_CSCL", bool(config["constant_scale"]),
+                      "scale factor held constant over the image"))
+    if errors["scale_factor_error"] is not None:
+        cards += [
+            ("DIA_PERR", errors["scale_factor_error"], "sigma_P (Fisher information)"),
+            ("DIA_B0ER", float(errors["background_error"][0].value),
+             "sigma_B0 (Fisher information)"),
+            ("DIA_CVOK", errors["covariance_valid"], "covariance passed validity checks"),
+        ]
+    for key, name in (("DIA_RSAT", "reference"), ("DIA_TSAT", "target")):
+        level = saturation_levels[name][0]
+        if level is not None:
+            cards.append((key, level, f"{name} saturation level (masked at or above)"))
+    return cards
+
+
+def assemble_result(state, problem, inputs, outliers, config):
+    """
+    The values of a `~astro_dia.DifferenceResult` (without ``fit_time``).
+
+    Parameters
+    ----------
+    state : FitState
+        The solver's final state.
+    problem : `~astro_dia._problem.FitProblem`
+    inputs : `~astro_dia._inputs.FitInputs`
+    outliers : (M', N') bool ndarray
+        Pixels of the valid region rejected from the fit.
+    config : dict
+        The imager's scalar settings: ``kernel_size``, ``kernel_degree``,
+        ``background_degree``, ``clip``, ``compute_errors``,
+        ``add_keyword`` and those of `provenance_cards`.
+    """
+    target_image, terms, valid = inputs.target_image, inputs.terms, inputs.valid
+    kernel_degree = config["kernel_degree"]
+    shape = target_image.data.shape
+    kernel_terms = to_numpy(problem.effective_kernel(state.kernel.detach()))
+    kernel = kernel_terms if kernel_degree == 0 else kernel_terms[0]
+    coefficients = to_numpy(problem.uncentred_coefficients(state.kernel, state.coefficients))
+    # The final model in float64, from the un-centred reference.
+    reference = np.where(inputs.reference_bad, 0.0, inputs.reference_image.data)
+    model_valid, background = final_model(
+        reference, kernel_terms, coefficients, shape, valid, kernel_degree=kernel_degree,
+        background_degree=config["background_degree"])
+    model_valid[inputs.model_undefined] = np.nan
+    model = np.full(shape, np.nan)
+    model[valid] = model_valid
+
+    variance_valid = terms.cropped(valid).variance(model_valid)
+    if inputs.reference_variance is not None:
+        variance_valid = variance_valid + np.maximum(fftconvolve(
+            np.where(inputs.reference_bad, 0.0, inputs.reference_variance), kernel ** 2,
+            mode="valid"), 0)
+    difference = target_image.data - model
+    fit_mask = inputs.fit_mask & ~outliers   # the pixels the final fit used
+    if terms.estimate_scale:
+        sigma = float(mad_std(difference[valid][fit_mask]))
+        variance_valid = np.full(model_valid.shape, sigma ** 2)
+    sigma = np.full(shape, np.nan)
+    sigma[valid] = np.sqrt(variance_valid)
+    full_outliers = np.zeros(shape, bool)
+    full_outliers[valid] = outliers
+    flags = flag_image(shape, outlier=full_outliers, no_model=~np.isfinite(model),
+                       **inputs.pixel_masks)
+    mask = (flags & INVALID) != 0
+    sigma[mask] = np.nan
+    full_fit_mask = np.zeros(shape, bool)
+    full_fit_mask[valid] = fit_mask
+    n_outliers, n_data = int(outliers.sum()), int(fit_mask.sum())
+    residual_scatter = check_fit_quality((difference[valid] / sigma[valid])[fit_mask],
+                                         n_outliers, n_data)
+
+    unit = target_image.unit
+    scale_factor = float(kernel.sum())
+    errors = dict(covariance=None, scale_factor_error=None, background_error=None,
+                  kernel_error=None, covariance_valid=None)
+    if config["compute_errors"]:
+        errors = fit_errors(problem, state, terms, difference[valid][fit_mask],
+                            config["kernel_size"])
+        errors["background_error"] = errors["background_error"] * unit
+    meta = copy_meta(target_image.meta)
+    if config["add_keyword"]:
+        stamp(meta, provenance_cards(config, state, scale_factor, coefficients, terms, n_data,
+                                     errors, inputs.saturation_levels, n_outliers,
+                                     residual_scatter))
+    wcs = target_image.wcs
+    return dict(
+        difference=CCDData(difference, unit=unit, uncertainty=StdDevUncertainty(sigma),
+                           mask=mask, flags=flags, meta=meta, wcs=wcs),
+        model=CCDData(model, unit=unit, mask=~np.isfinite(model), meta=copy_meta(meta),
+                      wcs=wcs),
+        kernel=kernel,
+        kernel_degree=kernel_degree,
+        constant_scale=bool(problem.constant_scale),
+        kernel_terms=None if kernel_degree == 0 else kernel_terms,
+        scale_factor=scale_factor,
+        background=background * unit,
+        background_coefficients=coefficients * unit,
+        background_degree=config["background_degree"],
+        fit_mask=full_fit_mask,
+        flags=flags,
+        n_outliers=n_outliers,
+        clip=config["clip"],
+        residual_scatter=residual_scatter,
+        n_data=n_data,
+        n_iterations=int(state.n_iterations),
+        converged=bool(state.converged),
+        loss_value=float(state.loss_value),
+        noise_settings=dict(terms.settings, sky=(float(terms.offset),
+                                                 terms.settings.get("sky", "none"))),
+        solver=state.solver,
+        saturation_levels=inputs.saturation_levels,
+        **errors,
+    )
