@@ -36,6 +36,7 @@ import re
 import numpy as np
 from astropy.io import fits
 
+from . import _varying_kernel as varying_kernel
 from .background import basis_at, polynomial_terms
 
 __all__ = []
@@ -125,21 +126,13 @@ class HeaderKernel:
 
     def kernel_at(self, x, y):
         """The kernel at one 0-based pixel position, as `DifferenceResult.kernel_at`."""
-        if np.ndim(x) or np.ndim(y):
-            raise ValueError("kernel_at takes one position; loop for several")
-        if self.kernel_terms is None:
-            return self.kernel.copy()
-        return np.tensordot(self._term_values(x, y), self.kernel_terms, axes=1)
+        return varying_kernel.kernel_at(self.kernel, self.kernel_terms, self.kernel_degree,
+                                        self.shape, x, y)
 
     def scale_factor_at(self, x, y):
         """P at pixel positions, as `DifferenceResult.scale_factor_at`."""
-        shape = np.broadcast(np.asarray(x), np.asarray(y)).shape
-        if self.kernel_terms is None:
-            values = np.full(shape, self.scale_factor)
-        else:
-            sums = self.kernel_terms.sum(axis=(1, 2))
-            values = np.tensordot(sums, self._term_values(x, y), axes=1)
-        return float(values) if values.ndim == 0 else values
+        return varying_kernel.scale_factor_at(self.scale_factor, self.kernel_terms,
+                                              self.kernel_degree, self.shape, x, y)
 
     def scale_factor_error_at(self, x, y):
         """sigma_P at pixel positions (None when unknown), as `DifferenceResult`'s."""

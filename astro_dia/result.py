@@ -19,6 +19,7 @@ from astropy import units as u
 from astropy.nddata import CCDData
 
 from ._result_fits import read_result_fields, write_result_file
+from . import _varying_kernel as varying_kernel
 from .background import basis_at
 from .plotting import plot_result
 
@@ -184,11 +185,8 @@ class DifferenceResult:
         kernel : (K, K) ndarray
             ``self.kernel`` itself for a constant kernel.
         """
-        if np.ndim(x) or np.ndim(y):
-            raise ValueError("kernel_at takes one position; loop for several")
-        if self.kernel_terms is None:
-            return self.kernel.copy()
-        return np.tensordot(self._term_values(x, y), self.kernel_terms, axes=1)
+        return varying_kernel.kernel_at(self.kernel, self.kernel_terms, self.kernel_degree,
+                                        self.difference.shape, x, y)
 
     def scale_factor_at(self, x, y):
         """
@@ -205,12 +203,8 @@ class DifferenceResult:
             A float for a scalar position; ``self.scale_factor`` everywhere
             for a constant kernel or with ``constant_scale``.
         """
-        if self.kernel_terms is None:
-            values = np.full(_position_shape(x, y), self.scale_factor)
-        else:
-            sums = self.kernel_terms.sum(axis=(1, 2))
-            values = np.tensordot(sums, self._term_values(x, y), axes=1)
-        return float(values) if values.ndim == 0 else values
+        return varying_kernel.scale_factor_at(self.scale_factor, self.kernel_terms,
+                                              self.kernel_degree, self.difference.shape, x, y)
 
     def scale_factor_error_at(self, x, y):
         """
