@@ -4,7 +4,9 @@ Owns the order in which a prepared `FitProblem` is solved: the robust pass
 and outlier rejection (``clip``), the choice of solver for ``'auto'``, the
 linear start of the iterative solver and the start hook of the Newton
 solvers, the reference-noise passes (written once, for every solver), the
-refit after the sky is estimated, the constant of the 'uniform' model, the
+points at which the noise model refines its terms (`Refinement`: the
+constant of the 'uniform' model at the start, a refitted sky after the fit;
+the models own what they do, see `astro_dia.noise.NoiseModel.refine`), the
 memory budget of the direct solver and the resumption of a fit after its
 weights or mask changed. The solvers themselves live in `astro_dia.solvers`;
 the functions here take the problem and a settings record explicitly.
@@ -15,14 +17,12 @@ import warnings
 
 import numpy as np
 import torch
-from astropy.stats import mad_std
 
 from ._normal import add_regularization, assemble_normal_equations, cholesky
 from ._outliers import MAX_CLIP_PASSES, find_outliers, robust_twin, set_fit_mask
 from ._tolerances import passes_converged
 from ._torch import flush_denormals, to_numpy, to_tensor
 from .exceptions import ConvergenceWarning, DIAError
-from .noise import SKY_ESTIMATED, refine_sky
 from .solvers import choose_solver, solve_cg, solve_direct, solve_iterative
 from .solvers.gauss_newton import resume
 
@@ -41,13 +41,42 @@ MAX_ROBUST_STEPS = 10
 REFERENCE_PASSES = 10
 
 
-def run_fit(problem, terms, valid, settings, *, clip, check_pixels):
+class Refinement:
     """
-    Solve ``problem`` with rejection, sky refinement and the convergence warning.
+    The noise model's refinement of the target's terms during one fit.
+
+    Holds the current terms of the whole image; `apply` hands the noise
+    model the model and residuals of a solution as numpy arrays and puts
+    what it returns on the problem.
+    """
+
+    def __init__(self, noise_model, terms, valid):
+        self.noise_model, self.terms, self.valid = noise_model, terms, valid
+
+    def wants(self, stage):
+        """Whether the noise model refines its terms at ``stage`` ('start' or 'fit')."""
+        return self.noise_model.refines(self.terms, stage)
+
+    def apply(self, problem, kernel, coefficients, stage):
+        """Refine the terms from the solution ``kernel, coefficients``, on the problem too."""
+        with torch.no_grad():
+            model = problem.model(kernel, coefficients)
+            residual = problem.target - model
+        self.terms = self.noise_model.refine(
+            self.terms, to_numpy(model), to_numpy(residual),
+            to_numpy(problem.mask).astype(bool), region=self.valid, stage=stage)
+        problem.set_noise_terms(self.terms.cropped(self.valid))
+
+
+def run_fit(problem, noise_model, terms, valid, settings, *, clip, check_pixels):
+    """
+    Solve ``problem`` with rejection, the noise model's refinement and the convergence warning.
 
     Parameters
     ----------
     problem : `~astro_dia._problem.FitProblem`
+    noise_model : `~astro_dia.noise.NoiseModel`
+        The model that resolved ``terms``; it refines them (`Refinement`).
     terms : VarianceTerms
         The target's variance terms (full image; cropped to ``valid`` here).
     valid : tuple of slice
@@ -64,21 +93,25 @@ def run_fit(problem, terms, valid, settings, *, clip, check_pixels):
     state : FitState
     outliers : (M', N') bool ndarray
         The rejected pixels of the valid region.
+    terms : VarianceTerms
+        The target's terms after the noise model's refinement.
     """
+    refinement = Refinement(noise_model, terms, valid)
     with flush_denormals():
-        state, outliers = solve_clipped(problem, terms, settings, clip, check_pixels)
-        if terms.settings.get("sky") == SKY_ESTIMATED:
-            state = refit_with_refined_sky(problem, terms, valid, state, settings)
+        state, outliers = solve_clipped(problem, refinement, settings, clip, check_pixels)
+        if refinement.wants("fit"):
+            refinement.apply(problem, state.kernel, state.coefficients, "fit")
+            state = resume_fit(problem, state, settings)
     if not state.converged:
         warnings.warn(
             f"the {state.solver} solver stopped after {state.n_iterations} iterations "
             f"without converging ({state.message}); raise max_iter, or check the inputs",
             ConvergenceWarning)
     log.info("fit: %d iterations, %s", state.n_iterations, state.message)
-    return state, outliers
+    return state, outliers, refinement.terms
 
 
-def solve_clipped(problem, terms, settings, clip, check_pixels):
+def solve_clipped(problem, refinement, settings, clip, check_pixels):
     """
     The fit with outlier rejection (``clip``): robust pass, clip, fit, re-check.
 
@@ -87,16 +120,17 @@ def solve_clipped(problem, terms, settings, clip, check_pixels):
     """
     candidates = problem.mask
     if clip is None:
-        return solve(problem, terms, settings), np.zeros(tuple(candidates.shape), bool)
+        return solve(problem, refinement, settings), np.zeros(tuple(candidates.shape), bool)
+    estimate_scale = refinement.terms.estimate_scale
     robust = solve_robust(problem, settings)
     outliers = find_outliers(problem, robust.kernel, robust.coefficients, clip,
-                             candidates, scale_from_residuals=terms.estimate_scale)
+                             candidates, scale_from_residuals=estimate_scale)
     set_fit_mask(problem, candidates & ~outliers)
     check_pixels(to_numpy(problem.mask))
-    state = solve(problem, terms, settings)
+    state = solve(problem, refinement, settings)
     for _ in range(MAX_CLIP_PASSES):
         found = find_outliers(problem, state.kernel, state.coefficients, clip,
-                              candidates, scale_from_residuals=terms.estimate_scale)
+                              candidates, scale_from_residuals=estimate_scale)
         if torch.equal(found, outliers):
             break
         # Judged afresh at each fit: a pixel the robust pass rejected
@@ -139,16 +173,16 @@ def resume_fit(problem, state, settings):
     return resumed
 
 
-def solve(problem, terms, settings):
+def solve(problem, refinement, settings):
     """Run the chosen solver (``auto`` resolved per problem)."""
     solver = settings.name
     if solver == "auto":
         solver = choose_solver(problem.shape, problem.kernel_size, problem.device,
                                problem.loss, kernel_terms=problem.kernel_terms)
     if solver == "iterative":
-        state = solve_iterative_fit(problem, terms, settings)
+        state = solve_iterative_fit(problem, refinement, settings)
     else:
-        state = solve_newton(problem, terms, settings, solver)
+        state = solve_newton(problem, refinement, settings, solver)
     state.solver = solver
     return state
 
@@ -179,7 +213,7 @@ def reference_passes(problem, first, again, start_kernel=None):
     return state
 
 
-def solve_newton(problem, terms, settings, solver):
+def solve_newton(problem, refinement, settings, solver):
     """Direct or matrix-free: a weighted linear solution, then exact Newton steps."""
     steps = dict(max_iter=min(settings.max_iter, MAX_NEWTON_STEPS),
                  max_polish_iter=settings.max_iter)
@@ -190,25 +224,27 @@ def solve_newton(problem, terms, settings, solver):
         solve_once, first_steps = solve_cg, steps
     return reference_passes(
         problem,
-        lambda: solve_once(problem, prepare=start_hook(problem, terms), **first_steps),
+        lambda: solve_once(problem, prepare=start_hook(problem, refinement), **first_steps),
         lambda state: resume(problem, state, **steps))
 
 
-def start_hook(problem, terms):
+def start_hook(problem, refinement):
     """
     What the iterative solver does with its start, for the other solvers.
 
-    The reference variance through the start's ``K**2`` and the constant
-    of the 'uniform' model are set from the linear start, so that every
-    solver optimises the same objective. None when there is nothing to set.
+    The reference variance through the start's ``K**2`` and the noise
+    model's refinement at the start (the constant of the 'uniform' model)
+    are set from the linear start, so that every solver optimises the same
+    objective. None when there is nothing to set.
     """
-    if problem.reference_variance_spectrum is None and not terms.estimate_scale:
+    refine = refinement.wants("start")
+    if problem.reference_variance_spectrum is None and not refine:
         return None
 
     def prepare(kernel, coefficients):
         problem.update_reference_variance(kernel)
-        if terms.estimate_scale:
-            set_uniform_scale(problem, kernel, coefficients)
+        if refine:
+            refinement.apply(problem, kernel, coefficients, "start")
         return True
 
     return prepare
@@ -233,7 +269,7 @@ def strip_budget(problem, max_memory):
     return budget
 
 
-def solve_iterative_fit(problem, terms, settings):
+def solve_iterative_fit(problem, refinement, settings):
     """Start from the linear solution, then minimise the exact objective."""
     weights = problem.weights(problem.target)   # variance at the data, for the start
     factor = None
@@ -243,8 +279,8 @@ def solve_iterative_fit(problem, terms, settings):
         shape = to_tensor(settings.initial_kernel(problem.kernel_size),
                           device=problem.device, dtype=problem.dtype)
         kernel, coefficients = problem.linear_start(shape, weights)
-    if terms.estimate_scale:
-        set_uniform_scale(problem, kernel, coefficients)
+    if refinement.wants("start"):
+        refinement.apply(problem, kernel, coefficients, "start")
 
     def fit_from(kernel, coefficients):
         return solve_iterative(problem, kernel, coefficients, max_iter=settings.max_iter,
@@ -260,17 +296,6 @@ def solve_iterative_fit(problem, terms, settings):
                             start_kernel=kernel)
 
 
-def refit_with_refined_sky(problem, terms, valid, state, settings):
-    """Estimate the subtracted sky from the residuals, then polish the fit."""
-    with torch.no_grad():
-        model = problem.model(state.kernel, state.coefficients)
-        residual = to_numpy(problem.target - model)
-    terms.offset = refine_sky(terms.cropped(valid), to_numpy(model), residual,
-                              to_numpy(problem.mask).astype(bool))
-    problem.offset = terms.offset
-    return resume_fit(problem, state, settings)
-
-
 def normal_start(problem, weights):
     """Weighted linear least-squares solution (float64) and its Cholesky factor."""
     normal, rhs = assemble_normal_equations(problem, weights, dtype=torch.float64)
@@ -281,11 +306,3 @@ def normal_start(problem, weights):
     theta = torch.cholesky_solve(rhs[:, None], factor)[:, 0]
     kernel = theta[:problem.n_kernel].reshape(problem.kernel_shape)
     return kernel.to(problem.dtype), theta[problem.n_kernel:].to(problem.dtype), factor
-
-
-def set_uniform_scale(problem, kernel, coefficients):
-    """For the uniform model, set the constant variance from the start's residuals."""
-    with torch.no_grad():
-        residual = (problem.target - problem.model(kernel, coefficients))[problem.mask]
-    sigma = float(mad_std(to_numpy(residual)))
-    problem.constant = torch.full_like(problem.constant, max(sigma, 1e-30) ** 2)

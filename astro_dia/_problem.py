@@ -112,16 +112,21 @@ class FitProblem:
         self.mask = torch.as_tensor(fit_mask, device=device)
         self.n_data = int(fit_mask.sum())
         self.basis = to_tensor(basis, **tensor)
-        self.constant = to_tensor(terms.constant, **tensor)
-        self.slope = to_tensor(terms.slope, **tensor)
-        self.minimum = to_tensor(terms.minimum, **tensor)
-        self.offset = float(terms.offset)
+        self.set_noise_terms(terms)
         self.loss = loss
         self.regularization = float(regularization)
         self.reference_variance_spectrum = (
             None if reference_variance is None
             else torch.fft.rfft2(to_tensor(reference_variance, **tensor), s=self.fft_shape))
         self.extra_variance = None  # reference noise through K**2, held fixed per pass
+
+    def set_noise_terms(self, terms):
+        """Put the target's noise terms (cropped to the valid region) on the device."""
+        tensor = dict(device=self.device, dtype=self.dtype)
+        self.constant = to_tensor(terms.constant, **tensor)
+        self.slope = to_tensor(terms.slope, **tensor)
+        self.minimum = to_tensor(terms.minimum, **tensor)
+        self.offset = float(terms.offset)
 
     # -- kernel parametrisation ---------------------------------------------
     def effective_kernel(self, kernel):

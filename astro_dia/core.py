@@ -1,6 +1,7 @@
 """The `DifferenceImager`: validate, fit ``R (x) K + B`` to the target, build the result."""
 
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -314,8 +315,10 @@ class DifferenceImager:
             check_enough_pixels(fit_mask, self.kernel_size, self.kernel_degree,
                                 self.background_degree)
 
-        state, outliers = run_fit(problem, inputs.terms, valid, self.solver_settings,
-                                  clip=self.clip, check_pixels=check_pixels)
+        state, outliers, terms = run_fit(problem, self.noise_model, inputs.terms, valid,
+                                         self.solver_settings, clip=self.clip,
+                                         check_pixels=check_pixels)
+        inputs = replace(inputs, terms=terms)   # as the noise model refined them
         values = assemble_result(state, problem, inputs, outliers, self._config())
         result = DifferenceResult(fit_time=time.perf_counter() - start, **values)
         # The kernel in the header, so that photometry on the difference image

@@ -14,20 +14,22 @@ model (paper eq. 6) has :math:`a = \\sigma_0^2/F^2` and :math:`b = 1/(G F)`; the
 EMCCD model (eq. 7) has :math:`b = E/(G_{\\rm total} F)`.
 
 This module owns the noise models (`NoiseModel` and its subclasses), their
-resolution into `VarianceTerms`, the choice of a model by name
-(`make_noise_model`) and the refit of a subtracted sky from the residuals of
-a fit (`refine_sky`). The detector parameters the models need (data unit,
+resolution into `VarianceTerms`, their refinement during a fit
+(`NoiseModel.refine`: the 'uniform' constant, the refit of a subtracted sky
+from the residuals, `refine_sky`) and the choice of a model by name
+(`make_noise_model`). The detector parameters the models need (data unit,
 gain, read noise, EM gain, subtracted sky, the image's own uncertainty) are
 validated and resolved in `astro_dia._detector`, the master flat is loaded
 or recovered in `astro_dia._flat`; `uncertainty_variance` and
 `flat_from_uncertainty` are defined there and importable from here.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from astropy import units as u
 from astropy.nddata import NDData
+from astropy.stats import mad_std
 
 from ._detector import (COUNT_UNITS, EMCCD_COUNT_UNITS, compare_with_uncertainty,
                         require_count_unit, resolve_em_gain, resolve_gain, resolve_read_noise,
@@ -146,6 +148,57 @@ class NoiseModel:
         """
         raise NotImplementedError
 
+    def refines(self, terms, stage):
+        """
+        Whether :meth:`refine` changes ``terms`` at ``stage`` of a fit.
+
+        The imager asks first, so that a model without a refinement costs
+        the fit nothing. False here; a subclass that refines overrides both
+        methods.
+
+        Parameters
+        ----------
+        terms : `VarianceTerms`
+            The terms this model resolved for the target (whole image).
+        stage : {'start', 'fit'}
+            ``'start'``: the linear starting solution, before the exact
+            objective is minimised. ``'fit'``: the converged fit; the
+            imager resumes the fit with the refined terms.
+
+        Returns
+        -------
+        refines : bool
+        """
+        return False
+
+    def refine(self, terms, model, residual, mask, *, region, stage):
+        """
+        Refine the target's terms from a fit's model (unchanged here).
+
+        The 'uniform' model sets its constant from the residuals of the
+        start, the CCD and EMCCD models refit a sky they had to estimate
+        from the residuals of the fit.
+
+        Parameters
+        ----------
+        terms : `VarianceTerms`
+            The current terms of the whole image; not modified.
+        model, residual : ndarray
+            The model and ``target - model`` on ``region``.
+        mask : bool ndarray
+            The fitted pixels of ``region``.
+        region : tuple of slice
+            Where the convolution is defined, the fit's pixels.
+        stage : {'start', 'fit'}
+            As for :meth:`refines`.
+
+        Returns
+        -------
+        terms : `VarianceTerms`
+            The refined terms of the whole image.
+        """
+        return terms
+
     def __repr__(self):
         return f"{type(self).__name__}()"
 
@@ -201,6 +254,15 @@ class _PhotonNoiseModel(NoiseModel):
     def _recover_flat(self, image, unit, mask):
         """Subclasses: (flat, bad, source, constant) from the image's uncertainty, or None."""
         return None
+
+    def refines(self, terms, stage):
+        # A sky estimated from the image's scatter is refitted from the fit's residuals.
+        return stage == "fit" and terms.settings.get("sky") == SKY_ESTIMATED
+
+    def refine(self, terms, model, residual, mask, *, region, stage):
+        if not self.refines(terms, stage):
+            return terms
+        return replace(terms, offset=refine_sky(terms.cropped(region), model, residual, mask))
 
 
 def refine_sky(terms, model, residual, mask):
@@ -442,6 +504,16 @@ class UniformNoiseModel(NoiseModel):
     def variance_terms(self, image, *, mask=None):
         return VarianceTerms(constant=1.0, slope=0.0, minimum=0.0, estimate_scale=True,
                              settings={})
+
+    def refines(self, terms, stage):
+        # The constant is set from the residuals of the start.
+        return stage == "start" and terms.estimate_scale
+
+    def refine(self, terms, model, residual, mask, *, region, stage):
+        if not self.refines(terms, stage):
+            return terms
+        sigma = float(mad_std(residual[mask]))
+        return replace(terms, constant=max(sigma, 1e-30) ** 2)
 
 
 class UncertaintyNoiseModel(NoiseModel):

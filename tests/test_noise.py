@@ -491,6 +491,49 @@ def test_base_noise_model_is_abstract():
         NoiseModel().variance_terms(image())
 
 
+def test_base_noise_model_refines_nothing():
+    terms = VarianceTerms(constant=4.0, slope=0.5)
+    model = NoiseModel()
+    assert not model.refines(terms, "start") and not model.refines(terms, "fit")
+    region = (slice(None), slice(None))
+    assert model.refine(terms, np.zeros(SHAPE), np.zeros(SHAPE), np.ones(SHAPE, bool),
+                        region=region, stage="fit") is terms
+
+
+class _RecordingModel(NoiseModel):
+    """A user-defined model: CCD terms, refined at both stages with a sky of its own."""
+
+    name = "recording"
+
+    def __init__(self):
+        self.calls = []
+
+    def variance_terms(self, image, *, mask=None):
+        return CCDNoiseModel(flat=1, sky=0).variance_terms(image, mask=mask)
+
+    def refines(self, terms, stage):
+        return True
+
+    def refine(self, terms, model, residual, mask, *, region, stage):
+        from dataclasses import replace
+
+        self.calls.append((stage, model.shape, residual.shape, mask.dtype))
+        return replace(terms, offset=3.0) if stage == "fit" else terms
+
+
+@pytest.mark.parametrize("solver", ["direct", "iterative"])
+def test_a_user_defined_noise_model_takes_part_in_the_refinement(ccd_pair, solver):
+    from astro_dia import DifferenceImager
+
+    reference, target, _ = ccd_pair(density=60)
+    noise_model = _RecordingModel()
+    result = DifferenceImager(9, noise_model=noise_model, solver=solver,
+                              clip=None).fit(reference, target)
+    valid = (64 - 8, 64 - 8)
+    assert noise_model.calls == [("start", valid, valid, bool), ("fit", valid, valid, bool)]
+    assert result.noise_settings["sky"][0] == 3.0   # the refined terms reach the result
+
+
 # --------------------------------------------------------------------------
 # EMCCD data calibrated to electrons or photo-electrons, end to end
 
