@@ -3,7 +3,8 @@ Validate transient detection (`astro_dia.detection`) on simulated pairs.
 
 Run by hand (a few minutes on two CPU cores)::
 
-    python benchmarks/validate_detection.py [--frames 6] [--plot docs/_static/detection_completeness.png]
+    python benchmarks/validate_detection.py [--frames 4] [--noise-frames 12] \\
+        [--plot docs/_static/detection_completeness.png] [--text docs/detection_validation.txt]
 
 It prints the figures quoted in docs/detection.rst:
 
@@ -92,7 +93,15 @@ def main(argv=None):
     parser.add_argument("--frames", type=int, default=4, help="pairs per condition")
     parser.add_argument("--noise-frames", type=int, default=12, help="pure-noise pairs")
     parser.add_argument("--plot", help="write the completeness curve to this PNG")
+    parser.add_argument("--text", help="also write the figures to this file, as an "
+                                       "rst literal block (docs/detection_validation.txt)")
     args = parser.parse_args(argv)
+    lines = []
+
+    def report(line):
+        print(line)
+        lines.append(line)
+
     start = time.perf_counter()
     conditions = [(1.2, 30.0), (1.2, 150.0), (2.0, 30.0), (2.0, 150.0)]
     snr, found, measured = [], [], []
@@ -101,7 +110,7 @@ def main(argv=None):
             s, fo, m, _, _ = trial(psf_sigma, density, seed=1000 * k + f)
             snr.append(s), found.append(fo), measured.append(m)
     snr, found, measured = map(np.concatenate, (snr, found, measured))
-    print(f"completeness at threshold 5 ({snr.size} injected sources, {len(conditions)} "
+    report(f"completeness at threshold 5 ({snr.size} injected sources, {len(conditions)} "
           "conditions: PSF sigma 1.2/2.0 px x 30/150 stars per 100^2 px)")
     centres, fractions = [], []
     for low, high in zip(BINS[:-1], BINS[1:]):
@@ -109,13 +118,14 @@ def main(argv=None):
         if sel.any():
             centres.append(0.5 * (low + high))
             fractions.append(found[sel].mean())
-            print(f"  S/N {low:4.0f}-{high:<4.0f} n={sel.sum():4d}  found {found[sel].mean():6.1%}")
+            report(f"  S/N {low:4.0f}-{high:<4.0f} n={sel.sum():4d}  "
+                   f"found {found[sel].mean():6.1%}")
     bright = snr >= 8
     ratio = measured[bright & found] / snr[bright & found]
-    print(f"S/N >= 8: {found[bright].mean():.1%} found within 1.5 px; median |snr|/expected "
+    report(f"S/N >= 8: {found[bright].mean():.1%} found within 1.5 px; median |snr|/expected "
           f"{np.median(ratio):.3f} (16-84%: {np.percentile(ratio, 16):.3f}-"
           f"{np.percentile(ratio, 84):.3f})")
-    print(f"false positives per megapixel on {args.noise_frames} pure-noise "
+    report(f"false positives per megapixel on {args.noise_frames} pure-noise "
           f"{SHAPE[0]}x{SHAPE[1]} pairs (unflagged / all):")
     for threshold in (4.0, 5.0, 6.0):
         counts, flagged_free = [], []
@@ -126,7 +136,7 @@ def main(argv=None):
             flagged_free.append(int((table["flags"] == 0).sum()))
         mpx = args.noise_frames * SHAPE[0] * SHAPE[1] / 1e6
         fwhm = 2.3548 * np.hypot(1.5, KERNEL_SIGMA)
-        print(f"  threshold {threshold:.0f}: {np.sum(flagged_free) / mpx:7.2f} / "
+        report(f"  threshold {threshold:.0f}: {np.sum(flagged_free) / mpx:7.2f} / "
               f"{np.sum(counts) / mpx:7.2f} per Mpx; Gaussian-field expectation "
               f"{peak_density(threshold, fwhm) * 1e6:7.2f}; max per frame {max(counts)}")
     if args.plot:
@@ -141,7 +151,10 @@ def main(argv=None):
         ax.set_xscale("log")
         ax.legend()
         figure.savefig(args.plot, dpi=110)
-    print(f"total time {time.perf_counter() - start:.0f} s")
+    report(f"total time {time.perf_counter() - start:.0f} s")
+    if args.text:
+        with open(args.text, "w") as handle:
+            handle.write("::\n\n" + "".join(f"    {line}\n" for line in lines))
     return 0
 
 

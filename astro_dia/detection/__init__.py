@@ -5,9 +5,9 @@ Detection of what changed between the reference and the target.
 image with the target PSF and the difference's own variance;
 `find_transients` lists its peaks of either sign above a threshold as a
 table of candidates, measured by PSF photometry and flagged
-(`DETECTION_FLAGS`); `candidate_cutouts` cuts reference, target,
+(``DETECTION_FLAGS``); `candidate_cutouts` cuts reference, target,
 difference and significance stamps around them, written to one FITS file
-by `write_cutouts` and plotted by `plot_candidate`.
+by `write_cutouts` and drawn by `CandidateCutouts.plot`.
 """
 
 from .candidates import find_transients

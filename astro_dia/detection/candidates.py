@@ -199,9 +199,9 @@ def find_transients(result, threshold=5.0, *, reference_psf=None, box_size=None,
         WCS), ``snr`` (signed significance at the peak), ``flux``,
         ``flux_err`` (PSF fit, target scale), ``flux_ref``,
         ``flux_ref_err`` (divided by P), ``sign`` (+1 brightening, -1
-        fading), ``flags`` (`~astro_dia.detection.DETECTION_FLAGS`),
+        fading), ``flags`` (``astro_dia.detection.DETECTION_FLAGS``),
         ``opposite_snr`` (the largest opposite-sign significance within two
-        FWHM) and ``phot_flags`` (`~astro_dia.photometry.PHOTOMETRY_FLAGS`
+        FWHM) and ``phot_flags`` (``astro_dia.photometry.PHOTOMETRY_FLAGS``
         of the fit). ``meta`` holds the threshold, the FWHM and scatter of
         the significance.
 
