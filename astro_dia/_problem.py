@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from scipy.fft import next_fast_len
 
-from ._torch import to_tensor
+from ._torch import resolve_device, resolve_dtype, to_tensor
 from .background import background_basis, polynomial_terms
 from .losses import laplacian_matrix, laplacian_penalty
 
@@ -55,7 +55,8 @@ class FitProblem:
     reference_variance : (ny, nx) ndarray or None
         Variance of the reference, propagated through ``K**2`` when given.
     device, dtype
-        Where and in what precision to compute.
+        Where and in what precision to compute: names (``"cpu"``,
+        ``"float64"``) or torch objects, converted here.
     kernel_degree : int, optional
         Degree of the polynomial in the normalised image coordinates that
         each kernel pixel is (0: one kernel for the whole image). With
@@ -72,6 +73,7 @@ class FitProblem:
     def __init__(self, reference, target, fit_mask, basis, terms, kernel_size, loss,
                  regularization, reference_variance, *, device, dtype, kernel_degree=0,
                  constant_scale=False):
+        device, dtype = resolve_device(device), resolve_dtype(dtype)
         self.device, self.dtype = device, dtype
         self.kernel_size = kernel_size
         self.half = kernel_size // 2

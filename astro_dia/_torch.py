@@ -81,6 +81,21 @@ def resolve_dtype(dtype):
     return _DTYPES[name]
 
 
+def device_name(device):
+    """
+    Validate a device request and return its name, e.g. ``"cpu"`` or ``"cuda:0"``.
+
+    What the public classes store and show; `resolve_device` turns the name
+    back into a `torch.device` at the fit.
+    """
+    return str(resolve_device(device))
+
+
+def dtype_name(dtype):
+    """Validate a dtype request and return its name, ``"float32"`` or ``"float64"``."""
+    return str(resolve_dtype(dtype)).replace("torch.", "")
+
+
 def to_tensor(array, *, device, dtype):
     """Copy a numpy array (or scalar) into a new tensor on ``device``."""
     return torch.as_tensor(np.asarray(array, dtype=np.float64), device=device).to(dtype)

@@ -10,7 +10,7 @@ from ._inputs import check_enough_pixels, prepare_inputs
 from ._kernel_header import kernel_cards, remove_kernel_cards
 from ._problem import FitProblem
 from ._provenance import stamp
-from ._torch import resolve_device, resolve_dtype
+from ._torch import device_name, dtype_name
 from ._validation import check_clip, check_saturation
 from .background import background_basis, polynomial_terms
 from .kernels import check_kernel_size
@@ -109,9 +109,10 @@ class DifferenceImager:
         ``preconditioner='diagonal'``. See `~astro_dia.solvers.IterativeSolver`
         and `~astro_dia.solvers.DirectSolver`.
     device : str, optional
-        ``'auto'`` (CUDA when present, else the CPU), ``'cpu'`` or ``'cuda'``.
+        ``'auto'`` (CUDA when present, else the CPU), ``'cpu'``, ``'cuda'`` or
+        ``'cuda:N'``. Stored as the resolved name (``imager.device == 'cpu'``).
     dtype : {'float32', 'float64'}, optional
-        Precision of the fit.
+        Precision of the fit, stored as its name (``imager.dtype == 'float32'``).
     compute_errors : bool, optional
         Compute the covariance of the kernel and background from the
         observed Fisher information after the fit (default), and with it
@@ -207,8 +208,9 @@ class DifferenceImager:
             solver, max_iter=max_iter, max_adam_iter=max_adam_iter, adam_tol=adam_tol,
             preconditioner=preconditioner, max_memory=max_memory, kernel_init=kernel_init)
         check_kernel_init(self.solver_settings.kernel_init, self.kernel_size)
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype)
+        # Names, not torch objects: the fit problem converts them (_torch).
+        self.device = device_name(device)
+        self.dtype = dtype_name(dtype)
         self.compute_errors = bool(compute_errors)
         self.saturation = check_saturation(saturation)
         self.add_keyword = bool(add_keyword)
@@ -339,4 +341,4 @@ class DifferenceImager:
                 f"loss={getattr(self.loss, 'name', self.loss)!r}, "
                 f"background_degree={self.background_degree}, "
                 f"kernel_degree={self.kernel_degree}, solver={self.solver!r}, "
-                f"device={str(self.device)!r}, dtype={str(self.dtype).replace('torch.', '')!r})")
+                f"device={self.device!r}, dtype={self.dtype!r})")

@@ -145,7 +145,7 @@ def run_demo(out_dir, *, size=256, kernel_size=15, seed=DEFAULT_SEED, device="au
     log.info("simulating a %d x %d star-field pair (seed %s)", size, size, seed)
     reference, target, truth = make_image_pair(shape=(size, size), seed=seed, **_SIMULATION)
     log.info("fitting a %d x %d kernel on %s in %s", kernel_size, kernel_size,
-             imager.device, str(imager.dtype).replace("torch.", ""))
+             imager.device, imager.dtype)
     result = imager.fit(reference, target)
     normalized = result.normalized_residuals()
     normalized = normalized[np.isfinite(normalized)]
@@ -176,8 +176,8 @@ def run_demo(out_dir, *, size=256, kernel_size=15, seed=DEFAULT_SEED, device="au
         shape=(size, size),
         kernel_size=kernel_size,
         seed=seed,
-        device=str(imager.device),
-        dtype=str(imager.dtype).replace("torch.", ""),
+        device=imager.device,
+        dtype=imager.dtype,
         difference_path=difference_path,
         plot_path=plot_path,
         plot_note=plot_note,

@@ -61,8 +61,10 @@ def test_cuda_requested_without_cuda_is_a_clear_error():
 def test_auto_device_and_repr():
     imager = DifferenceImager(9)
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert imager.device.type == expected
+    assert imager.device == expected
+    assert imager.dtype == "float32"
     assert "kernel_size=9" in repr(imager)
+    assert f"device={expected!r}, dtype='float32'" in repr(imager)
 
 
 # -- input validation ---------------------------------------------------------------------
