@@ -21,12 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 from astropy import units as u
 from astropy.io import fits
-from astropy.nddata import CCDData, StdDevUncertainty
+from astropy.nddata import CCDData
 from astropy.stats import mad_std, sigma_clipped_stats
 from astropy.utils.exceptions import AstropyUserWarning
 from scipy.signal import fftconvolve
 
-from ..photometry.measure import _difference_inputs
+from ..photometry.measure import _difference_inputs, _pixels
 from ..photometry.psf import _natural_size, gaussian_psf, render_psf, target_psf
 
 __all__ = ["significance_image"]
@@ -51,26 +51,18 @@ class MatchedFilter:
 
 def _difference_arrays(difference):
     """Data, variance and good-pixel mask of the difference, validated."""
-    data = np.asarray(difference.data, dtype=float)
-    if data.ndim != 2:
-        raise ValueError(f"the difference image must be 2-D, got shape {data.shape}")
-    if difference.uncertainty is None:
-        raise ValueError("the difference image has no uncertainty, which the significance "
-                         "needs; attach a StdDevUncertainty (DifferenceImager always does)")
-    sigma = np.broadcast_to(np.asarray(
-        difference.uncertainty.represent_as(StdDevUncertainty).array, dtype=float), data.shape)
+    data, error, bad = _pixels(difference)   # checks the shape and the uncertainty
     mask = (np.zeros(data.shape, bool) if difference.mask is None
             else np.broadcast_to(np.asarray(difference.mask, bool), data.shape))
-    unmasked_bad = ~mask & ~np.isfinite(data)
+    unmasked_bad = ~mask & ~np.isfinite(np.asarray(difference.data, dtype=float))
     if unmasked_bad.any():
         raise ValueError(f"the difference image has {int(unmasked_bad.sum())} non-finite "
                          "pixels that its mask does not cover; mask them (difference.mask "
                          "|= ~np.isfinite(difference.data))")
-    good = ~mask & np.isfinite(sigma) & (sigma > 0)
-    if not good.any():
+    if bad.all():
         raise ValueError("every pixel of the difference image is masked or has no valid "
                          "uncertainty; nothing can be detected")
-    return np.where(good, data, 0.0), np.where(good, sigma ** 2, 1.0), good
+    return data, error ** 2, ~bad
 
 
 def _measured_fwhm(fit):
