@@ -15,6 +15,8 @@ The ``astro-dia`` command.
     astro-dia [-v] photometry RESULT [RESULT ...] --positions TABLE --fwhm F
                    [--moffat-beta B] [--aperture R] [--free-positions] [--out FILE]
                    [--overwrite]
+    astro-dia [-v] detect RESULT [RESULT ...] [--threshold T] [--fwhm F] [--out FILE]
+                   [--cutouts DIR] [--size N] [--overwrite]
 
 Errors in the input are reported on one line, ``astro-dia: error:
 <message>``, on standard error, with exit status 2 (with ``--verbose``,
@@ -33,6 +35,7 @@ import traceback
 
 from astropy.units import UnitsError
 
+from ._cli_detect import add_detect_command
 from ._package_version import version as __version__
 from .demo import DEFAULT_SEED, run_demo
 
@@ -202,6 +205,7 @@ def build_parser():
     photometry.add_argument("--overwrite", action="store_true",
                             help="replace FILE if it exists (never an input file)")
     photometry.set_defaults(handler=_run_photometry_command)
+    add_detect_command(commands)
     return parser
 
 

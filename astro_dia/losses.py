@@ -2,8 +2,10 @@
 Objective functions: per-pixel negative log-likelihoods and the Laplacian penalty.
 
 A loss here is a callable ``rho(z)`` of the normalised residual
-``z = (I - M) / sigma`` (a torch tensor) returning the per-pixel
-:math:`\\rho(z)`. The fit minimises
+``z = (I - M) / sigma`` returning the per-pixel :math:`\\rho(z)`: called
+with numpy arrays (or numbers) a `Loss` returns numpy, and inside the fit
+it is called with torch tensors, through which it is differentiated. The
+fit minimises
 
 .. math::
 
@@ -11,7 +13,9 @@ A loss here is a callable ``rho(z)`` of the normalised residual
     + Q + \\lambda N_{\\rm data}\\,\\theta^{\\rm T} L \\theta
 
 (paper eq. 8, 13 and 20), where ``Q`` is the loss's normalising constant.
-Any differentiable callable can be passed as a loss; give it a
+Any callable written with torch operations can be passed as a loss (it
+receives tensors); a `Loss` subclass defines ``rho(z)`` on tensors and gets
+the numpy interface from the base class. Give either a
 ``normalization(n_data)`` method to report a comparable loss value.
 """
 
@@ -25,13 +29,49 @@ __all__ = ["Loss", "GaussianLoss", "HuberLoss", "StudentTLoss", "get_loss",
 
 
 class Loss:
-    """Base class of per-pixel losses ``rho(z)``."""
+    """
+    Base class of per-pixel losses ``rho(z)``.
+
+    Subclasses define `rho` with torch operations. Calling the loss with a
+    tensor returns a tensor (as the fit does); with a number or a numpy
+    array it returns a float or a float64 ndarray.
+    """
 
     #: Short name used in provenance keywords.
     name = "custom"
 
+    def rho(self, z):
+        """
+        The loss of each normalised residual, on tensors.
+
+        Parameters
+        ----------
+        z : `torch.Tensor`
+
+        Returns
+        -------
+        rho : `torch.Tensor`
+        """
+        raise NotImplementedError(f"{type(self).__name__} must define rho(z)")
+
     def __call__(self, z):
-        raise NotImplementedError
+        """
+        The loss of each normalised residual.
+
+        Parameters
+        ----------
+        z : float, array_like or `torch.Tensor`
+
+        Returns
+        -------
+        rho : float, ndarray or `torch.Tensor`
+            Of the type given: a tensor for a tensor, else numpy.
+        """
+        if isinstance(z, torch.Tensor):
+            return self.rho(z)
+        values = self.rho(torch.as_tensor(np.asarray(z, dtype=float)))
+        values = values.detach().cpu().numpy()
+        return float(values) if values.ndim == 0 else values
 
     def normalization(self, n_data):
         """
@@ -65,7 +105,7 @@ class GaussianLoss(Loss):
 
     name = "gaussian"
 
-    def __call__(self, z):
+    def rho(self, z):
         return 0.5 * z * z
 
     def normalization(self, n_data):
@@ -84,9 +124,8 @@ class HuberLoss(Loss):
 
     Examples
     --------
-    >>> import torch
     >>> loss = HuberLoss(c=1.0)
-    >>> [float(v) for v in loss(torch.tensor([0.5, 3.0]))]
+    >>> loss([0.5, 3.0]).tolist()
     [0.125, 2.5]
     """
 
@@ -98,7 +137,7 @@ class HuberLoss(Loss):
             raise ValueError(f"the Huber threshold c must be positive and finite, got {c}")
         self.c = c
 
-    def __call__(self, z):
+    def rho(self, z):
         a = torch.abs(z)
         return torch.where(a <= self.c, 0.5 * z * z, self.c * (a - 0.5 * self.c))
 
@@ -133,7 +172,7 @@ class StudentTLoss(Loss):
             raise ValueError(f"nu must be positive and finite, got {nu}")
         self.nu = nu
 
-    def __call__(self, z):
+    def rho(self, z):
         return 0.5 * (self.nu + 1) * torch.log1p(z * z / self.nu)
 
     def normalization(self, n_data):
@@ -214,20 +253,25 @@ def laplacian_matrix(kernel_size):
 
 def laplacian_penalty(kernel):
     """
-    The quadratic form :math:`\\theta^{\\rm T} L \\theta` of a kernel tensor.
+    The quadratic form :math:`\\theta^{\\rm T} L \\theta` of a kernel.
 
     Equal to the sum of squared differences of edge-adjacent kernel pixels,
     computed without building the matrix of `laplacian_matrix`.
 
     Parameters
     ----------
-    kernel : (..., K, K) tensor
+    kernel : (..., K, K) array_like or tensor
         A kernel, or a stack of them (summed over the stack).
 
     Returns
     -------
-    penalty : 0-d tensor
+    penalty : float or 0-d tensor
+        A tensor (differentiable) for a tensor, else a float.
     """
+    tensor = isinstance(kernel, torch.Tensor)
+    if not tensor:
+        kernel = np.asarray(kernel, dtype=float)
     dx = kernel[..., :, 1:] - kernel[..., :, :-1]
     dy = kernel[..., 1:, :] - kernel[..., :-1, :]
-    return (dx * dx).sum() + (dy * dy).sum()
+    penalty = (dx * dx).sum() + (dy * dy).sum()
+    return penalty if tensor else float(penalty)

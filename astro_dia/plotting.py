@@ -11,7 +11,7 @@ no window opens and the current backend is left alone.
 
 import numpy as np
 
-__all__ = ["plot_result"]
+__all__ = ["plot_result", "plot_stamps"]
 
 _MATPLOTLIB_HINT = 'pip install "astro_dia[plot]" (or pip install matplotlib)'
 
@@ -185,3 +185,41 @@ def _show_summary(ax, result):
               f"{'converged' if result.converged else 'NOT converged'}"]
     ax.text(0.02, 0.95, "\n".join(lines), ha="left", va="top", transform=ax.transAxes,
             family="monospace")
+
+
+def plot_stamps(stamps, *, title=None, figure=None):
+    """
+    Draw image stamps side by side, each on a z-scale stretch.
+
+    Parameters
+    ----------
+    stamps : dict of str to `~astropy.nddata.NDData`
+        The stamps, keyed by the panel titles (as
+        `~astro_dia.detection.CandidateCutouts.stamps`).
+    title : str, optional
+        Title of the figure.
+    figure : `matplotlib.figure.Figure`, optional
+        Figure to draw on (cleared first); a new one by default.
+
+    Returns
+    -------
+    figure : `matplotlib.figure.Figure`
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError(f"plot_stamps needs matplotlib: {_MATPLOTLIB_HINT}") from exc
+    if not stamps:
+        raise ValueError("no stamps to draw")
+    if figure is None:
+        figure = Figure(figsize=(3.2 * len(stamps), 3.2), layout="constrained")
+    else:
+        figure.clear()
+    axes = np.atleast_1d(figure.subplots(1, len(stamps)))
+    for ax, (name, stamp) in zip(axes, stamps.items()):
+        data = _image_data(stamp, np.shape(stamp.data), name)
+        unit = getattr(stamp, "unit", None)
+        _show_image(figure, ax, data, name, "" if unit is None else unit.to_string())
+    if title:
+        figure.suptitle(title)
+    return figure

@@ -28,7 +28,8 @@ from ._normal import add_regularization, assemble_normal_equations
 from ._torch import to_tensor
 from .exceptions import KernelFitWarning
 
-__all__ = ["fisher_information", "covariance_from_information", "scale_factor_error",
+# fisher_information acts on the private fit problem; it is the imager's.
+__all__ = ["covariance_from_information", "scale_factor_error",
            "background_errors", "loss_curvature"]
 
 #: Largest condition number of the (equilibrated) information matrix that is
@@ -165,7 +166,7 @@ def covariance_from_information(information, *, reference_mean, n_kernel, n_scal
     ----------
     information : (n, n) array_like
         Information matrix of the centred parameters (kernel pixels in C
-        order, then background terms), e.g. from `fisher_information`.
+        order, then background terms), e.g. from ``fisher_information``.
     reference_mean : float
         Mean of the reference the fit was centred on.
     n_kernel : int

@@ -244,3 +244,21 @@ def test_laplacian_penalty_vanishes_for_a_constant_kernel_only():
     delta = torch.zeros((5, 5), dtype=torch.float64)
     delta[2, 2] = 1.0
     assert float(laplacian_penalty(delta)) == 4.0  # four edges, each difference 1
+
+
+@pytest.mark.parametrize("loss", [GaussianLoss(), HuberLoss(c=1.0), StudentTLoss(nu=3.0)])
+def test_losses_take_and_return_numpy(loss):
+    z = np.array([-4.0, -0.3, 0.0, 0.7, 2.5])
+    values = loss(z)
+    assert isinstance(values, np.ndarray) and values.dtype == np.float64
+    np.testing.assert_allclose(values, loss(torch.tensor(z)).numpy(), rtol=1e-15)
+    assert isinstance(loss(0.7), float) and loss(0.7) == pytest.approx(values[3], rel=1e-15)
+
+
+def test_laplacian_penalty_takes_numpy_and_tensors():
+    kernel = np.random.default_rng(0).normal(size=(5, 5))
+    value = laplacian_penalty(kernel)
+    assert isinstance(value, float)
+    assert value == pytest.approx(float(kernel.ravel() @ laplacian_matrix(5) @ kernel.ravel()),
+                                  rel=1e-12)
+    assert float(laplacian_penalty(torch.tensor(kernel))) == pytest.approx(value, rel=1e-12)

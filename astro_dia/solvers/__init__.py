@@ -7,6 +7,7 @@ from .iterative import solve_iterative  # noqa: F401
 from .settings import (AutoSolver, ConjugateGradientSolver, DirectSolver,  # noqa: F401
                        IterativeSolver, Solver, get_solver)
 
-__all__ = ["solve_iterative", "solve_direct", "solve_cg", "choose_solver", "Solver",
-           "AutoSolver", "DirectSolver", "ConjugateGradientSolver", "IterativeSolver",
+# The solve_* functions and choose_solver act on the private fit problem and
+# torch devices: the functional core behind the solver objects, not public.
+__all__ = ["Solver", "AutoSolver", "DirectSolver", "ConjugateGradientSolver", "IterativeSolver",
            "get_solver"]
