@@ -16,6 +16,7 @@ from astropy.nddata import CCDData, StdDevUncertainty
 from astropy.stats import mad_std
 from scipy.signal import fftconvolve
 
+from ._matrix_free_errors import matrix_free_errors, use_matrix_free
 from ._package_version import version as __version__
 from ._provenance import copy_meta, stamp
 from ._torch import to_numpy
@@ -58,18 +59,34 @@ def final_model(reference, kernel_terms, coefficients, shape, valid, *, kernel_d
     return model_valid + background[valid], background
 
 
-def fit_errors(problem, state, terms, residuals, kernel_size):
-    """Covariance, sigma_P, sigma_B0 and kernel errors from the Fisher information."""
-    information = fisher_information(problem, state.kernel, state.coefficients)
+def fit_errors(problem, state, terms, residuals, kernel_size, compute_errors=True):
+    """
+    sigma_P, sigma_B0 and the background errors; the covariance when it is cheap or asked for.
+
+    Large frames with a constant kernel take the matrix-free route
+    (``astro_dia._matrix_free_errors``: no covariance, no kernel errors)
+    unless ``compute_errors='covariance'``; a matrix-free solve that fails
+    falls back to the dense information, which says why.
+    """
     n_kernel, n_scale = problem.n_kernel, kernel_size ** 2
+    # The 'uniform' weights were 1/constant with the constant from the
+    # starting residuals; the output's variance is that of the final ones.
+    rescale = (float(mad_std(residuals)) ** 2 / float(problem.constant.reshape(-1)[0])
+               if terms.estimate_scale else 1.0)
+    if use_matrix_free(problem, compute_errors):
+        sigma_p, sigma_b, valid = matrix_free_errors(
+            problem, state.kernel, state.coefficients, n_scale=n_scale,
+            metric=getattr(state, "metric", None))
+        if valid:
+            root = float(np.sqrt(rescale))
+            return dict(covariance=None, scale_factor_error=sigma_p * root,
+                        background_error=sigma_b * root, kernel_error=None,
+                        covariance_valid=True)
+    information = fisher_information(problem, state.kernel, state.coefficients)
     covariance, valid = covariance_from_information(
         information, reference_mean=problem.reference_mean, n_kernel=n_kernel,
         n_scale=n_scale)
-    if terms.estimate_scale:
-        # The 'uniform' weights were 1/constant with the constant from the
-        # starting residuals; the output's variance is that of the final ones.
-        constant = float(problem.constant.reshape(-1)[0])
-        covariance = covariance * float(mad_std(residuals)) ** 2 / constant
+    covariance = covariance * rescale
     diagonal = np.maximum(np.diag(covariance)[:n_scale], 0.0)
     return dict(covariance=covariance,
                 scale_factor_error=scale_factor_error(covariance, n_scale),
@@ -206,7 +223,7 @@ def assemble_result(state, problem, inputs, outliers, config):
                   kernel_error=None, covariance_valid=None)
     if config["compute_errors"]:
         errors = fit_errors(problem, state, terms, difference[valid][fit_mask],
-                            config["kernel_size"])
+                            config["kernel_size"], config["compute_errors"])
         errors["background_error"] = errors["background_error"] * unit
     meta = copy_meta(target_image.meta)
     if config["add_keyword"]:

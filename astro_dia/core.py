@@ -114,10 +114,15 @@ class DifferenceImager:
         ``'cuda:N'``. Stored as the resolved name (``imager.device == 'cpu'``).
     dtype : {'float32', 'float64'}, optional
         Precision of the fit, stored as its name (``imager.dtype == 'float32'``).
-    compute_errors : bool, optional
-        Compute the covariance of the kernel and background from the
-        observed Fisher information after the fit (default), and with it
-        sigma_P and sigma_B0; see `astro_dia.uncertainty`.
+    compute_errors : bool or 'covariance', optional
+        True (default): sigma_P, sigma_B0 and the errors of the other
+        background coefficients from the observed Fisher information after
+        the fit, with the full covariance and the kernel's errors where the
+        direct solver's size rule finds them cheap; on larger frames with a
+        constant kernel, from matrix-free solves, without the covariance
+        (``result.covariance`` and ``kernel_error`` None). ``'covariance'``:
+        always the full covariance. False: no errors. See
+        `astro_dia.uncertainty`.
     saturation : `~astropy.units.Quantity`, float or None, optional
         Saturation level of both images, as a Quantity convertible to the
         target's unit or a float in the target's unit. None (default) reads
@@ -212,7 +217,11 @@ class DifferenceImager:
         # Names, not torch objects: the fit problem converts them (_torch).
         self.device = device_name(device)
         self.dtype = dtype_name(dtype)
-        self.compute_errors = bool(compute_errors)
+        if isinstance(compute_errors, str) and compute_errors != "covariance":
+            raise ValueError(f"compute_errors must be True, False or 'covariance', "
+                             f"got {compute_errors!r}")
+        self.compute_errors = (compute_errors if isinstance(compute_errors, str)
+                               else bool(compute_errors))
         self.saturation = check_saturation(saturation)
         self.add_keyword = bool(add_keyword)
 

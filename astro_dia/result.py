@@ -116,7 +116,9 @@ class DifferenceResult:
         coefficients (target unit), from the inverse of the observed Fisher
         information (paper eq. 15-17); the kernel-background block is in the
         target unit, the background block in its square. None with
-        ``compute_errors=False``. See `astro_dia.uncertainty`. With a
+        ``compute_errors=False``, and on frames whose errors were found
+        matrix-free (large frames, constant kernel; ask for it with
+        ``compute_errors='covariance'``). See `astro_dia.uncertainty`. With a
         spatially varying kernel the kernel pixels are those of every term
         in turn; under ``constant_scale`` the central pixel of each
         non-constant term is not a free parameter and its rows are
@@ -127,11 +129,13 @@ class DifferenceResult:
         Standard errors of ``background_coefficients`` (target unit); the
         first is sigma_B0.
     kernel_error : (K, K) ndarray or None
-        Standard errors of the kernel pixels.
+        Standard errors of the kernel pixels; None where ``covariance`` is.
     covariance_valid : bool or None
         False when the information matrix failed the checks of paper
         section 2.5 (a `~astro_dia.exceptions.KernelFitWarning` was
-        issued); the errors are then not to be trusted.
+        issued); the errors are then not to be trusted. True for errors
+        found matrix-free (every solve converged to a positive variance;
+        a solve that does not falls back to the checked dense route).
     saturation_levels : dict
         The saturation levels used for masking, ``{'reference': (level,
         source), 'target': (level, source)}``, in the target unit; a level is
@@ -208,7 +212,8 @@ class DifferenceResult:
 
     def scale_factor_error_at(self, x, y):
         """
-        Standard error of P at pixel positions, from ``self.covariance``.
+        Standard error of P at pixel positions (``scale_factor_error`` for
+        a constant kernel, from ``self.covariance`` for a varying one).
 
         Parameters
         ----------
@@ -220,7 +225,7 @@ class DifferenceResult:
         sigma_p : float or ndarray or None
             None without errors (``compute_errors=False``).
         """
-        if self.covariance is None:
+        if self.scale_factor_error is None:
             return None
         if self.kernel_terms is None or self.constant_scale:
             values = np.full(_position_shape(x, y), self.scale_factor_error)

@@ -128,6 +128,22 @@ def fisher_information(problem, kernel, coefficients):
     neglected. Reference noise included in the weights
     (``reference_noise=True``) is treated as a fixed part of ``sigma**2``.
     """
+    weights = information_weights(problem, kernel, coefficients)
+    normal, _ = assemble_normal_equations(problem, weights, dtype=torch.float64)
+    add_regularization(normal, problem)
+    information = normal.cpu().numpy().copy()
+    return 0.5 * (information + information.T)
+
+
+def information_weights(problem, kernel, coefficients):
+    """
+    Per-pixel weights ``rho''(z) / sigma**2`` of the information, float64.
+
+    Evaluated at the model of ``kernel, coefficients`` (tensors or arrays,
+    centred parametrisation); zero outside the fit mask. The dense
+    `fisher_information` and the matrix-free errors
+    (``astro_dia._matrix_free_errors``) use the same weights.
+    """
     tensor = dict(device=problem.device, dtype=problem.dtype)
     if not isinstance(kernel, torch.Tensor):
         kernel = to_tensor(kernel, **tensor)
@@ -139,11 +155,7 @@ def fisher_information(problem, kernel, coefficients):
         variance = problem.variance(model).to(torch.float64)
         z = (problem.target.to(torch.float64) - model.to(torch.float64)) / torch.sqrt(variance)
     curvature = loss_curvature(problem.loss, z)
-    weights = torch.where(problem.mask, curvature / variance, 0.0)
-    normal, _ = assemble_normal_equations(problem, weights, dtype=torch.float64)
-    add_regularization(normal, problem)
-    information = normal.cpu().numpy().copy()
-    return 0.5 * (information + information.T)
+    return torch.where(problem.mask, curvature / variance, 0.0)
 
 
 def _uncentring_jacobian(n, n_kernel, reference_mean, n_scale):
