@@ -15,6 +15,7 @@ written to ``DIR/<file>_cutouts.fits``.
 
 import os
 
+from ._cli_tables import add_file_and_time, check_out
 from ._package_version import version as __version__
 
 __all__ = []
@@ -79,13 +80,8 @@ def run_detect_command(arguments):
 
     from .detection import candidate_cutouts, find_transients, write_cutouts
     from .io import read_result
-    from .photometry import observation_time
 
-    out = os.path.abspath(arguments.out)
-    if any(os.path.abspath(path) == out for path in arguments.results):
-        raise ValueError(f"--out {arguments.out!r} is an input file; choose another name")
-    if os.path.exists(out) and not arguments.overwrite:
-        raise OSError(f"{arguments.out!r} exists; pass --overwrite to replace it")
+    out = check_out(arguments.out, arguments.results, arguments.overwrite)
     if arguments.cutouts:
         os.makedirs(arguments.cutouts, exist_ok=True)
     psf = _reference_psf(arguments)
@@ -105,11 +101,7 @@ def run_detect_command(arguments):
             table["ra"] = table["skycoord"].icrs.ra
             table["dec"] = table["skycoord"].icrs.dec
             table.remove_column("skycoord")
-        table.add_column(os.path.basename(path), name="file", index=0)
-        try:
-            table.add_column(observation_time(result.difference.meta), name="time", index=1)
-        except ValueError:   # no DATE-OBS or MJD-OBS: rows without a time
-            pass
+        add_file_and_time(table, path, result)
         tables.append(table)
     combined = vstack(tables, metadata_conflicts="silent")
     combined.meta.update({"threshold": meta["threshold"]})

@@ -36,6 +36,7 @@ import traceback
 from astropy.units import UnitsError
 
 from ._cli_detect import add_detect_command
+from ._cli_tables import add_file_and_time, check_out
 from ._package_version import version as __version__
 from .demo import DEFAULT_SEED, run_demo
 
@@ -387,14 +388,10 @@ def _run_photometry_command(arguments):
 
     from .io import read_result
     from .photometry import (aperture_photometry_difference, differential_photometry,
-                             gaussian_psf, moffat_psf, observation_time)
+                             gaussian_psf, moffat_psf)
 
-    out = os.path.abspath(arguments.out)
-    for path in arguments.results + [arguments.positions]:
-        if os.path.exists(path) and os.path.abspath(path) == out:
-            raise ValueError(f"--out {arguments.out!r} is an input file; choose another name")
-    if os.path.exists(out) and not arguments.overwrite:
-        raise OSError(f"{arguments.out!r} exists; pass --overwrite to replace it")
+    out = check_out(arguments.out, [path for path in arguments.results + [arguments.positions]
+                                    if os.path.exists(path)], arguments.overwrite)
     positions = _read_positions(arguments.positions)
     psf = (gaussian_psf(arguments.fwhm) if arguments.moffat_beta is None
            else moffat_psf(arguments.fwhm, arguments.moffat_beta))
@@ -410,11 +407,7 @@ def _run_photometry_command(arguments):
             table = differential_photometry(result, positions, psf,
                                             fixed_positions=not arguments.free_positions)
         table.meta.clear()
-        table.add_column(os.path.basename(path), name="file", index=0)
-        try:
-            table.add_column(observation_time(result.difference.meta), name="time", index=1)
-        except ValueError:   # no DATE-OBS or MJD-OBS: rows without a time
-            pass
+        add_file_and_time(table, path, result)
         tables.append(table)
     combined = vstack(tables, metadata_conflicts="silent")
     combined.write(out, overwrite=arguments.overwrite)

@@ -21,6 +21,10 @@ BAD_NOISE      8 the noise model cannot describe the pixel (a flat of zero or le
 OUTLIER       16 rejected from the fit by ``clip`` (cosmic ray, hot pixel, defect)
 EXCLUDED      32 left out of the fit by ``exclude=``
 ========== ===== ==================================================================
+
+The decoding of a flag value into names, `describe_flags` here, is shared
+with the flag tables of `astro_dia.photometry` and `astro_dia.detection`
+(``names_of_set_bits``).
 """
 
 import numpy as np
@@ -61,8 +65,26 @@ def describe_flags(value):
     >>> describe_flags(SATURATED | OUTLIER)
     ['SATURATED', 'OUTLIER']
     """
+    return names_of_set_bits(value, ((name, bit) for bit, name in FLAG_NAMES.items()))
+
+
+def names_of_set_bits(value, named_bits):
+    """
+    The names of the bits set in ``value``, in the order of ``named_bits`` (private).
+
+    Parameters
+    ----------
+    value : int
+        A flag value, the bitwise OR of some of the bits.
+    named_bits : iterable of (str, int)
+        Each flag's name and bit value.
+
+    Returns
+    -------
+    names : list of str
+    """
     value = int(value)
-    return [name for bit, name in FLAG_NAMES.items() if value & bit]
+    return [name for name, bit in named_bits if value & bit]
 
 
 def flag_image(shape, *, masked, saturated, no_model, bad_noise, outlier, excluded):

@@ -16,15 +16,17 @@ EMCCD model (eq. 7) has :math:`b = E/(G_{\\rm total} F)`.
 This module owns the noise models (`NoiseModel` and its subclasses), their
 resolution into `VarianceTerms`, their refinement during a fit
 (`NoiseModel.refine`: the 'uniform' constant, the refit of a subtracted sky
-from the residuals, `refine_sky`) and the choice of a model by name
-(`make_noise_model`). The detector parameters the models need (data unit,
-gain, read noise, EM gain, subtracted sky, the image's own uncertainty) are
-validated and resolved in `astro_dia._detector`, the master flat is loaded
-or recovered in `astro_dia._flat`; `uncertainty_variance` and
-`flat_from_uncertainty` are defined there and importable from here.
+from the residuals) and the choice of a model by name (`make_noise_model`).
+`VarianceTerms` itself and the sky refit `refine_sky` are defined in
+`astro_dia._variance_terms`. The detector parameters the models need (data
+unit, gain, read noise, EM gain, subtracted sky, the image's own
+uncertainty) are validated and resolved in `astro_dia._detector`, the
+master flat is loaded or recovered in `astro_dia._flat`. `VarianceTerms`,
+`refine_sky`, `uncertainty_variance` and `flat_from_uncertainty` are
+importable from here.
 """
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 from astropy import units as u
@@ -36,6 +38,7 @@ from ._detector import (COUNT_UNITS, EMCCD_COUNT_UNITS, compare_with_uncertainty
                         resolve_sky, sky_statistics, uncertainty_variance, validate_em_gain,
                         validate_gain, validate_read_noise, validate_sky)
 from ._flat import flat_from_uncertainty, flat_recoverable, load_flat
+from ._variance_terms import VarianceTerms, refine_sky
 
 # Settings of the checks, defined where they are applied and importable from here as before.
 from ._detector import SKY_ESTIMATED, SKY_EXCESS_THRESHOLD, SKY_ZERO_SIGMAS  # noqa: F401, E402
@@ -49,72 +52,6 @@ __all__ = ["VarianceTerms", "NoiseModel", "CCDNoiseModel", "EMCCDNoiseModel",
 #: Sky pixels of EMCCD data in electrons scattering with less than this
 #: fraction of the predicted variance are taken for photo-electrons.
 SCATTER_DEFICIT_THRESHOLD = 0.1
-
-
-@dataclass
-class VarianceTerms:
-    """
-    The noise model of one image, resolved to numbers in its data unit.
-
-    The variance of a pixel with model value ``M`` is
-    ``max(constant + slope * max(M + offset, 0), minimum)``.
-
-    Parameters
-    ----------
-    constant : float or (M, N) ndarray
-        Constant variance term (read noise), in the data unit squared.
-    slope : float or (M, N) ndarray
-        Photon-noise slope, in the data unit.
-    offset : float
-        Sky level added back to the model before the photon term (the data
-        unit); zero unless the data were sky-subtracted.
-    minimum : float or (M, N) ndarray
-        Floor of the variance, so that weights stay finite.
-    bad : (M, N) bool ndarray or None
-        Pixels the model cannot describe (e.g. a flat of zero), to be masked.
-    estimate_scale : bool
-        If true the variance is known only up to a constant factor, which is
-        estimated from the residuals after the fit (the uniform model).
-    settings : dict
-        The resolved scalar settings, with where each came from, for the
-        provenance keywords.
-    """
-
-    constant: object = 0.0
-    slope: object = 0.0
-    offset: float = 0.0
-    minimum: object = 0.0
-    bad: object = None
-    estimate_scale: bool = False
-    settings: dict = field(default_factory=dict)
-
-    def variance(self, model):
-        """
-        Evaluate the variance at ``model``.
-
-        Parameters
-        ----------
-        model : ndarray
-            Model image in the data unit, broadcastable with the terms.
-
-        Returns
-        -------
-        variance : ndarray
-        """
-        variance = self.constant + self.slope * np.maximum(model + self.offset, 0.0)
-        return np.maximum(variance, self.minimum)
-
-    def cropped(self, region):
-        """Return the terms restricted to ``region`` (a tuple of slices)."""
-
-        def crop(value):
-            return value[region] if np.ndim(value) == 2 else value
-
-        return VarianceTerms(constant=crop(self.constant), slope=crop(self.slope),
-                             offset=self.offset, minimum=crop(self.minimum),
-                             bad=None if self.bad is None else self.bad[region],
-                             estimate_scale=self.estimate_scale,
-                             settings=dict(self.settings))
 
 
 class NoiseModel:
@@ -263,35 +200,6 @@ class _PhotonNoiseModel(NoiseModel):
         if not self.refines(terms, stage):
             return terms
         return replace(terms, offset=refine_sky(terms.cropped(region), model, residual, mask))
-
-
-def refine_sky(terms, model, residual, mask):
-    """
-    Re-estimate a subtracted sky level from the residuals of a fit.
-
-    Solves ``sum(D**2) = sum(constant + slope * (M + S))`` for ``S`` over
-    the fitted pixels whose residual is within five sigma.
-
-    Parameters
-    ----------
-    terms : `VarianceTerms`
-        Terms (on the same pixels as ``model``) whose ``offset`` is the
-        current estimate.
-    model, residual : ndarray
-        Model and ``target - model``.
-    mask : bool ndarray
-        The fitted pixels.
-
-    Returns
-    -------
-    sky : float
-    """
-    variance = terms.variance(model)
-    keep = mask & (np.abs(residual) < 5 * np.sqrt(variance))
-    constant = np.broadcast_to(terms.constant, model.shape)[keep]
-    slope = np.broadcast_to(terms.slope, model.shape)[keep]
-    excess = residual[keep] ** 2 - constant - slope * model[keep]
-    return max(float(np.sum(excess) / np.sum(slope)), 0.0)
 
 
 class CCDNoiseModel(_PhotonNoiseModel):

@@ -18,6 +18,8 @@ EXTENDED        16 a broader filter finds it more significant than a point sourc
 ============ ===== ====================================================================
 """
 
+from ..flags import names_of_set_bits
+
 __all__ = ["DETECTION_FLAGS", "decode_detection_flags"]
 
 #: Flag names and their bit values.
@@ -42,5 +44,4 @@ def decode_detection_flags(value):
     >>> decode_detection_flags(4 | 2)
     ['MASKED', 'DIPOLE']
     """
-    value = int(value)
-    return [name for name, bit in DETECTION_FLAGS.items() if value & bit]
+    return names_of_set_bits(value, DETECTION_FLAGS.items())

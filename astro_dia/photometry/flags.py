@@ -8,6 +8,8 @@ The ``flags`` column of `~astro_dia.photometry.differential_photometry`,
 flux), which is never set: a negative flux is normal on a difference image.
 """
 
+from ..flags import names_of_set_bits
+
 __all__ = ["PHOTOMETRY_FLAGS", "decode_flags"]
 
 #: Flag names and their bit values.
@@ -51,5 +53,4 @@ def decode_flags(value):
     >>> decode_flags(4096 | 1)
     ['n_pixels_fit_partial', 'outside_image']
     """
-    value = int(value)
-    return [name for name, bit in PHOTOMETRY_FLAGS.items() if value & bit]
+    return names_of_set_bits(value, PHOTOMETRY_FLAGS.items())
