@@ -37,6 +37,15 @@ STAR_RESIDUAL_FRACTION = 0.2
 MAX_CLIP_PASSES = 3
 
 
+#: Newton decrement (in standard deviations of the parameters) at which the
+#: robust pass stops. It only finds the candidates for rejection at ``clip``
+#: sigma per pixel, where a model off by a fraction of the parameters' own
+#: errors changes nothing, and the fit proper judges every pixel again; on
+#: the 1000 x 1000 speed pair with 300 cosmic rays it rejects the same 2660
+#: pixels as a pass converged to 1e-3, with 58 instead of 91 products.
+ROBUST_TOLERANCE = 0.1
+
+
 def robust_twin(problem):
     """
     A copy of ``problem`` with the Huber loss and the variance fixed at the data.
@@ -61,6 +70,7 @@ def robust_twin(problem):
     twin.extra_variance = None
     twin.reference_variance_spectrum = None
     twin.loss = HuberLoss()
+    twin.newton_tolerance = ROBUST_TOLERANCE
     return twin
 
 

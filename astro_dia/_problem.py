@@ -119,6 +119,9 @@ class FitProblem:
             None if reference_variance is None
             else torch.fft.rfft2(to_tensor(reference_variance, **tensor), s=self.fft_shape))
         self.extra_variance = None  # reference noise through K**2, held fixed per pass
+        # Newton-decrement tolerance of the Gauss-Newton solvers; None: the
+        # dtype's (astro_dia._tolerances). The robust pass sets a coarse one.
+        self.newton_tolerance = None
 
     def set_noise_terms(self, terms):
         """Put the target's noise terms (cropped to the valid region) on the device."""

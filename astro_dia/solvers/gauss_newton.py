@@ -22,7 +22,8 @@ preconditioned conjugate gradients (`solve_cg`).
 The iteration stops when the Newton decrement
 ``lambda = sqrt(g^T H^{-1} g)``, the length of the step in units of the
 statistical standard deviations of the parameters, falls below ``1e-6``
-(float64) or ``1e-3`` (float32). Where the objective is far from quadratic
+(float64) or ``1e-3`` (float32), or the problem's own ``newton_tolerance``
+(0.1 for the robust pass before clipping). Where the objective is far from quadratic
 (gross outliers under the Gaussian loss with a model-dependent variance) or
 at the resolution of float32, the steps stall; `polish_if_stalled` then
 hands over to the whitened L-BFGS of `~astro_dia.solvers.iterative`.
@@ -144,7 +145,7 @@ def gauss_newton(problem, theta, metric, *, max_iter, max_reweight):
     -------
     state : ``astro_dia._problem.FitState``
     """
-    tol = tolerance(problem.dtype)
+    tol = getattr(problem, "newton_tolerance", None) or tolerance(problem.dtype)
     previous = math.inf
     n_reweight = 0
     reweighted = False
