@@ -1,7 +1,8 @@
 """Assembly of a fit's outcome (private; functional core of `DifferenceImager.fit`).
 
 Owns what happens after the solver: the final model ``R (x) K + B`` in
-float64 on the un-centred reference, its variance (with the reference
+float64 on the un-centred reference (on the fit's device, by the fit's own
+functions in `astro_dia._model`), its variance (with the reference
 noise through ``K**2`` and the 'uniform' constant from the final
 residuals), the difference, its uncertainty, flags and mask, the
 fit-quality check of D/sigma, the errors from the Fisher information and
@@ -14,9 +15,9 @@ import warnings
 import numpy as np
 from astropy.nddata import CCDData, StdDevUncertainty
 from astropy.stats import mad_std
-from scipy.signal import fftconvolve
 
 from ._matrix_free_errors import matrix_free_errors, use_matrix_free
+from ._model import convolve_frame
 from ._package_version import version as __version__
 from ._provenance import copy_meta, stamp
 from ._torch import to_numpy
@@ -36,7 +37,7 @@ CLIPPED_FRACTION_WARNING = 0.1
 
 
 def final_model(reference, kernel_terms, coefficients, shape, valid, *, kernel_degree,
-                background_degree):
+                background_degree, device):
     """
     ``R (x) K + B`` in float64 on the valid region, and the background ``B``.
 
@@ -48,13 +49,13 @@ def final_model(reference, kernel_terms, coefficients, shape, valid, *, kernel_d
         The kernel, or its polynomial terms for ``kernel_degree > 0``.
     coefficients : (B,) ndarray
         Un-centred background coefficients.
+    device : str or `torch.device`
+        The fit's device, where the convolution is made
+        (`astro_dia._model.convolve_frame`, the fit's own function).
     """
-    if kernel_degree == 0:
-        model_valid = fftconvolve(reference, kernel_terms, mode="valid")
-    else:
-        model_valid = sum(term * fftconvolve(reference, k, mode="valid") for term, k in
-                          zip(background_basis(shape, kernel_degree, region=valid),
-                              kernel_terms))
+    basis = (None if kernel_degree == 0
+             else background_basis(shape, kernel_degree, region=valid))
+    model_valid = convolve_frame(reference, kernel_terms, device=device, kernel_basis=basis)
     background = np.tensordot(coefficients, background_basis(shape, background_degree), axes=1)
     return model_valid + background[valid], background
 
@@ -188,16 +189,16 @@ def assemble_result(state, problem, inputs, outliers, config):
     reference = np.where(inputs.reference_bad, 0.0, inputs.reference_image.data)
     model_valid, background = final_model(
         reference, kernel_terms, coefficients, shape, valid, kernel_degree=kernel_degree,
-        background_degree=config["background_degree"])
+        background_degree=config["background_degree"], device=problem.device)
     model_valid[inputs.model_undefined] = np.nan
     model = np.full(shape, np.nan)
     model[valid] = model_valid
 
     variance_valid = terms.cropped(valid).variance(model_valid)
     if inputs.reference_variance is not None:
-        variance_valid = variance_valid + np.maximum(fftconvolve(
+        variance_valid = variance_valid + np.maximum(convolve_frame(
             np.where(inputs.reference_bad, 0.0, inputs.reference_variance), kernel ** 2,
-            mode="valid"), 0)
+            device=problem.device), 0)
     difference = target_image.data - model
     fit_mask = inputs.fit_mask & ~outliers   # the pixels the final fit used
     if terms.estimate_scale:

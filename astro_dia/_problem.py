@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.fft import next_fast_len
 
+from ._model import fft_shape, valid_convolution, variance_at
 from ._torch import resolve_device, resolve_dtype, to_tensor
 from .background import background_basis, polynomial_terms
 from .losses import laplacian_matrix, laplacian_penalty
@@ -105,7 +105,7 @@ class FitProblem:
         # Convolutions are products of spectra: their cost does not grow with
         # the kernel size. Padding to a fast length leaves the valid region
         # free of wrap-around.
-        self.fft_shape = (next_fast_len(ny, real=True), next_fast_len(nx, real=True))
+        self.fft_shape = fft_shape((ny, nx))
         self.shape = (ny, nx)
         self.reference_spectrum = torch.fft.rfft2(self.reference[0, 0], s=self.fft_shape)
         self.target = to_tensor(target[self.valid], **tensor)
@@ -173,13 +173,7 @@ class FitProblem:
         return self._convolve_spectrum(self.reference_spectrum, self.effective_kernel(kernel))
 
     def _convolve_spectrum(self, spectrum, kernel):
-        full = torch.fft.irfft2(spectrum * torch.fft.rfft2(kernel, s=self.fft_shape),
-                                s=self.fft_shape)
-        k = self.kernel_size - 1
-        valid = full[..., k:self.shape[0], k:self.shape[1]]
-        if kernel.dim() == 3:
-            valid = (valid * self.kernel_basis).sum(dim=0)
-        return valid
+        return valid_convolution(spectrum, kernel, self.shape, kernel_basis=self.kernel_basis)
 
     def background(self, coefficients):
         return torch.tensordot(coefficients, self.basis, dims=1)
@@ -190,8 +184,7 @@ class FitProblem:
 
     def variance(self, model):
         """Noise variance of the target at ``model`` (plus the reference term)."""
-        variance = self.constant + self.slope * torch.clamp(model + self.offset, min=0.0)
-        variance = torch.maximum(variance, self.minimum)
+        variance = variance_at(model, self.constant, self.slope, self.minimum, self.offset)
         if self.extra_variance is not None:
             variance = variance + self.extra_variance
         return variance

@@ -6,11 +6,15 @@ data unit (the affine variance of `astro_dia.noise` with its floor, masked
 pixels and provenance settings), and `refine_sky`, the re-estimate of a
 subtracted sky level from a fit's residuals. Both are public through
 `astro_dia.noise`, which defines the models that produce and refine them.
+The variance formula itself is `astro_dia._model.variance_at`, the one the
+fit uses.
 """
 
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from ._model import variance_at
 
 __all__ = ["VarianceTerms", "refine_sky"]
 
@@ -65,8 +69,8 @@ class VarianceTerms:
         -------
         variance : ndarray
         """
-        variance = self.constant + self.slope * np.maximum(model + self.offset, 0.0)
-        return np.maximum(variance, self.minimum)
+        return variance_at(np.asarray(model, dtype=float), self.constant, self.slope,
+                           self.minimum, self.offset)
 
     def cropped(self, region):
         """Return the terms restricted to ``region`` (a tuple of slices)."""
