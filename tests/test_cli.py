@@ -196,6 +196,7 @@ def test_run_demo_rejects_bad_arguments(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow   # a fresh interpreter's start-up, over 4 s; the CLI is tested in-process
 def test_python_dash_m_version():
     completed = subprocess.run([sys.executable, "-m", "astro_dia", "--version"],
                                capture_output=True, text=True, timeout=120, check=False)
