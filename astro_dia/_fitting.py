@@ -24,7 +24,7 @@ from ._tolerances import passes_converged
 from ._torch import flush_denormals, to_numpy, to_tensor
 from .exceptions import ConvergenceWarning, DIAError
 from .solvers import choose_solver, solve_cg, solve_direct, solve_iterative
-from .solvers.gauss_newton import resume
+from .solvers.gauss_newton import pack, resume
 
 __all__ = []
 
@@ -127,7 +127,7 @@ def solve_clipped(problem, refinement, settings, clip, check_pixels):
                              candidates, scale_from_residuals=estimate_scale)
     set_fit_mask(problem, candidates & ~outliers)
     check_pixels(to_numpy(problem.mask))
-    state = solve(problem, refinement, settings)
+    state = solve(problem, refinement, settings, start=robust)
     for _ in range(MAX_CLIP_PASSES):
         found = find_outliers(problem, state.kernel, state.coefficients, clip,
                               candidates, scale_from_residuals=estimate_scale)
@@ -157,7 +157,7 @@ def solve_robust(problem, settings):
     steps = dict(max_iter=MAX_ROBUST_STEPS, max_polish_iter=MAX_ROBUST_STEPS)
     if solver == "direct":
         return solve_direct(twin, max_bytes=strip_budget(twin, settings.max_memory), **steps)
-    return solve_cg(twin, **steps)
+    return solve_cg(twin, step_rtol=0.1, **steps)
 
 
 def resume_fit(problem, state, settings):
@@ -173,8 +173,16 @@ def resume_fit(problem, state, settings):
     return resumed
 
 
-def solve(problem, refinement, settings):
-    """Run the chosen solver (``auto`` resolved per problem)."""
+def solve(problem, refinement, settings, start=None):
+    """
+    Run the chosen solver (``auto`` resolved per problem).
+
+    ``start`` (a `FitState`, the robust pass's) is where the direct and
+    matrix-free solvers begin their Gauss-Newton steps when nothing is set
+    from the linear start (`start_hook`), instead of that start: a
+    solution of the same data with the outliers still in, a few sigma from
+    the optimum, where the linear start is tens of sigma away.
+    """
     solver = settings.name
     if solver == "auto":
         solver = choose_solver(problem.shape, problem.kernel_size, problem.device,
@@ -182,7 +190,7 @@ def solve(problem, refinement, settings):
     if solver == "iterative":
         state = solve_iterative_fit(problem, refinement, settings)
     else:
-        state = solve_newton(problem, refinement, settings, solver)
+        state = solve_newton(problem, refinement, settings, solver, start)
     state.solver = solver
     return state
 
@@ -213,8 +221,8 @@ def reference_passes(problem, first, again, start_kernel=None):
     return state
 
 
-def solve_newton(problem, refinement, settings, solver):
-    """Direct or matrix-free: a weighted linear solution, then exact Newton steps."""
+def solve_newton(problem, refinement, settings, solver, start=None):
+    """Direct or matrix-free: a weighted linear solution (or ``start``), then exact Newton steps."""
     steps = dict(max_iter=min(settings.max_iter, MAX_NEWTON_STEPS),
                  max_polish_iter=settings.max_iter)
     if solver == "direct":
@@ -222,9 +230,11 @@ def solve_newton(problem, refinement, settings, solver):
         first_steps = dict(steps, max_bytes=strip_budget(problem, settings.max_memory))
     else:
         solve_once, first_steps = solve_cg, steps
+    prepare = start_hook(problem, refinement)
+    if prepare is None and start is not None:
+        first_steps["start"] = pack(start.kernel, start.coefficients)
     return reference_passes(
-        problem,
-        lambda: solve_once(problem, prepare=start_hook(problem, refinement), **first_steps),
+        problem, lambda: solve_once(problem, prepare=prepare, **first_steps),
         lambda state: resume(problem, state, **steps))
 
 

@@ -28,8 +28,10 @@ __all__ = []
 
 #: Relative residual (preconditioned norm) of each solve. The error of
 #: ``c^T x`` is the squared energy norm of the error of ``x``: of the order
-#: of RTOL**2 relative, far below the 1% to which errors are quoted.
-RTOL = 1e-3
+#: of RTOL**2 relative, far below the 1% to which errors are quoted (at
+#: 1000 x 1000 with a 19 x 19 kernel, sigma_P agrees with the dense value
+#: to 2.5e-4, at 8 products per solve where 1e-3 took 12).
+RTOL = 1e-2
 
 #: A solve whose true residual ends above this many times RTOL failed.
 RESIDUAL_SLACK = 10.0

@@ -28,9 +28,17 @@ import torch
 from scipy.fft import next_fast_len
 
 from .._normal import add_regularization, cholesky
-from .gauss_newton import gauss_newton, linear_start, pack, polish_if_stalled, unpack
+from .gauss_newton import (gauss_newton, linear_start, pack, polish_if_stalled, start_weights,
+                           unpack)
 
 __all__ = ["solve_cg"]
+
+#: The preconditioner is rebuilt only when the weights moved by more than
+#: this fraction (``sum |w - w0| / sum w0``) since it was built; the
+#: products always use the current weights, so a stale preconditioner
+#: costs at most a few conjugate-gradient iterations, where a rebuild
+#: costs several products' worth of FFTs.
+REBUILD_CHANGE = 0.05
 
 
 class ConjugateGradientMetric:
@@ -48,7 +56,8 @@ class ConjugateGradientMetric:
         Maximum iterations per solve.
     """
 
-    #: Refreshing the weights costs one FFT autocorrelation: do it every step.
+    #: Refreshing the weights costs nothing until the preconditioner is
+    #: rebuilt (`REBUILD_CHANGE`): do it every step.
     reweight_every_step = True
 
     def __init__(self, problem, weights, *, rtol=1e-2, max_cg_iter=500):
@@ -56,6 +65,7 @@ class ConjugateGradientMetric:
         self.rtol, self.max_cg_iter = rtol, max_cg_iter
         self.n_products = 0
         self.n_kernel = problem.n_kernel
+        self._built_for = None
         self._prepare_reference()
         self.reweight(weights)
 
@@ -85,7 +95,15 @@ class ConjugateGradientMetric:
                            else problem.kernel_basis.to(torch.float64))
 
     def reweight(self, weights):
+        """Use ``weights`` in the products; rebuild the preconditioner if they moved enough."""
         self.weights = weights
+        if self._built_for is not None:
+            with torch.no_grad():
+                moved = float(torch.sum(torch.abs(weights - self._built_for))
+                              / torch.sum(self._built_for))
+            if moved <= REBUILD_CHANGE:
+                return
+        self._built_for = weights
         self.preconditioner = self._toeplitz_approximation(weights)
         self.factor = cholesky(self.preconditioner)
         if self.factor is None:   # fall back to the diagonal
@@ -210,7 +228,7 @@ class ConjugateGradientMetric:
 
 
 def solve_cg(problem, *, max_iter=50, max_reweight=50, rtol=1e-2, max_cg_iter=500,
-             max_polish_iter=2000, prepare=None):
+             max_polish_iter=2000, prepare=None, step_rtol=None, start=None):
     """
     Fit by matrix-free conjugate gradients and Gauss-Newton steps on the exact objective.
 
@@ -225,21 +243,30 @@ def solve_cg(problem, *, max_iter=50, max_reweight=50, rtol=1e-2, max_cg_iter=50
         Relative residual of each conjugate-gradient solve.
     max_cg_iter : int
         Maximum conjugate-gradient iterations per solve.
+    step_rtol : float, optional
+        Relative residual of the solves of the Gauss-Newton steps after
+        the linear start (default ``rtol``): a looser one where the steps
+        converge no faster than linearly anyway (the robust pass).
     max_polish_iter : int, optional
         Maximum L-BFGS iterations if the Gauss-Newton steps stall (whitened
         by the Cholesky factor of the Toeplitz preconditioner).
     prepare : callable, optional
         Called with the linear start; see
         `~astro_dia.solvers.gauss_newton.linear_start`.
+    start : tensor, optional
+        Parameters to start the Gauss-Newton steps from instead of the
+        linear start; see `~astro_dia.solvers.gauss_newton.start_weights`.
 
     Returns
     -------
     state : ``astro_dia._problem.FitState``
         With ``metric`` (the `ConjugateGradientMetric`) attached.
     """
-    weights = problem.weights(problem.target)
-    metric = ConjugateGradientMetric(problem, weights, rtol=rtol, max_cg_iter=max_cg_iter)
-    theta = linear_start(problem, metric, prepare)
+    metric = ConjugateGradientMetric(problem, start_weights(problem, start), rtol=rtol,
+                                     max_cg_iter=max_cg_iter)
+    theta = linear_start(problem, metric, prepare) if start is None else start
+    if step_rtol is not None:
+        metric.rtol = step_rtol
     state = gauss_newton(problem, theta, metric, max_iter=max_iter, max_reweight=max_reweight)
     state = polish_if_stalled(problem, state, metric.factor, max_iter=max_polish_iter)
     state.n_products = metric.n_products

@@ -28,7 +28,7 @@ re-assembled once with float64 products.
 import torch
 
 from .._normal import DEFAULT_CHUNK_BYTES, add_regularization, assemble_normal_equations, cholesky
-from .gauss_newton import gauss_newton, linear_start, polish_if_stalled
+from .gauss_newton import gauss_newton, linear_start, polish_if_stalled, start_weights
 
 __all__ = ["solve_direct"]
 
@@ -88,7 +88,7 @@ class NormalMatrixMetric:
 
 
 def solve_direct(problem, *, max_iter=50, max_reweight=10, max_bytes=None, gemm_dtype=None,
-                 max_polish_iter=2000, prepare=None):
+                 max_polish_iter=2000, prepare=None, start=None):
     """
     Fit by the normal equations and Gauss-Newton steps on the exact objective.
 
@@ -107,6 +107,9 @@ def solve_direct(problem, *, max_iter=50, max_reweight=10, max_bytes=None, gemm_
         ``prepare(kernel, coefficients)`` is called with the linear start
         and returns True if it changed the problem's noise terms; see
         `~astro_dia.solvers.gauss_newton.linear_start`.
+    start : tensor, optional
+        Parameters to start the Gauss-Newton steps from instead of the
+        linear start; see `~astro_dia.solvers.gauss_newton.start_weights`.
     gemm_dtype : `torch.dtype`, optional
         Precision of the matrix products; float32 by default, whatever the
         fit's dtype (the exact gradient makes up for the rounding).
@@ -116,10 +119,10 @@ def solve_direct(problem, *, max_iter=50, max_reweight=10, max_bytes=None, gemm_
     state : ``astro_dia._problem.FitState``
         With ``metric`` (the last `NormalMatrixMetric`) attached.
     """
-    weights = problem.weights(problem.target)
-    metric = NormalMatrixMetric(problem, weights, gemm_dtype=gemm_dtype or torch.float32,
+    metric = NormalMatrixMetric(problem, start_weights(problem, start),
+                                gemm_dtype=gemm_dtype or torch.float32,
                                 max_bytes=max_bytes or DEFAULT_CHUNK_BYTES)
-    theta = linear_start(problem, metric, prepare)
+    theta = linear_start(problem, metric, prepare) if start is None else start
     state = gauss_newton(problem, theta, metric, max_iter=max_iter,
                          max_reweight=max_reweight)
     state = polish_if_stalled(problem, state, metric.factor, max_iter=max_polish_iter)

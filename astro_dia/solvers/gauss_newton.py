@@ -261,6 +261,19 @@ def resume(problem, state, *, max_iter, max_polish_iter):
     return polish_if_stalled(problem, resumed, metric.factor, max_iter=max_polish_iter)
 
 
+def start_weights(problem, start=None):
+    """
+    The weights of the first metric: at the data, or at the model of ``start``.
+
+    ``start`` (packed parameters, e.g. the robust pass's solution before
+    clipping) replaces the weighted least-squares start; the first metric
+    then has the Gauss-Newton weights of its model, as any later step.
+    """
+    if start is None:
+        return problem.weights(problem.target)
+    return irls_weights(problem, start)
+
+
 def linear_start(problem, metric, prepare):
     """
     The weighted least-squares start, after ``prepare`` has seen it.
