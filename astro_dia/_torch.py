@@ -122,3 +122,62 @@ def flush_denormals():
     finally:
         if supported:
             torch.set_flush_denormal(False)
+
+
+@contextmanager
+def exact_float32():
+    """
+    Full float32 precision in matrix products and convolutions for the duration of a fit.
+
+    On NVIDIA GPUs torch may compute float32 products in TF32 (10-bit
+    mantissa) when a program asked for it elsewhere
+    (`torch.set_float32_matmul_precision`, ``torch.backends.cudnn.allow_tf32``);
+    the normal matrix and the Fisher information need the full float32
+    mantissa. The caller's settings are restored on exit. No effect on the CPU.
+    """
+    precision = torch.get_float32_matmul_precision()
+    cudnn = torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cudnn.allow_tf32 = cudnn
+
+
+def _is_out_of_memory(error):
+    """A torch allocation failure: CUDA's OutOfMemoryError, or the CPU allocator's."""
+    out_of_memory = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    return isinstance(error, out_of_memory) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+
+
+@contextmanager
+def out_of_memory_as_error(shape, kernel_size, device, error_class):
+    """
+    Turn torch's out-of-memory failures into ``error_class`` with what to change.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The image shape, named in the message.
+    kernel_size : int
+    device : str
+        The fit's device name.
+    error_class : type
+        The exception to raise (the caller's `~astro_dia.exceptions.DIAError`).
+    """
+    try:
+        yield
+    except (RuntimeError, MemoryError) as error:
+        if not (_is_out_of_memory(error) or isinstance(error, MemoryError)):
+            raise
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        raise error_class(
+            f"the fit of a {shape[0]} x {shape[1]} frame with a {kernel_size} x {kernel_size} "
+            f"kernel ran out of memory on {device!r}; use solver='cg' (a few image-sized "
+            f"buffers whatever the kernel), a smaller max_memory for solver='direct', "
+            f"compute_errors=True rather than 'covariance', dtype='float32', or another "
+            f"device") from error

@@ -11,9 +11,10 @@ from ._inputs import check_enough_pixels, prepare_inputs
 from ._kernel_header import kernel_cards, remove_kernel_cards
 from ._problem import FitProblem
 from ._provenance import stamp
-from ._torch import device_name, dtype_name
+from ._torch import device_name, dtype_name, exact_float32, out_of_memory_as_error
 from ._validation import check_clip, check_saturation
 from .background import background_basis, polynomial_terms
+from .exceptions import DIAError
 from .kernels import check_kernel_size
 from .losses import get_loss
 from .noise import make_noise_model
@@ -216,6 +217,9 @@ class DifferenceImager:
         check_kernel_init(self.solver_settings.kernel_init, self.kernel_size)
         # Names, not torch objects: the fit problem converts them (_torch).
         self.device = device_name(device)
+        # 'auto' is resolved again where a pickled imager is loaded (a dask
+        # worker with a GPU, a client without one): see __setstate__.
+        self._device_request = "auto" if isinstance(device, str) and device == "auto" else None
         self.dtype = dtype_name(dtype)
         if isinstance(compute_errors, str) and compute_errors != "covariance":
             raise ValueError(f"compute_errors must be True, False or 'covariance', "
@@ -224,6 +228,12 @@ class DifferenceImager:
                                else bool(compute_errors))
         self.saturation = check_saturation(saturation)
         self.add_keyword = bool(add_keyword)
+
+    def __setstate__(self, state):
+        """Loaded from a pickle: ``device='auto'`` chooses this machine's device."""
+        self.__dict__.update(state)
+        if state.get("_device_request") == "auto":
+            self.device = device_name("auto")
 
     @property
     def solver(self):
@@ -310,25 +320,28 @@ class DifferenceImager:
             exclude=exclude)
         reference_bad, target_bad, valid = inputs.reference_bad, inputs.target_bad, inputs.valid
         variance = inputs.reference_variance
-        problem = FitProblem(
-            np.where(reference_bad, 0.0, inputs.reference_image.data),
-            np.where(target_bad, 0.0, inputs.target_image.data), inputs.fit_mask,
-            background_basis(inputs.target_image.data.shape, self.background_degree,
-                             region=valid),
-            inputs.terms.cropped(valid), self.kernel_size, self.loss, self.regularization,
-            None if variance is None else np.where(reference_bad, 0.0, variance),
-            device=self.device, dtype=self.dtype, kernel_degree=self.kernel_degree,
-            constant_scale=self.constant_scale)
+        guard = out_of_memory_as_error(inputs.target_image.data.shape, self.kernel_size,
+                                       self.device, DIAError)
+        with guard, exact_float32():
+            problem = FitProblem(
+                np.where(reference_bad, 0.0, inputs.reference_image.data),
+                np.where(target_bad, 0.0, inputs.target_image.data), inputs.fit_mask,
+                background_basis(inputs.target_image.data.shape, self.background_degree,
+                                 region=valid),
+                inputs.terms.cropped(valid), self.kernel_size, self.loss, self.regularization,
+                None if variance is None else np.where(reference_bad, 0.0, variance),
+                device=self.device, dtype=self.dtype, kernel_degree=self.kernel_degree,
+                constant_scale=self.constant_scale)
 
-        def check_pixels(fit_mask):
-            check_enough_pixels(fit_mask, self.kernel_size, self.kernel_degree,
-                                self.background_degree)
+            def check_pixels(fit_mask):
+                check_enough_pixels(fit_mask, self.kernel_size, self.kernel_degree,
+                                    self.background_degree)
 
-        state, outliers, terms = run_fit(problem, self.noise_model, inputs.terms, valid,
-                                         self.solver_settings, clip=self.clip,
-                                         check_pixels=check_pixels)
-        inputs = replace(inputs, terms=terms)   # as the noise model refined them
-        values = assemble_result(state, problem, inputs, outliers, self._config())
+            state, outliers, terms = run_fit(problem, self.noise_model, inputs.terms, valid,
+                                             self.solver_settings, clip=self.clip,
+                                             check_pixels=check_pixels)
+            inputs = replace(inputs, terms=terms)   # as the noise model refined them
+            values = assemble_result(state, problem, inputs, outliers, self._config())
         result = DifferenceResult(fit_time=time.perf_counter() - start, **values)
         # The kernel in the header, so that photometry on the difference image
         # alone (after CCDData.write/read too) uses the target PSF; kernel

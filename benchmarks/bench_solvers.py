@@ -6,6 +6,7 @@ Run by hand (not part of the test suite)::
     python benchmarks/bench_solvers.py [--sizes 142 512 1000 2000] [--kernels 19 25]
                                        [--paper-max 1000] [--numpy-max 1000] [--out FILE]
                                        [--repeat N] [--hotpants PATH] [--only LABEL ...]
+                                       [--wait-policy ACTIVE|PASSIVE]
 
 For each image size and kernel size it simulates one S10-like pair (CCD
 noise, gain 1, read noise 5 adu, 100 stars per 100 x 100 pixels, skies of
@@ -43,7 +44,9 @@ All astro_dia fits except ``default+errors`` and ``diff CLI`` use the CCD
 noise model with the Gaussian likelihood of eq. 8 (a model-dependent
 variance) to full convergence, with ``compute_errors=False`` (the error
 computation is the same for every solver: one float64 normal-matrix
-assembly, timed separately in the row ``direct+errors``).
+assembly in the row ``direct+errors``; on large frames the default takes the
+matrix-free route of ``astro_dia._matrix_free_errors``, timed in
+``default+errors``).
 
 Columns: ``seconds`` (the median of ``--repeat N`` runs made round-robin,
 A B C A B C ..., so that a change in the machine's load hits every row),
@@ -317,6 +320,9 @@ def main(argv=None):
     parser.add_argument("--hotpants", default=default_hotpants(),
                         help="HOTPANTS binary (default: $HOTPANTS, or hotpants on PATH); "
                              "without one the hotpants row is skipped")
+    parser.add_argument("--wait-policy", choices=["ACTIVE", "PASSIVE"],
+                        help="OMP_WAIT_POLICY of every fit's process (default: as inherited; "
+                             "PASSIVE halved astro_dia's speed on an idle 2-core machine)")
     parser.add_argument("--out", help="also write the table (rst) to this file")
     parser.add_argument("--one", nargs=3, metavar=("SIZE", "KERNEL", "LABEL"),
                         help=argparse.SUPPRESS)
@@ -350,7 +356,9 @@ def main(argv=None):
     columns = f"{'size':>5} {'K':>3} {'method':<18} {'seconds':>8} {'x numpy':>8} " \
               f"{'x iter':>7} {'x hotpants':>10} {'P':>7} {'dP/P vs direct f64':>19} " \
               f"{'MFV':>6} {'iter':>5} {'peak GiB':>8}"
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    env = dict(os.environ)
+    if args.wait_policy:
+        env["OMP_WAIT_POLICY"] = args.wait_policy
     if args.hotpants:
         env["HOTPANTS"] = args.hotpants
     for size in args.sizes:

@@ -40,6 +40,14 @@ __all__ = ["solve_cg"]
 #: costs several products' worth of FFTs.
 REBUILD_CHANGE = 0.05
 
+#: Conjugate-gradient iterations between two reads of the residual on a GPU.
+CHECK_EVERY_ON_GPU = 8
+
+
+def check_interval(device):
+    """Iterations between convergence checks: every one on the CPU (a read costs nothing)."""
+    return 1 if device.type == "cpu" else CHECK_EVERY_ON_GPU
+
 
 class ConjugateGradientMetric:
     """
@@ -203,27 +211,36 @@ class ConjugateGradientMetric:
         return vector / self.diagonal
 
     def solve(self, rhs):
-        """Preconditioned conjugate gradients for ``A^T W A x = rhs``."""
+        """
+        Preconditioned conjugate gradients for ``A^T W A x = rhs``.
+
+        The scalars stay on the device; convergence (and a non-positive
+        curvature) is read back every `check_interval` iterations only, so
+        that a GPU is not made to wait for the host at every iteration. An
+        iteration after the stop changes nothing (its step is zero).
+        """
         x = self.precondition(rhs)
         residual = rhs - self.apply(x)
         z = self.precondition(residual)
         direction = z.clone()
-        rz = float(residual @ z)
-        target = self.rtol ** 2 * float(rhs @ self.precondition(rhs))
-        for _ in range(self.max_cg_iter):
-            if rz <= target:
+        rz = residual @ z
+        target = self.rtol ** 2 * (rhs @ self.precondition(rhs))
+        every = check_interval(rhs.device)
+        stopped = torch.zeros((), dtype=torch.bool, device=rhs.device)
+        for iteration in range(self.max_cg_iter):
+            stopped = stopped | (rz <= target)
+            if iteration % every == 0 and bool(stopped):
                 break
             product = self.apply(direction)
-            curvature = float(direction @ product)
-            if not math.isfinite(curvature) or curvature <= 0:
-                break
-            alpha = rz / curvature
+            curvature = direction @ product
+            stopped = stopped | ~(torch.isfinite(curvature) & (curvature > 0))
+            alpha = torch.where(stopped, 0.0, rz / curvature)
             x = x + alpha * direction
             residual = residual - alpha * product
             z = self.precondition(residual)
-            rz_new = float(residual @ z)
-            direction = z + (rz_new / rz) * direction
-            rz = rz_new
+            rz_new = residual @ z
+            direction = z + torch.where(stopped, 0.0, rz_new / rz) * direction
+            rz = torch.where(stopped, rz, rz_new)
         return x
 
 
