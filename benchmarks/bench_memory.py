@@ -4,6 +4,7 @@ Peak memory and wall time of one large fit.
 Run by hand (not part of the test suite)::
 
     python benchmarks/bench_memory.py [--sizes 2000 4000] [--kernel 19] [--density 20]
+                                      [--ceiling 300]
 
 Each size runs in a fresh child process, so that the peak resident set
 size of one size does not leak into the next. In the child:
@@ -131,6 +132,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=4000)
     parser.add_argument("--solver", default="auto")
     parser.add_argument("--max-memory", default=None, help="e.g. 2GB")
+    parser.add_argument("--ceiling", type=float, default=300.0,
+                        help="MiB per megapixel the fit may add (docs/performance.rst); "
+                             "the exit status is 1 if a size exceeds it")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
@@ -166,7 +170,11 @@ def main(argv=None):
               f"{row['n_iterations']:>5} {row['baseline_mib']:>9.0f} "
               f"{row['fit_peak_mib']:>13.0f} {row['fit_increment_mib']:>9.0f} "
               f"{row['ru_maxrss_mib']:>14.0f} {row['scale_factor']:>8.4f}")
-    return 0
+    over = [row["size"] for row in rows
+            if row["fit_increment_mib"] > args.ceiling * row["size"] ** 2 / 1e6]
+    print(f"# ceiling {args.ceiling:g} MiB per megapixel: "
+          + (f"exceeded at {over}" if over else "met at every size"))
+    return 1 if over else 0
 
 
 if __name__ == "__main__":
