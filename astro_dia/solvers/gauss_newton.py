@@ -23,7 +23,9 @@ The iteration stops when the Newton decrement
 ``lambda = sqrt(g^T H^{-1} g)``, the length of the step in units of the
 statistical standard deviations of the parameters, falls below ``1e-6``
 (float64) or ``1e-3`` (float32), or the problem's own ``newton_tolerance``
-(0.1 for the robust pass before clipping). Where the objective is far from quadratic
+(0.1 for the robust pass before clipping), or stops decreasing within ten
+times that tolerance (the rounding noise of the gradient). Where the
+objective is far from quadratic
 (gross outliers under the Gaussian loss with a model-dependent variance) or
 at the resolution of float32, the steps stall; `polish_if_stalled` then
 hands over to the whitened L-BFGS of `~astro_dia.solvers.iterative`.
@@ -44,6 +46,11 @@ _REWEIGHT_RATIO = 0.3
 
 #: ... unless the tolerance is this few steps away at the current ratio.
 _CHEAP_STEPS = 8
+
+#: A decrement that stops shrinking within this factor of the tolerance is
+#: the rounding noise of the gradient (in float32 on frames of ten million
+#: pixels and more it is a few 1e-3 sigma): the fit has converged.
+_RESOLVED = 10
 
 
 def tolerance(dtype):
@@ -192,6 +199,11 @@ def gauss_newton(problem, theta, metric, *, max_iter, max_reweight):
                 theta = escalated
                 continue
             # A fresh metric did not shrink the step.
+            if decrement <= _RESOLVED * tol:
+                converged, message = True, (
+                    f"Newton decrement stopped decreasing at {decrement:.2g} sigma, within "
+                    f"{_RESOLVED}x the tolerance (the rounding of the gradient)")
+                break
             stalled, message = True, f"the Newton decrement stalled at {decrement:.2g} sigma"
             break
         if getattr(metric, "reweight_every_step", False):
