@@ -147,9 +147,9 @@ def exact_float32():
 
 
 def _is_out_of_memory(error):
-    """A torch allocation failure: CUDA's OutOfMemoryError, or the CPU allocator's."""
+    """An allocation failure: CUDA's OutOfMemoryError, the CPU allocator's, numpy's."""
     out_of_memory = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-    return isinstance(error, out_of_memory) or (
+    return isinstance(error, (out_of_memory, MemoryError)) or (
         isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
 
 
@@ -171,7 +171,7 @@ def out_of_memory_as_error(shape, kernel_size, device, error_class):
     try:
         yield
     except (RuntimeError, MemoryError) as error:
-        if not (_is_out_of_memory(error) or isinstance(error, MemoryError)):
+        if not _is_out_of_memory(error):
             raise
         if device.startswith("cuda"):
             torch.cuda.empty_cache()

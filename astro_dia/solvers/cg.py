@@ -22,8 +22,6 @@ objective; the weights are refreshed at every outer step, which costs no
 more than one product.
 """
 
-import math
-
 import torch
 from scipy.fft import next_fast_len
 
