@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._model import fft_shape, valid_convolution, variance_at
+from ._model import fft_shape, lag_values, valid_convolution, variance_at
 from ._torch import resolve_device, resolve_dtype, to_tensor
 from .background import background_basis, polynomial_terms
 from .losses import laplacian_matrix, laplacian_penalty
@@ -112,6 +112,9 @@ class FitProblem:
         self.mask = torch.as_tensor(fit_mask, device=device)
         self.n_data = int(fit_mask.sum())
         self.basis = to_tensor(basis, **tensor)
+        # A constant background (degree 0) is one number: added and summed as
+        # such, not as an image of ones.
+        self.constant_background = basis.shape[0] == 1 and bool(np.all(basis[0] == 1.0))
         self.set_noise_terms(terms)
         self.loss = loss
         self.regularization = float(regularization)
@@ -176,6 +179,9 @@ class FitProblem:
         return valid_convolution(spectrum, kernel, self.shape, kernel_basis=self.kernel_basis)
 
     def background(self, coefficients):
+        """The background on the valid region (a number when it is constant)."""
+        if self.constant_background:
+            return coefficients[0]
         return torch.tensordot(coefficients, self.basis, dims=1)
 
     def model(self, kernel, coefficients):
@@ -261,14 +267,11 @@ class FitProblem:
         (..., K, K) tensor
         """
         spectrum = self.reference_spectrum if spectrum is None else spectrum
-        ny, nx = image.shape[-2:]
-        flipped = torch.fft.rfft2(torch.flip(image, (-2, -1)), s=self.fft_shape)
-        full = torch.fft.irfft2(spectrum * flipped, s=self.fft_shape)
-        # full[a + ny - 1, b + nx - 1] = sum_p image_p R_{p + (a, b)}; no
-        # wrap-around reaches these indices because the FFT length is at
-        # least the frame size.
-        block = full[..., ny - 1:ny - 1 + self.kernel_size, nx - 1:nx - 1 + self.kernel_size]
-        return torch.flip(block, (-2, -1))
+        # sum_p image_p R_{p + d} is the inverse transform of R^ conj(image^)
+        # at lag d: no wrap-around reaches d < K, as the FFT length is at
+        # least the frame size. Lag K - 1 - i is kernel index i.
+        product = spectrum * torch.fft.rfft2(image, s=self.fft_shape).conj()
+        return lag_values(product, self.fft_shape, tuple(range(self.kernel_size - 1, -1, -1)))
 
     def transpose(self, image):
         """``A^T image``: the kernel part (`kernel_shape`) and the background part (n_terms,)."""
@@ -276,6 +279,8 @@ class FitProblem:
             kernel_part = self.correlate(image)
         else:
             kernel_part = self.effective_adjoint(self.correlate(self.kernel_basis * image))
+        if self.constant_background:
+            return kernel_part, image.sum().reshape(1)
         return kernel_part, (self.basis * image[None]).sum(dim=(1, 2))
 
     def normal_product(self, weights, kernel, coefficients):

@@ -101,8 +101,8 @@ def irls_weights(problem, theta):
     with torch.no_grad():
         small = torch.abs(z) < 1e-3
         # psi(z) / z -> rho''(0) as z -> 0: take it from a nearby point.
-        probe = torch.full_like(z, 1e-3).requires_grad_(True)
-    (psi_probe,) = torch.autograd.grad(problem.loss(probe).sum(), probe)
+        probe = torch.full((), 1e-3, dtype=z.dtype, device=z.device).requires_grad_(True)
+    (psi_probe,) = torch.autograd.grad(problem.loss(probe), probe)
     with torch.no_grad():
         ratio = torch.where(small, psi_probe / 1e-3, psi / torch.where(small, 1.0, z.detach()))
         ratio = torch.clamp(ratio, min=0.0)
