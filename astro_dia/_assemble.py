@@ -228,9 +228,9 @@ def assemble_result(state, problem, inputs, outliers, config):
         errors["background_error"] = errors["background_error"] * unit
     meta = copy_meta(target_image.meta)
     if config["add_keyword"]:
-        stamp(meta, provenance_cards(config, state, scale_factor, coefficients, terms, n_data,
-                                     errors, inputs.saturation_levels, n_outliers,
-                                     residual_scatter))
+        meta = stamp(meta, provenance_cards(
+            config, state, scale_factor, coefficients, terms, n_data, errors,
+            inputs.saturation_levels, n_outliers, residual_scatter))
     wcs = target_image.wcs
     return dict(
         difference=CCDData(difference, unit=unit, uncertainty=StdDevUncertainty(sigma),

@@ -212,7 +212,16 @@ class FitProblem:
 
         The normalising constant is left out; see `normalization`.
         """
-        model = self.model(kernel, coefficients)
+        return self.objective_at_model(self.model(kernel, coefficients), kernel)
+
+    def objective_at_model(self, model, kernel):
+        """
+        `objective` given the model of ``kernel`` (and its coefficients).
+
+        Differentiable in ``model`` and ``kernel``: the gradient in the
+        model, taken through `transpose`, is the data term's gradient in the
+        parameters (``astro_dia.solvers.evaluation``).
+        """
         variance = self.variance(model)
         z = (self.target - model) / torch.sqrt(variance)
         per_pixel = self.loss(z) + 0.5 * torch.log(variance)

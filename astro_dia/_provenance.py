@@ -16,7 +16,7 @@ def copy_meta(meta):
 
 def stamp(meta, cards):
     """
-    Add provenance ``cards`` to ``meta`` in place and return it.
+    ``meta`` with the provenance ``cards`` added.
 
     Parameters
     ----------
@@ -25,12 +25,26 @@ def stamp(meta, cards):
     cards : list of (str, object, str)
         ``(key, value, comment)``; keys of up to 8 characters are used as
         they are, longer ones as ``HIERARCH`` cards in a Header.
+
+    Returns
+    -------
+    `~astropy.io.fits.Header` or dict
+        A dict is updated in place. A Header's existing keywords are updated
+        in place; if there are new ones, a new Header with them appended in
+        order is returned (one construction, not one insertion per card).
     """
+    if not isinstance(meta, fits.Header):
+        for key, value, _ in cards:
+            meta[key.upper()] = value
+        return meta
+    appended = {}
     for key, value, comment in cards:
         key = key.upper()
-        if isinstance(meta, fits.Header):
-            card = key if len(key) <= 8 else f"HIERARCH {key}"
+        card = key if len(key) <= 8 else f"HIERARCH {key}"
+        if card in meta:
             meta[card] = (value, comment)
         else:
-            meta[key] = value
-    return meta
+            appended[card] = fits.Card(card, value, comment)
+    if not appended:
+        return meta
+    return fits.Header(list(meta.cards) + list(appended.values()))

@@ -348,7 +348,7 @@ class DifferenceImager:
         # cards inherited from the input would be stale.
         remove_kernel_cards(result.difference.meta)
         if self.add_keyword:
-            stamp(result.difference.meta, kernel_cards(result))
+            result.difference.meta = stamp(result.difference.meta, kernel_cards(result))
         return result
 
     def _config(self):

@@ -11,7 +11,8 @@ loss) plus the Laplacian penalty, by Newton-type steps
 
 where ``H = A^T W A`` is the Gauss-Newton (iteratively re-weighted
 least-squares) metric with weights ``W = psi(z) / (z sigma**2)`` and the
-gradient is computed exactly by automatic differentiation. Because the
+gradient is computed exactly (`~astro_dia.solvers.evaluation`: from the
+model image the line search made, no further convolution). Because the
 gradient is exact, the fixed point is the optimum of the objective, not the
 fixed point of re-weighted chi**2; ``H`` only sets the speed. The first
 step from nothing is the weighted least-squares solution of Bramich (2008)
@@ -37,6 +38,7 @@ import torch
 
 from .._problem import FitState
 from .._tolerances import tolerance as _tolerance
+from .evaluation import Evaluation, Evaluations, pack, unpack
 from .iterative import solve_iterative
 
 __all__ = []
@@ -58,55 +60,13 @@ def tolerance(dtype):
     return _tolerance(dtype, "newton")
 
 
-def pack(kernel, coefficients):
-    """Kernel (C order) and background coefficients as one float64 vector."""
-    return torch.cat([kernel.reshape(-1), coefficients]).to(torch.float64)
-
-
-def unpack(problem, theta):
-    """Split a parameter vector into kernel and coefficients in the problem's dtype."""
-    kernel = theta[:problem.n_kernel].reshape(problem.kernel_shape)
-    return kernel.to(problem.dtype), theta[problem.n_kernel:].to(problem.dtype)
-
-
-def objective_and_gradient(problem, theta):
-    """Value (float) and exact gradient (float64 vector) of the objective."""
-    kernel, coefficients = unpack(problem, theta)
-    kernel.requires_grad_(True)
-    coefficients.requires_grad_(True)
-    value = problem.objective(kernel, coefficients)
-    g_kernel, g_coefficients = torch.autograd.grad(value, (kernel, coefficients))
-    return float(value.detach()), pack(g_kernel, g_coefficients)
-
-
 def objective_value(problem, theta):
-    with torch.no_grad():
-        return float(problem.objective(*unpack(problem, theta)))
+    return Evaluation(problem, theta).value
 
 
 def irls_weights(problem, theta):
-    """
-    Gauss-Newton weights ``psi(z) / (z sigma**2)`` at the model of ``theta``.
-
-    For the Gaussian loss these are ``1 / sigma**2``; for a robust loss
-    they are the iteratively re-weighted least-squares weights, smaller
-    where ``|z|`` is large. Zero outside the fit mask.
-    """
-    with torch.no_grad():
-        model = problem.model(*unpack(problem, theta))
-        variance = problem.variance(model)
-        z = ((problem.target - model) / torch.sqrt(variance)).detach()
-    z.requires_grad_(True)
-    (psi,) = torch.autograd.grad(problem.loss(z).sum(), z)
-    with torch.no_grad():
-        small = torch.abs(z) < 1e-3
-        # psi(z) / z -> rho''(0) as z -> 0: take it from a nearby point.
-        probe = torch.full((), 1e-3, dtype=z.dtype, device=z.device).requires_grad_(True)
-    (psi_probe,) = torch.autograd.grad(problem.loss(probe), probe)
-    with torch.no_grad():
-        ratio = torch.where(small, psi_probe / 1e-3, psi / torch.where(small, 1.0, z.detach()))
-        ratio = torch.clamp(ratio, min=0.0)
-        return torch.where(problem.mask, ratio / variance, 0.0)
+    """`~astro_dia.solvers.evaluation.irls_weights_at` the model of ``theta``."""
+    return Evaluation(problem, theta).irls_weights()
 
 
 def _escalate(metric, problem, theta):
@@ -159,24 +119,29 @@ def gauss_newton(problem, theta, metric, *, max_iter, max_reweight):
     converged, message = False, "maximum number of iterations reached"
     stalled = False
     iteration = 0
+    evaluations = Evaluations(problem)
     for iteration in range(1, max_iter + 1):
-        value, gradient = objective_and_gradient(problem, theta)
+        here = evaluations.at(theta)
+        value = here.value
         if not math.isfinite(value):
             message = "the loss became non-finite"
             break
+        gradient = here.gradient()
         step = metric.solve(gradient)
         decrement = math.sqrt(max(float(gradient @ step), 0.0))
         # Below the rounding noise of the loss a line search cannot judge
         # the step; the full Gauss-Newton step is then taken as it is.
         noise = 64 * torch.finfo(problem.dtype).eps * max(abs(value), 1.0)
         t = 1.0
+        proposal = theta - step
         if 0.5 * decrement ** 2 > noise:
-            while objective_value(problem, theta - t * step) > (
+            while evaluations.at(proposal).value > (
                     value - 1e-4 * t * decrement ** 2 + noise):
                 t *= 0.5
                 if t < 1.0 / 64:
                     t = 0.0
                     break
+                proposal = theta - t * step
         if t == 0.0:
             escalated = _escalate(metric, problem, theta)
             if escalated is not None:
@@ -187,7 +152,7 @@ def gauss_newton(problem, theta, metric, *, max_iter, max_reweight):
                 f"the loss stopped decreasing along the Gauss-Newton step, at a Newton "
                 f"decrement of {decrement:.2g} sigma")
             break
-        theta = theta - t * step
+        theta = proposal   # evaluated by the line search: reused below
         if decrement <= tol:
             converged, message = True, f"Newton decrement below {tol:g} sigma"
             break
@@ -208,7 +173,7 @@ def gauss_newton(problem, theta, metric, *, max_iter, max_reweight):
             break
         if getattr(metric, "reweight_every_step", False):
             if n_reweight < max_reweight:
-                metric.reweight(irls_weights(problem, theta))
+                metric.reweight(evaluations.at(theta).irls_weights())
                 n_reweight += 1
             continue
         if ratio <= _REWEIGHT_RATIO:
@@ -223,11 +188,11 @@ def gauss_newton(problem, theta, metric, *, max_iter, max_reweight):
             if escalated is not None:
                 theta = escalated
         elif n_reweight < max_reweight:
-            metric.reweight(irls_weights(problem, theta))
+            metric.reweight(evaluations.at(theta).irls_weights())
             n_reweight += 1
             reweighted = True
     kernel, coefficients = unpack(problem, theta)
-    final = objective_value(problem, theta) + problem.normalization()
+    final = evaluations.at(theta).value + problem.normalization()
     state = FitState(kernel=kernel, coefficients=coefficients, n_iterations=iteration,
                      converged=converged, loss_value=final, message=message)
     state.n_reweight = n_reweight

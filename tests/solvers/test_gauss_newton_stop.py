@@ -10,13 +10,20 @@ class QuadraticProblem:
     """f = |theta - a|^2 / 2 over one kernel pixel and one coefficient, in float32."""
 
     n_kernel, kernel_shape, dtype, newton_tolerance = 1, (1, 1), torch.float32, None
+    regularization = 0.0
 
     def __init__(self, optimum):
         self.optimum = torch.tensor(optimum, dtype=torch.float32)
 
-    def objective(self, kernel, coefficients):
-        theta = torch.cat([kernel.reshape(-1), coefficients])
-        return 0.5 * torch.sum((theta - self.optimum) ** 2)
+    # The model is the parameter vector itself, so its adjoint is the identity.
+    def model(self, kernel, coefficients):
+        return torch.cat([kernel.reshape(-1), coefficients])
+
+    def transpose(self, image):
+        return image[:1].reshape(1, 1), image[1:]
+
+    def objective_at_model(self, model, kernel):
+        return 0.5 * torch.sum((model - self.optimum) ** 2)
 
     def normalization(self):
         return 0.0

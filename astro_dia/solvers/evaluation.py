@@ -1,0 +1,118 @@
+"""
+The objective at one parameter vector, from one model image (private).
+
+A Gauss-Newton step needs, at each point it visits, the objective (the
+line search), its exact gradient and the re-weighting weights. All three
+are functions of the model image ``R (x) K + B`` at that point: an
+`Evaluation` computes the model once and derives the rest from it, so that
+the point a line search accepted is not convolved again for its gradient
+and its weights.
+
+The gradient is exact. The objective is differentiated with respect to the
+model image (element-wise operations only), and that image gradient is
+taken to the parameters by the adjoint of the model, ``problem.transpose``
+(a correlation with the reference); the Laplacian penalty is
+differentiated in the kernel directly.
+"""
+
+import torch
+
+__all__ = []
+
+
+def pack(kernel, coefficients):
+    """Kernel (C order) and background coefficients as one float64 vector."""
+    return torch.cat([kernel.reshape(-1), coefficients]).to(torch.float64)
+
+
+def unpack(problem, theta):
+    """Split a parameter vector into kernel and coefficients in the problem's dtype."""
+    kernel = theta[:problem.n_kernel].reshape(problem.kernel_shape)
+    return kernel.to(problem.dtype), theta[problem.n_kernel:].to(problem.dtype)
+
+
+def irls_weights_at(problem, model):
+    """
+    Gauss-Newton weights ``psi(z) / (z sigma**2)`` at ``model``.
+
+    For the Gaussian loss these are ``1 / sigma**2``; for a robust loss
+    they are the iteratively re-weighted least-squares weights, smaller
+    where ``|z|`` is large. Zero outside the fit mask.
+    """
+    with torch.no_grad():
+        variance = problem.variance(model)
+        z = ((problem.target - model) / torch.sqrt(variance)).detach()
+    z.requires_grad_(True)
+    with torch.enable_grad():
+        (psi,) = torch.autograd.grad(problem.loss(z).sum(), z)
+        # psi(z) / z -> rho''(0) as z -> 0: take it from a nearby point.
+        probe = torch.full((), 1e-3, dtype=z.dtype, device=z.device).requires_grad_(True)
+        (psi_probe,) = torch.autograd.grad(problem.loss(probe), probe)
+    with torch.no_grad():
+        small = torch.abs(z) < 1e-3
+        ratio = torch.where(small, psi_probe / 1e-3, psi / torch.where(small, 1.0, z.detach()))
+        ratio = torch.clamp(ratio, min=0.0)
+        return torch.where(problem.mask, ratio / variance, 0.0)
+
+
+class Evaluation:
+    """
+    The objective at ``theta``, with its gradient and weights on demand.
+
+    Parameters
+    ----------
+    problem : ``astro_dia._problem.FitProblem``
+    theta : float64 tensor
+        Packed parameters (`pack`).
+
+    Attributes
+    ----------
+    theta : tensor
+        The point (the same object as given).
+    value : float
+        ``problem.objective`` at ``theta``.
+    """
+
+    def __init__(self, problem, theta):
+        self.problem, self.theta = problem, theta
+        with torch.no_grad():
+            self._kernel, coefficients = unpack(problem, theta)
+            self._model = problem.model(self._kernel, coefficients)
+            self.value = float(problem.objective_at_model(self._model, self._kernel))
+        self._gradient = self._weights = None
+
+    def gradient(self):
+        """The exact gradient of the objective (float64 vector, as `pack`)."""
+        if self._gradient is None:
+            problem = self.problem
+            model = self._model.detach().requires_grad_(True)
+            kernel = self._kernel.detach().requires_grad_(problem.regularization > 0)
+            inputs = (model, kernel) if kernel.requires_grad else (model,)
+            with torch.enable_grad():
+                grads = torch.autograd.grad(problem.objective_at_model(model, kernel), inputs)
+            with torch.no_grad():
+                kernel_part, background_part = problem.transpose(grads[0])
+                if len(grads) > 1:
+                    kernel_part = kernel_part + grads[1]
+            self._gradient = pack(kernel_part, background_part)
+        return self._gradient
+
+    def irls_weights(self):
+        """`irls_weights_at` the model of ``theta``."""
+        if self._weights is None:
+            self._weights = irls_weights_at(self.problem, self._model)
+        return self._weights
+
+
+class Evaluations:
+    """The latest `Evaluation` of a problem, reused while the point is the same object."""
+
+    def __init__(self, problem):
+        self.problem = problem
+        self.latest = None
+
+    def at(self, theta):
+        """The evaluation at ``theta``; computed only if the latest was at another point."""
+        if self.latest is None or self.latest.theta is not theta:
+            self.latest = Evaluation(self.problem, theta)
+        return self.latest
