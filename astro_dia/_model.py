@@ -5,7 +5,7 @@ Owns the FFT length of a frame (`fft_shape`), the spectrum of a kernel
 correlation needs (`lag_values`), the valid-region convolution of a
 reference's spectrum with a kernel or with the terms of a spatially varying
 kernel (`valid_convolution`), and the variance of the target at a model
-(`variance_at`). The fit problem (`astro_dia._problem`,
+(`variance_at`) with its derivative (`variance_slope_at`). The fit problem (`astro_dia._problem`,
 float32 or float64 tensors on the fit's device, a centred reference) and
 the result (`astro_dia._assemble`: float64 on the same device, the
 un-centred reference, then numpy) both call these functions, so that the
@@ -161,6 +161,15 @@ def variance_at(model, constant, slope, minimum, offset):
     """
     variance = constant + slope * (model + offset).clip(min=0.0)
     return variance.clip(min=minimum)
+
+
+def variance_slope_at(model, constant, slope, minimum, offset):
+    """
+    ``d variance_at / d model``: ``slope`` where neither clip is active, else 0 (tensors).
+    """
+    shifted = model + offset
+    active = (shifted > 0) & (constant + slope * shifted > minimum)
+    return torch.where(active, slope, 0.0)
 
 
 def convolve_frame(image, kernel, *, device, kernel_basis=None):

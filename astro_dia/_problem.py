@@ -11,10 +11,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._model import fft_shape, lag_values, valid_convolution, variance_at
+from ._model import (fft_shape, lag_values, valid_convolution, variance_at,
+                     variance_slope_at)
 from ._torch import resolve_device, resolve_dtype, to_tensor
 from .background import background_basis, polynomial_terms
-from .losses import laplacian_matrix, laplacian_penalty
+from .losses import laplacian_matrix, laplacian_penalty, loss_psi
 
 __all__ = []
 
@@ -214,22 +215,40 @@ class FitProblem:
         """
         return self.objective_at_model(self.model(kernel, coefficients), kernel)
 
-    def objective_at_model(self, model, kernel):
+    def normalised_residuals(self, model):
+        """``(variance, z)`` at ``model``: the noise variance and ``(I - M) / sigma``."""
+        variance = self.variance(model)
+        return variance, (self.target - model) / torch.sqrt(variance)
+
+    def objective_at_model(self, model, kernel, residuals=None):
         """
         `objective` given the model of ``kernel`` (and its coefficients).
 
-        Differentiable in ``model`` and ``kernel``: the gradient in the
-        model, taken through `transpose`, is the data term's gradient in the
-        parameters (``astro_dia.solvers.evaluation``).
+        ``residuals``, when given, is `normalised_residuals` of ``model``.
         """
-        variance = self.variance(model)
-        z = (self.target - model) / torch.sqrt(variance)
+        variance, z = self.normalised_residuals(model) if residuals is None else residuals
         per_pixel = self.loss(z) + 0.5 * torch.log(variance)
         value = torch.sum(torch.where(self.mask, per_pixel, 0.0), dtype=torch.float64)
         if self.regularization > 0:
             value = value + (self.regularization * self.n_data * laplacian_penalty(
                 self.effective_kernel(kernel)).to(torch.float64))
         return value
+
+    def data_gradient(self, model, residuals=None):
+        """
+        Derivative of the data term of `objective` in each model pixel.
+
+        With ``z = (I - M) / sigma`` and ``v = sigma**2`` a function of the
+        model, ``d/dM [rho(z) + ln(v) / 2] = -psi(z) / sigma
+        + v' (1 - z psi(z)) / (2 v)``; zero off the mask. Taken to the
+        parameters by `transpose`, it is the gradient of the data term.
+        """
+        with torch.no_grad():
+            variance, z = self.normalised_residuals(model) if residuals is None else residuals
+            psi = loss_psi(self.loss, z)
+            slope = variance_slope_at(model, self.constant, self.slope, self.minimum, self.offset)
+            gradient = (0.5 * slope / variance) * (1.0 - z * psi) - psi / torch.sqrt(variance)
+            return torch.where(self.mask, gradient, 0.0)
 
     def penalty_product(self, kernel):
         """

@@ -54,6 +54,24 @@ class Loss:
         """
         raise NotImplementedError(f"{type(self).__name__} must define rho(z)")
 
+    def psi(self, z):
+        """
+        The derivative ``rho'(z)``, on tensors.
+
+        By automatic differentiation of `rho` unless a subclass gives it in
+        closed form.
+        """
+        return _autograd_psi(self.rho, z)
+
+    def irls_weight(self, z):
+        """
+        The re-weighting factor ``psi(z) / z`` (at least 0), on tensors.
+
+        Near ``z = 0`` the ratio is taken at ``|z| = 1e-3``; subclasses give
+        it in closed form.
+        """
+        return _ratio(self.psi, z)
+
     def __call__(self, z):
         """
         The loss of each normalised residual.
@@ -108,6 +126,12 @@ class GaussianLoss(Loss):
     def rho(self, z):
         return 0.5 * z * z
 
+    def psi(self, z):
+        return z
+
+    def irls_weight(self, z):
+        return torch.ones_like(z)
+
     def normalization(self, n_data):
         return 0.5 * n_data * math.log(2 * math.pi)
 
@@ -140,6 +164,12 @@ class HuberLoss(Loss):
     def rho(self, z):
         a = torch.abs(z)
         return torch.where(a <= self.c, 0.5 * z * z, self.c * (a - 0.5 * self.c))
+
+    def psi(self, z):
+        return torch.clamp(z, -self.c, self.c)
+
+    def irls_weight(self, z):
+        return torch.clamp(self.c / torch.abs(z), max=1.0)
 
     def normalization(self, n_data):
         """Q of paper eq. 14."""
@@ -175,6 +205,12 @@ class StudentTLoss(Loss):
     def rho(self, z):
         return 0.5 * (self.nu + 1) * torch.log1p(z * z / self.nu)
 
+    def psi(self, z):
+        return (self.nu + 1) * z / (self.nu + z * z)
+
+    def irls_weight(self, z):
+        return (self.nu + 1) / (self.nu + z * z)
+
     def normalization(self, n_data):
         nu = self.nu
         log_norm = (math.lgamma(nu / 2) - math.lgamma((nu + 1) / 2)
@@ -183,6 +219,37 @@ class StudentTLoss(Loss):
 
     def __repr__(self):
         return f"StudentTLoss(nu={self.nu})"
+
+
+def _autograd_psi(rho, z):
+    """``rho'(z)`` of a per-pixel loss written with torch operations."""
+    z = z.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (derivative,) = torch.autograd.grad(rho(z).sum(), z)
+    return derivative
+
+
+def _ratio(psi, z):
+    """``psi(z) / z``, at least 0, with ``psi(1e-3) / 1e-3`` where ``|z| < 1e-3``."""
+    with torch.no_grad():
+        small = torch.abs(z) < 1e-3
+        near_zero = psi(torch.full((), 1e-3, dtype=z.dtype, device=z.device)) / 1e-3
+        ratio = torch.where(small, near_zero, psi(z) / torch.where(small, 1.0, z))
+        return torch.clamp(ratio, min=0.0)
+
+
+def loss_psi(loss, z):
+    """``rho'(z)`` of any loss: a `Loss`'s own `Loss.psi`, else by autograd."""
+    if isinstance(loss, Loss):
+        return loss.psi(z)
+    return _autograd_psi(loss, z)
+
+
+def loss_irls_weight(loss, z):
+    """``psi(z) / z`` of any loss (`Loss.irls_weight` for a `Loss`)."""
+    if isinstance(loss, Loss):
+        return loss.irls_weight(z)
+    return _ratio(lambda x: _autograd_psi(loss, x), z)
 
 
 _LOSSES = {"gaussian": GaussianLoss, "huber": HuberLoss, "student_t": StudentTLoss}

@@ -9,6 +9,7 @@ from numpy.testing import assert_allclose
 from scipy import integrate, special, stats
 
 from astro_dia.losses import (GaussianLoss, HuberLoss, Loss, StudentTLoss, get_loss,
+                              loss_irls_weight, loss_psi,
                               laplacian_matrix, laplacian_penalty)
 
 Z = np.array([-7.0, -2.0, -1.345, -0.3, 0.0, 0.5, 1.0, 3.0, 12.0])
@@ -262,3 +263,34 @@ def test_laplacian_penalty_takes_numpy_and_tensors():
     assert value == pytest.approx(float(kernel.ravel() @ laplacian_matrix(5) @ kernel.ravel()),
                                   rel=1e-12)
     assert float(laplacian_penalty(torch.tensor(kernel))) == pytest.approx(value, rel=1e-12)
+
+
+# -- closed-form derivatives --------------------------------------------------------------
+class _PlainHuber(Loss):
+    """Huber's rho only: psi and the re-weighting factor come from autograd."""
+
+    def rho(self, z):
+        a = torch.abs(z)
+        return torch.where(a <= 1.5, 0.5 * z * z, 1.5 * (a - 0.75))
+
+
+@pytest.mark.parametrize("loss", [GaussianLoss(), HuberLoss(), HuberLoss(c=0.5),
+                                  StudentTLoss(), StudentTLoss(nu=1.5)])
+def test_closed_form_psi_and_weight_equal_autograd(loss):
+    z = torch.linspace(-7.0, 7.0, 281, dtype=torch.float64)
+    z = z[torch.abs(z) > 1e-6]
+    leaf = z.clone().requires_grad_(True)
+    (psi,) = torch.autograd.grad(loss.rho(leaf).sum(), leaf)
+    assert_allclose(loss.psi(z).numpy(), psi.numpy(), rtol=1e-12, atol=1e-14)
+    assert_allclose(loss.irls_weight(z).numpy(), (psi / z).numpy(), rtol=1e-12)
+    # The generic routes (base class and a plain callable) give the same.
+    assert_allclose(loss_psi(loss.rho, z).numpy(), psi.numpy(), rtol=1e-12, atol=1e-14)
+    assert_allclose(Loss.irls_weight(loss, z).numpy(), (psi / z).numpy(), rtol=1e-12)
+
+
+def test_generic_weight_near_zero_is_the_curvature():
+    z = torch.tensor([0.0, 1e-5, -2e-4, 3.0], dtype=torch.float64)
+    weights = _PlainHuber().irls_weight(z)
+    assert_allclose(weights.numpy(), [1.0, 1.0, 1.0, 0.5], rtol=1e-12)
+    assert_allclose(loss_irls_weight(_PlainHuber().rho, z).numpy(), weights.numpy())
+    assert_allclose(HuberLoss(c=1.5).irls_weight(z).numpy(), weights.numpy(), rtol=1e-12)

@@ -8,14 +8,16 @@ are functions of the model image ``R (x) K + B`` at that point: an
 the point a line search accepted is not convolved again for its gradient
 and its weights.
 
-The gradient is exact. The objective is differentiated with respect to the
-model image (element-wise operations only), and that image gradient is
-taken to the parameters by the adjoint of the model, ``problem.transpose``
-(a correlation with the reference); the Laplacian penalty is
-differentiated in the kernel directly.
+The gradient is exact: the derivative of the data term in each model pixel
+(``problem.data_gradient``, with the loss's ``psi``) taken to the
+parameters by the adjoint of the model, ``problem.transpose`` (one
+correlation with the reference), plus the Laplacian penalty's
+``problem.penalty_product``.
 """
 
 import torch
+
+from ..losses import loss_irls_weight
 
 __all__ = []
 
@@ -31,27 +33,18 @@ def unpack(problem, theta):
     return kernel.to(problem.dtype), theta[problem.n_kernel:].to(problem.dtype)
 
 
-def irls_weights_at(problem, model):
+def irls_weights_at(problem, model, residuals=None):
     """
     Gauss-Newton weights ``psi(z) / (z sigma**2)`` at ``model``.
 
     For the Gaussian loss these are ``1 / sigma**2``; for a robust loss
     they are the iteratively re-weighted least-squares weights, smaller
-    where ``|z|`` is large. Zero outside the fit mask.
+    where ``|z|`` is large. Zero outside the fit mask. ``residuals``, when
+    given, is ``problem.normalised_residuals(model)``.
     """
     with torch.no_grad():
-        variance = problem.variance(model)
-        z = ((problem.target - model) / torch.sqrt(variance)).detach()
-    z.requires_grad_(True)
-    with torch.enable_grad():
-        (psi,) = torch.autograd.grad(problem.loss(z).sum(), z)
-        # psi(z) / z -> rho''(0) as z -> 0: take it from a nearby point.
-        probe = torch.full((), 1e-3, dtype=z.dtype, device=z.device).requires_grad_(True)
-        (psi_probe,) = torch.autograd.grad(problem.loss(probe), probe)
-    with torch.no_grad():
-        small = torch.abs(z) < 1e-3
-        ratio = torch.where(small, psi_probe / 1e-3, psi / torch.where(small, 1.0, z.detach()))
-        ratio = torch.clamp(ratio, min=0.0)
+        variance, z = problem.normalised_residuals(model) if residuals is None else residuals
+        ratio = loss_irls_weight(problem.loss, z)
         return torch.where(problem.mask, ratio / variance, 0.0)
 
 
@@ -78,29 +71,27 @@ class Evaluation:
         with torch.no_grad():
             self._kernel, coefficients = unpack(problem, theta)
             self._model = problem.model(self._kernel, coefficients)
-            self.value = float(problem.objective_at_model(self._model, self._kernel))
+            self._residuals = problem.normalised_residuals(self._model)
+            self.value = float(problem.objective_at_model(self._model, self._kernel,
+                                                          self._residuals))
         self._gradient = self._weights = None
 
     def gradient(self):
         """The exact gradient of the objective (float64 vector, as `pack`)."""
         if self._gradient is None:
             problem = self.problem
-            model = self._model.detach().requires_grad_(True)
-            kernel = self._kernel.detach().requires_grad_(problem.regularization > 0)
-            inputs = (model, kernel) if kernel.requires_grad else (model,)
-            with torch.enable_grad():
-                grads = torch.autograd.grad(problem.objective_at_model(model, kernel), inputs)
             with torch.no_grad():
-                kernel_part, background_part = problem.transpose(grads[0])
-                if len(grads) > 1:
-                    kernel_part = kernel_part + grads[1]
+                image = problem.data_gradient(self._model, self._residuals)
+                kernel_part, background_part = problem.transpose(image)
+                if problem.regularization > 0:
+                    kernel_part = kernel_part + problem.penalty_product(self._kernel)
             self._gradient = pack(kernel_part, background_part)
         return self._gradient
 
     def irls_weights(self):
         """`irls_weights_at` the model of ``theta``."""
         if self._weights is None:
-            self._weights = irls_weights_at(self.problem, self._model)
+            self._weights = irls_weights_at(self.problem, self._model, self._residuals)
         return self._weights
 
 

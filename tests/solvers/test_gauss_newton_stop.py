@@ -22,8 +22,14 @@ class QuadraticProblem:
     def transpose(self, image):
         return image[:1].reshape(1, 1), image[1:]
 
-    def objective_at_model(self, model, kernel):
+    def normalised_residuals(self, model):
+        return torch.ones_like(model), model - self.optimum
+
+    def objective_at_model(self, model, kernel, residuals=None):
         return 0.5 * torch.sum((model - self.optimum) ** 2)
+
+    def data_gradient(self, model, residuals=None):
+        return model - self.optimum
 
     def normalization(self):
         return 0.0
