@@ -120,6 +120,8 @@ def gauss_newton(problem, theta, metric, *, max_iter, max_reweight):
     stalled = False
     iteration = 0
     evaluations = Evaluations(problem)
+    if hasattr(metric, "goal"):
+        metric.goal = tol
     for iteration in range(1, max_iter + 1):
         here = evaluations.at(theta)
         value = here.value
@@ -191,6 +193,8 @@ def gauss_newton(problem, theta, metric, *, max_iter, max_reweight):
             metric.reweight(evaluations.at(theta).irls_weights())
             n_reweight += 1
             reweighted = True
+    if hasattr(metric, "goal"):
+        metric.goal = None
     kernel, coefficients = unpack(problem, theta)
     final = evaluations.at(theta).value + problem.normalization()
     state = FitState(kernel=kernel, coefficients=coefficients, n_iterations=iteration,
