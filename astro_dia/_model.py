@@ -107,8 +107,9 @@ def lag_values(spectrum, size, lags):
     size : tuple of int
         The FFT shape.
     lags : tuple of int
-        The lags (indices of the inverse transform), the same on both axes,
-        in the order wanted.
+        The lags (indices of the inverse transform, negative ones counted
+        from the end as in a circular array), the same on both axes, in the
+        order wanted.
 
     Returns
     -------

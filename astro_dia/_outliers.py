@@ -74,12 +74,40 @@ def robust_twin(problem):
     return twin
 
 
-def star_signal(problem, kernel):
-    """``|(R - r) (x) K|`` on the valid region, with ``r`` the reference's median."""
+def star_signal(problem, kernel, convolved=None):
+    """
+    ``|(R - r) (x) K|`` on the valid region, with ``r`` the reference's median.
+
+    ``convolved``, when given, is ``problem.convolve(kernel)`` (the model
+    without its background), so that no further convolution is made.
+    """
     with torch.no_grad():
-        reference = problem.reference[0, 0]
-        median = float(torch.median(reference[problem.valid]))
-        return torch.abs(problem.convolve(kernel) - median * problem.scale_factor(kernel))
+        median = reference_median(problem)
+        if convolved is None:
+            convolved = problem.convolve(kernel)
+        return torch.abs(convolved - median * problem.scale_factor(kernel))
+
+
+def reference_median(problem):
+    """The median of the (centred) reference on the valid region, computed once per frame."""
+    reference = problem.reference
+    cached = getattr(problem, "_reference_median", None)
+    if cached is None or cached[0] is not reference:
+        with torch.no_grad():
+            cached = (reference, float(torch.median(reference[0, 0][problem.valid])))
+        problem._reference_median = cached
+    return cached[1]
+
+
+def grow(seeds):
+    """``seeds`` (a bool image) grown by one pixel in the eight directions."""
+    ny, nx = seeds.shape
+    padded = torch.nn.functional.pad(seeds, (1, 1, 1, 1))
+    grown = seeds.clone()
+    for dy in range(3):
+        for dx in range(3):
+            grown |= padded[dy:dy + ny, dx:dx + nx]
+    return grown
 
 
 def find_outliers(problem, kernel, coefficients, clip, candidates, *, scale_from_residuals=False):
@@ -106,7 +134,8 @@ def find_outliers(problem, kernel, coefficients, clip, candidates, *, scale_from
         On the valid region, within ``candidates``.
     """
     with torch.no_grad():
-        model = problem.model(kernel, coefficients)
+        convolved = problem.convolve(kernel)
+        model = convolved + problem.background(coefficients)
         residual = problem.target - model
         if scale_from_residuals:
             values = residual[candidates]
@@ -120,12 +149,10 @@ def find_outliers(problem, kernel, coefficients, clip, candidates, *, scale_from
         z = torch.abs(residual) / sigma
         scale = 1.4826 * float(torch.median(z[candidates]))
         threshold = clip * max(1.0, scale) * sigma
-        allowance = STAR_RESIDUAL_FRACTION * star_signal(problem, kernel)
+        allowance = STAR_RESIDUAL_FRACTION * star_signal(problem, kernel, convolved)
         seeds = (torch.abs(residual) > threshold) & (torch.abs(residual) > allowance)
         seeds &= candidates
-        grown = torch.nn.functional.max_pool2d(
-            seeds[None, None].to(model.dtype), 3, stride=1, padding=1)[0, 0] > 0
-        return grown & candidates
+        return grow(seeds) & candidates
 
 
 def set_fit_mask(problem, mask):

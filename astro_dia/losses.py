@@ -132,6 +132,10 @@ class GaussianLoss(Loss):
     def irls_weight(self, z):
         return torch.ones_like(z)
 
+    def curvature(self, z):
+        """``rho''(z)`` in closed form (see `~astro_dia.uncertainty.loss_curvature`)."""
+        return torch.ones_like(z)
+
     def normalization(self, n_data):
         return 0.5 * n_data * math.log(2 * math.pi)
 
@@ -170,6 +174,10 @@ class HuberLoss(Loss):
 
     def irls_weight(self, z):
         return torch.clamp(self.c / torch.abs(z), max=1.0)
+
+    def curvature(self, z):
+        """``rho''(z)`` in closed form (see `~astro_dia.uncertainty.loss_curvature`)."""
+        return (torch.abs(z) <= self.c).to(z.dtype)
 
     def normalization(self, n_data):
         """Q of paper eq. 14."""
@@ -210,6 +218,10 @@ class StudentTLoss(Loss):
 
     def irls_weight(self, z):
         return (self.nu + 1) / (self.nu + z * z)
+
+    def curvature(self, z):
+        """``rho''(z)`` in closed form (see `~astro_dia.uncertainty.loss_curvature`)."""
+        return (self.nu + 1) * (self.nu - z * z) / (self.nu + z * z) ** 2
 
     def normalization(self, n_data):
         nu = self.nu

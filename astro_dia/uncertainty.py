@@ -45,10 +45,11 @@ def loss_curvature(loss, z):
     """
     Second derivative ``rho''(z)`` of a per-pixel loss, elementwise.
 
-    Computed with torch automatic differentiation, so it works for any
-    elementwise differentiable callable: 1 for the Gaussian loss, 1 inside
-    and 0 outside the threshold for the Huber loss, and
-    ``(nu + 1)(nu - z**2) / (nu + z**2)**2`` for Student's t.
+    The loss's own ``curvature(z)`` where it has one (in closed form: 1 for
+    the Gaussian loss, 1 inside and 0 outside the threshold for the Huber
+    loss, ``(nu + 1)(nu - z**2) / (nu + z**2)**2`` for Student's t), else
+    by torch automatic differentiation, so that it works for any
+    elementwise differentiable callable.
 
     Parameters
     ----------
@@ -73,6 +74,10 @@ def loss_curvature(loss, z):
     device = "cpu" if is_numpy else z.device
     values = to_tensor(z, device=device, dtype=torch.float64) if is_numpy else (
         z.detach().to(torch.float64))
+    closed_form = getattr(loss, "curvature", None)
+    if closed_form is not None:
+        second = closed_form(values).detach().to(torch.float64)
+        return second.cpu().numpy().copy() if is_numpy else second
     values = values.clone().requires_grad_(True)
     with torch.enable_grad():
         first, = torch.autograd.grad(loss(values).sum(), values, create_graph=True)

@@ -294,3 +294,13 @@ def test_generic_weight_near_zero_is_the_curvature():
     assert_allclose(weights.numpy(), [1.0, 1.0, 1.0, 0.5], rtol=1e-12)
     assert_allclose(loss_irls_weight(_PlainHuber().rho, z).numpy(), weights.numpy())
     assert_allclose(HuberLoss(c=1.5).irls_weight(z).numpy(), weights.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("loss", [GaussianLoss(), HuberLoss(c=0.8), StudentTLoss(nu=2.5)])
+def test_closed_form_curvature_equals_autograd(loss):
+    from astro_dia.uncertainty import loss_curvature
+    z = torch.linspace(-6.0, 6.0, 241, dtype=torch.float64)
+    z = z[torch.abs(torch.abs(z) - getattr(loss, "c", -1.0)) > 1e-6]
+    assert_allclose(loss.curvature(z).numpy(), loss_curvature(loss.rho, z).numpy(),
+                    rtol=1e-12, atol=1e-14)
+    assert_allclose(loss_curvature(loss, z.numpy()), loss.curvature(z).numpy())

@@ -25,6 +25,7 @@ more than one product.
 import torch
 from scipy.fft import next_fast_len
 
+from .._model import lag_values
 from .._normal import add_regularization, cholesky
 from .gauss_newton import (gauss_newton, linear_start, pack, polish_if_stalled, start_weights,
                            unpack)
@@ -103,12 +104,14 @@ class ConjugateGradientMetric:
             self._centred_spectrum = torch.fft.rfft2(self._centred.to(problem.dtype),
                                                      s=problem.fft_shape)
             # Kernel pixel u = (i, j) is flat index i * K + j; the lag of (u, v)
-            # is u - v, wrapped into the FFT array.
+            # is u - v.
             i, j = torch.meshgrid(torch.arange(size, device=problem.device),
                                   torch.arange(size, device=problem.device), indexing="ij")
             i, j = i.reshape(-1), j.reshape(-1)
-            self._lags = ((i[:, None] - i[None, :]) % self._fft_shape[0],
-                          (j[:, None] - j[None, :]) % self._fft_shape[1])
+            # Only the (2K - 1)**2 lags -(K - 1)..K - 1 of the inverse transform
+            # are needed (`lag_values`); lag d is index d + K - 1 of that block.
+            self._offsets = tuple(range(-(size - 1), size))
+            self._lags = (i[:, None] - i[None, :] + size - 1, j[:, None] - j[None, :] + size - 1)
             self._terms = (torch.ones((1,) + problem.target.shape, dtype=torch.float64,
                                       device=problem.device)
                            if problem.kernel_basis is None
@@ -160,7 +163,7 @@ class ConjugateGradientMetric:
             blocks = [[None] * n_terms for _ in range(n_terms)]
             for a in range(n_terms):
                 for b in range(a, n_terms):
-                    lag = torch.fft.irfft2(spectra[a].conj() * spectra[b], s=shape)
+                    lag = lag_values(spectra[a].conj() * spectra[b], shape, self._offsets)
                     blocks[a][b] = lag[self._lags]
                     blocks[b][a] = blocks[a][b].T
             kernel_block = torch.cat([torch.cat(row, 1) for row in blocks])
