@@ -60,18 +60,17 @@ def tolerance(dtype):
     return _tolerance(dtype, "newton")
 
 
-def objective_value(problem, theta):
-    return Evaluation(problem, theta).value
-
-
 def irls_weights(problem, theta):
     """`~astro_dia.solvers.evaluation.irls_weights_at` the model of ``theta``."""
     return Evaluation(problem, theta).irls_weights()
 
 
-def _escalate(metric, problem, theta):
+def _escalate(metric, evaluations, theta):
     """
     Ask the metric for more precision when the steps stall.
+
+    ``evaluations`` is the iteration's `Evaluations`: the point ``theta``
+    is not evaluated again, and the better point is left as its latest.
 
     Returns
     -------
@@ -83,10 +82,13 @@ def _escalate(metric, problem, theta):
     escalate = getattr(metric, "escalate", None)
     if escalate is None:
         return None
-    solution = escalate(irls_weights(problem, theta))
+    here = evaluations.at(theta)
+    solution = escalate(here.irls_weights())
     if solution is None:
         return None
-    if objective_value(problem, solution) < objective_value(problem, theta):
+    candidate = Evaluation(evaluations.problem, solution)
+    if candidate.value < here.value:
+        evaluations.latest = candidate
         return solution
     return theta
 
@@ -145,7 +147,7 @@ def gauss_newton(problem, theta, metric, *, max_iter, max_reweight):
                     break
                 proposal = theta - t * step
         if t == 0.0:
-            escalated = _escalate(metric, problem, theta)
+            escalated = _escalate(metric, evaluations, theta)
             if escalated is not None:
                 theta, reweighted = escalated, True
                 continue
@@ -161,7 +163,7 @@ def gauss_newton(problem, theta, metric, *, max_iter, max_reweight):
         ratio = decrement / previous
         previous = decrement
         if ratio > 0.9 and (reweighted or getattr(metric, "reweight_every_step", False)):
-            escalated = _escalate(metric, problem, theta)
+            escalated = _escalate(metric, evaluations, theta)
             if escalated is not None:
                 theta = escalated
                 continue
@@ -186,7 +188,7 @@ def gauss_newton(problem, theta, metric, *, max_iter, max_reweight):
             continue
         if reweighted:
             # A fresh metric still converges slowly: ask for more precision.
-            escalated = _escalate(metric, problem, theta)
+            escalated = _escalate(metric, evaluations, theta)
             if escalated is not None:
                 theta = escalated
         elif n_reweight < max_reweight:
