@@ -56,7 +56,8 @@ def final_model(reference, kernel_terms, coefficients, shape, valid, *, kernel_d
     basis = (None if kernel_degree == 0
              else background_basis(shape, kernel_degree, region=valid))
     model_valid = convolve_frame(reference, kernel_terms, device=device, kernel_basis=basis)
-    background = np.tensordot(coefficients, background_basis(shape, background_degree), axes=1)
+    background = sum(value * term for value, term in   # no BLAS product: see background.py
+                     zip(coefficients, background_basis(shape, background_degree)))
     return model_valid + background[valid], background
 
 

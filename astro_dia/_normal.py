@@ -10,7 +10,6 @@ per strip, so memory stays bounded, and accumulated in float64.
 import math
 
 import torch
-import torch.nn.functional as F
 
 from .losses import laplacian_matrix
 
@@ -44,13 +43,26 @@ def _strips(problem, max_bytes, dtype):
     return [(start, min(start + rows, ny)) for start in range(0, ny, rows)]
 
 
+def im2col(rows, size):
+    """
+    The ``(size**2, L)`` patch matrix of a 2-D tensor, in correlation order.
+
+    Row ``a * size + b`` holds ``rows[y + a, x + b]`` for every valid
+    position ``(y, x)`` in C order: `torch.nn.functional.unfold`'s layout,
+    made by one copy of a strided window view (2-3 times faster than
+    ``unfold`` on a CPU in float32).
+    """
+    windows = rows.unfold(0, size, 1).unfold(1, size, 1)     # (ny', nx', K, K), a view
+    return windows.permute(2, 3, 0, 1).reshape(size * size, -1)
+
+
 def assemble_normal_equations(problem, weights, *, max_bytes=DEFAULT_CHUNK_BYTES,
                               dtype=None):
     """
     ``A^T W A`` and ``A^T W y`` of the current problem.
 
     Pixels outside the fit mask get zero weight, so every strip is used
-    whole; the kernel columns come straight from an im2col (``unfold``) of
+    whole; the kernel columns come straight from an im2col (`im2col`) of
     the reference in correlation order and are put in kernel order by
     reversing the rows and columns of the small result.
 
@@ -86,7 +98,7 @@ def assemble_normal_equations(problem, weights, *, max_bytes=DEFAULT_CHUNK_BYTES
     scale = weights if signed else torch.sqrt(weights)
     kernel_rows, basis_rows = slice(0, n_kernel), slice(n_kernel, n)
     for start, stop in _strips(problem, max_bytes, dtype):
-        patches = F.unfold(reference[:, :, start:stop + size - 1, :], size)[0]   # (K*K, L)
+        patches = im2col(reference[0, 0, start:stop + size - 1], size)   # (K*K, L)
         if problem.kernel_basis is not None:
             # A spatially varying kernel: one block of columns per term,
             # the patches times that term's polynomial image.

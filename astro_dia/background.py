@@ -120,4 +120,6 @@ def evaluate_background(coefficients, shape, *, region=None):
     if len(polynomial_terms(degree)) != n:
         raise ValueError(f"{n} coefficients do not make a full 2-D polynomial")
     basis = background_basis(shape, degree, region=region)
-    return np.tensordot(coefficients, basis, axes=1)
+    # A weighted sum of the term images, not a BLAS product: numpy's BLAS
+    # threads would compete with torch's for the cores during a fit.
+    return sum(value * term for value, term in zip(coefficients, basis))
