@@ -16,7 +16,7 @@ import numpy as np
 from astropy.nddata import CCDData, StdDevUncertainty
 from astropy.stats import mad_std
 
-from ._matrix_free_errors import matrix_free_errors, use_matrix_free
+from ._matrix_free_errors import dense_is_cheap, matrix_free_errors, use_matrix_free
 from ._model import convolve_frame
 from ._package_version import version as __version__
 from ._provenance import copy_meta, stamp
@@ -63,38 +63,57 @@ def final_model(reference, kernel_terms, coefficients, shape, valid, *, kernel_d
 
 def fit_errors(problem, state, terms, residuals, kernel_size, compute_errors=True):
     """
-    sigma_P, sigma_B0 and the background errors; the covariance when it is cheap or asked for.
+    sigma_P, sigma_B0 and the background errors; the covariance when asked for or cheap.
 
-    Large frames with a constant kernel take the matrix-free route
-    (``astro_dia._matrix_free_errors``: no covariance, no kernel errors)
-    unless ``compute_errors='covariance'``; a matrix-free solve that fails
-    falls back to the dense information, which says why.
+    With ``compute_errors=True`` and a constant kernel, sigma_P and the
+    background errors come from matrix-free solves
+    (``astro_dia._matrix_free_errors``); on frames where the dense
+    information is cheap (`dense_is_cheap`), the covariance and the kernel
+    errors are left to ``pending_covariance``, a function that computes
+    them when the result is first asked for them. ``'covariance'``, a
+    spatially varying kernel, or a matrix-free solve that fails (the dense
+    checks then say why) take the dense route at once.
     """
     n_kernel, n_scale = problem.n_kernel, kernel_size ** 2
     # The 'uniform' weights were 1/constant with the constant from the
     # starting residuals; the output's variance is that of the final ones.
     rescale = (float(mad_std(residuals)) ** 2 / float(problem.constant.reshape(-1)[0])
                if terms.estimate_scale else 1.0)
+    kernel, coefficients = state.kernel, state.coefficients
+
+    def dense():
+        information = fisher_information(problem, kernel, coefficients)
+        covariance, valid = covariance_from_information(
+            information, reference_mean=problem.reference_mean, n_kernel=n_kernel,
+            n_scale=n_scale)
+        covariance = covariance * rescale
+        diagonal = np.maximum(np.diag(covariance)[:n_scale], 0.0)
+        return dict(covariance=covariance,
+                    kernel_error=np.sqrt(diagonal).reshape(kernel_size, kernel_size),
+                    valid=bool(valid))
+
     if use_matrix_free(problem, compute_errors):
         sigma_p, sigma_b, valid = matrix_free_errors(
-            problem, state.kernel, state.coefficients, n_scale=n_scale,
+            problem, kernel, coefficients, n_scale=n_scale,
             metric=getattr(state, "metric", None))
         if valid:
             root = float(np.sqrt(rescale))
+            pending = None
+            if dense_is_cheap(problem):
+                def pending():
+                    values = dense()
+                    return dict(covariance=values["covariance"],
+                                kernel_error=values["kernel_error"])
             return dict(covariance=None, scale_factor_error=sigma_p * root,
                         background_error=sigma_b * root, kernel_error=None,
-                        covariance_valid=True)
-    information = fisher_information(problem, state.kernel, state.coefficients)
-    covariance, valid = covariance_from_information(
-        information, reference_mean=problem.reference_mean, n_kernel=n_kernel,
-        n_scale=n_scale)
-    covariance = covariance * rescale
-    diagonal = np.maximum(np.diag(covariance)[:n_scale], 0.0)
+                        covariance_valid=True, pending_covariance=pending)
+    values = dense()
+    covariance = values["covariance"]
     return dict(covariance=covariance,
                 scale_factor_error=scale_factor_error(covariance, n_scale),
                 background_error=background_errors(covariance, n_kernel),
-                kernel_error=np.sqrt(diagonal).reshape(kernel_size, kernel_size),
-                covariance_valid=bool(valid))
+                kernel_error=values["kernel_error"],
+                covariance_valid=values["valid"], pending_covariance=None)
 
 
 def check_fit_quality(z, n_outliers, n_fit):
@@ -222,7 +241,7 @@ def assemble_result(state, problem, inputs, outliers, config):
     unit = target_image.unit
     scale_factor = float(kernel.sum())
     errors = dict(covariance=None, scale_factor_error=None, background_error=None,
-                  kernel_error=None, covariance_valid=None)
+                  kernel_error=None, covariance_valid=None, pending_covariance=None)
     if config["compute_errors"]:
         errors = fit_errors(problem, state, terms, difference[valid][fit_mask],
                             config["kernel_size"], config["compute_errors"])

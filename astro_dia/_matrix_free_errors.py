@@ -5,13 +5,16 @@ information ``F = A^T W A`` in float64, a cost of ``N_pix (K**2)**2``
 that exceeds the fit itself on large frames. sigma_P, sigma_B0 and the
 errors of the other background coefficients need only quadratic forms
 ``c^T F^{-1} c``: one solve of ``F x = c`` each, by preconditioned
-conjugate gradients with the matrix-free product (two FFTs) and the
-Toeplitz preconditioner of the ``cg`` solver
-(`~astro_dia.solvers.cg.ConjugateGradientMetric`), never forming ``F``.
+conjugate gradients with the matrix-free product (two FFTs), never
+forming ``F``, preconditioned by what the solver left: the Toeplitz
+approximation of the ``cg`` solver
+(`~astro_dia.solvers.cg.ConjugateGradientMetric`) or the direct solver's
+factorised normal matrix.
 
-Owns `matrix_free_errors` and the rule `use_matrix_free` by which the
-imager chooses this route; the dense route and the validity checks of the
-covariance stay in `astro_dia.uncertainty`.
+Owns `matrix_free_errors`, the rule `use_matrix_free` by which the imager
+chooses this route and `dense_is_cheap`, where the dense covariance is
+left to be computed on request; the dense route and the validity checks
+of the covariance stay in `astro_dia.uncertainty`.
 """
 
 import copy
@@ -42,16 +45,23 @@ MAX_CG_ITER = 1000
 
 def use_matrix_free(problem, compute_errors):
     """
-    Whether the errors of this fit take the matrix-free route.
+    Whether sigma_P and the background errors of this fit are found matrix-free.
 
-    Only for ``compute_errors=True`` (not ``'covariance'``), a constant
-    kernel, and a frame large enough that the imager's ``'auto'`` choice
-    for it is the matrix-free solver (the dense information would then cost
-    more than the fit).
+    For ``compute_errors=True`` (not ``'covariance'``) and a constant
+    kernel, on any frame: a few products, where the dense information
+    costs a float64 assembly of the whole normal matrix.
     """
-    if compute_errors == "covariance" or problem.kernel_basis is not None:
-        return False
-    return choose_solver(problem.shape, problem.kernel_size, problem.device) == "cg"
+    return compute_errors is True and problem.kernel_basis is None
+
+
+def dense_is_cheap(problem):
+    """
+    Whether the dense covariance of this frame is cheap enough to offer on request.
+
+    Where the imager's ``'auto'`` rule takes the direct solver: the dense
+    information then costs no more than one assembly of that solver.
+    """
+    return choose_solver(problem.shape, problem.kernel_size, problem.device) != "cg"
 
 
 def error_directions(problem, n_scale):
@@ -87,10 +97,14 @@ def matrix_free_errors(problem, kernel, coefficients, *, n_scale, rtol=RTOL, met
         Number of leading kernel parameters whose sum is P.
     rtol : float, optional
         Relative (preconditioned) residual of each solve.
-    metric : `~astro_dia.solvers.cg.ConjugateGradientMetric`, optional
-        The ``cg`` solver's final metric: its preconditioner, built from
-        the weights of the last step, is reused (not modified); a new one
-        is built otherwise.
+    metric : optional
+        The solver's final metric. The ``cg`` solver's
+        `~astro_dia.solvers.cg.ConjugateGradientMetric`: its Toeplitz
+        preconditioner, built from the weights of the last step, is reused
+        (not modified). The direct solver's normal matrix: its Cholesky
+        factor, of ``A^T W A`` at the last step's weights, preconditions the
+        solves (nearly exact: one or two products each). A new Toeplitz
+        preconditioner is built otherwise.
 
     Returns
     -------
@@ -107,6 +121,9 @@ def matrix_free_errors(problem, kernel, coefficients, *, n_scale, rtol=RTOL, met
         metric = copy.copy(metric)
         metric.weights = weights    # exact products; the preconditioner is the solver's
         metric.rtol, metric.max_cg_iter = rtol, MAX_CG_ITER
+    elif getattr(metric, "problem", None) is problem and getattr(metric, "factor", None) is not None:
+        metric = ConjugateGradientMetric.preconditioned_by(
+            problem, weights, metric.factor, rtol=rtol, max_cg_iter=MAX_CG_ITER)
     else:
         metric = ConjugateGradientMetric(problem, weights, rtol=rtol, max_cg_iter=MAX_CG_ITER)
     variances, valid = [], metric.factor is not None
@@ -115,7 +132,10 @@ def matrix_free_errors(problem, kernel, coefficients, *, n_scale, rtol=RTOL, met
         residual = direction - metric.apply(solution)
         reached = math.sqrt(max(float(residual @ metric.precondition(residual)), 0.0))
         scale = math.sqrt(float(direction @ metric.precondition(direction)))
-        variance = float(direction @ solution)
+        # c^T x + x^T r: exact up to -r^T F^-1 r, second order in the residual
+        # even when x is not a Galerkin iterate (a start M^-1 c that met
+        # the tolerance at once), where c^T x alone errs to first order.
+        variance = float(direction @ solution + solution @ residual)
         valid = valid and math.isfinite(variance) and variance > 0 and (
             reached <= RESIDUAL_SLACK * rtol * scale)
         variances.append(max(variance, 0.0) if math.isfinite(variance) else math.nan)

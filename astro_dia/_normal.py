@@ -50,10 +50,14 @@ def im2col(rows, size):
     Row ``a * size + b`` holds ``rows[y + a, x + b]`` for every valid
     position ``(y, x)`` in C order: `torch.nn.functional.unfold`'s layout,
     made by one copy of a strided window view (2-3 times faster than
-    ``unfold`` on a CPU in float32).
+    ``unfold`` on a CPU in float32). Always a new tensor, never a view of
+    ``rows`` (the caller scales it in place).
     """
     windows = rows.unfold(0, size, 1).unfold(1, size, 1)     # (ny', nx', K, K), a view
-    return windows.permute(2, 3, 0, 1).reshape(size * size, -1)
+    ny, nx = windows.shape[:2]
+    patches = rows.new_empty((size * size, ny * nx))
+    patches.view(size, size, ny, nx).copy_(windows.permute(2, 3, 0, 1))
+    return patches
 
 
 def assemble_normal_equations(problem, weights, *, max_bytes=DEFAULT_CHUNK_BYTES,

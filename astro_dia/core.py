@@ -118,12 +118,12 @@ class DifferenceImager:
     compute_errors : bool or 'covariance', optional
         True (default): sigma_P, sigma_B0 and the errors of the other
         background coefficients from the observed Fisher information after
-        the fit, with the full covariance and the kernel's errors where the
-        direct solver's size rule finds them cheap; on larger frames with a
-        constant kernel, from matrix-free solves, without the covariance
-        (``result.covariance`` and ``kernel_error`` None). ``'covariance'``:
-        always the full covariance. False: no errors. See
-        `astro_dia.uncertainty`.
+        the fit, by matrix-free solves (a constant kernel) or from the full
+        covariance (a spatially varying one). Where the direct solver's
+        size rule finds the dense information cheap, ``result.covariance``
+        and ``kernel_error`` are computed when first read; on larger frames
+        they are None. ``'covariance'``: the full covariance at once, on
+        any frame. False: no errors. See `astro_dia.uncertainty`.
     saturation : `~astropy.units.Quantity`, float or None, optional
         Saturation level of both images, as a Quantity convertible to the
         target's unit or a float in the target's unit. None (default) reads
@@ -342,7 +342,10 @@ class DifferenceImager:
                                              check_pixels=check_pixels)
             inputs = replace(inputs, terms=terms)   # as the noise model refined them
             values = assemble_result(state, problem, inputs, outliers, self._config())
+        pending = values.pop("pending_covariance")
         result = DifferenceResult(fit_time=time.perf_counter() - start, **values)
+        if pending is not None:
+            result._defer_covariance(pending)
         # The kernel in the header, so that photometry on the difference image
         # alone (after CCDData.write/read too) uses the target PSF; kernel
         # cards inherited from the input would be stale.

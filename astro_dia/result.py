@@ -31,6 +31,34 @@ def _position_shape(x, y):
     return np.broadcast(np.asarray(x), np.asarray(y)).shape
 
 
+class _Deferred:
+    """
+    A field of `DifferenceResult` that a fit may leave to be computed when first read.
+
+    The fit finds sigma_P and sigma_B0 matrix-free; on frames where the
+    dense information is cheap it leaves the covariance and the kernel
+    errors to a function (`DifferenceResult._defer_covariance`), called
+    the first time either is read. Setting either explicitly cancels it.
+    """
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, result, owner=None):
+        if result is None:
+            return None    # the dataclass default
+        values = result.__dict__
+        pending = values.pop("_pending_covariance", None)
+        if pending is not None:
+            values.update(pending())
+        return values.get(self.name)
+
+    def __set__(self, result, value):
+        # A value set explicitly replaces the deferred computation.
+        result.__dict__.pop("_pending_covariance", None)
+        result.__dict__[self.name] = value
+
+
 @dataclass(kw_only=True, eq=False, repr=False)
 class DifferenceResult:
     """
@@ -115,10 +143,12 @@ class DifferenceResult:
         kernel pixels (C order, dimensionless), then the background
         coefficients (target unit), from the inverse of the observed Fisher
         information (paper eq. 15-17); the kernel-background block is in the
-        target unit, the background block in its square. None with
-        ``compute_errors=False``, and on frames whose errors were found
-        matrix-free (large frames, constant kernel; ask for it with
-        ``compute_errors='covariance'``). See `astro_dia.uncertainty`. With a
+        target unit, the background block in its square. With the default
+        ``compute_errors=True`` and a constant kernel it is computed when
+        first read on frames where the dense information is cheap (the
+        direct solver's size rule), and None on larger ones (ask for it
+        with ``compute_errors='covariance'``); None with
+        ``compute_errors=False``. See `astro_dia.uncertainty`. With a
         spatially varying kernel the kernel pixels are those of every term
         in turn; under ``constant_scale`` the central pixel of each
         non-constant term is not a free parameter and its rows are
@@ -135,7 +165,9 @@ class DifferenceResult:
         section 2.5 (a `~astro_dia.exceptions.KernelFitWarning` was
         issued); the errors are then not to be trusted. True for errors
         found matrix-free (every solve converged to a positive variance;
-        a solve that does not falls back to the checked dense route).
+        a solve that does not falls back to the checked dense route); a
+        covariance computed later on first read makes its own checks and
+        warns if they fail.
     saturation_levels : dict
         The saturation levels used for masking, ``{'reference': (level,
         source), 'target': (level, source)}``, in the target unit; a level is
@@ -165,11 +197,26 @@ class DifferenceResult:
     noise_settings: dict
     solver: str
     saturation_levels: dict
-    covariance: Optional[np.ndarray] = None
+    covariance: Optional[np.ndarray] = _Deferred()
     scale_factor_error: Optional[float] = None
     background_error: Optional[u.Quantity] = None
-    kernel_error: Optional[np.ndarray] = None
+    kernel_error: Optional[np.ndarray] = _Deferred()
     covariance_valid: Optional[bool] = None
+
+    def _defer_covariance(self, compute):
+        """
+        Leave ``covariance`` and ``kernel_error`` to ``compute()`` until first read.
+
+        ``compute`` returns a dict with both; it holds the fit's tensors,
+        which are released once it has been called.
+        """
+        self.__dict__["_pending_covariance"] = compute
+
+    def __getstate__(self):
+        # A deferred covariance is computed before pickling: its function
+        # holds the fit's tensors and closures.
+        self.covariance
+        return self.__dict__
 
     def _term_values(self, x, y):
         """Polynomial terms ``eta**m xi**n`` of the kernel at pixel positions."""

@@ -22,3 +22,11 @@ def test_im2col_of_a_strip_view():
     patches = im2col(strip, 3)
     assert patches.shape == (9, 4 * 8)
     assert patches[0, 0] == image[4, 0] and patches[8, -1] == image[9, 9]
+
+
+def test_im2col_is_a_copy_even_for_a_one_pixel_kernel():
+    """The assembly scales the patches in place: they must never alias the image."""
+    image = torch.ones((6, 5), dtype=torch.float32)
+    patches = im2col(image, 1)
+    patches.mul_(3.0)
+    assert torch.equal(image, torch.ones((6, 5))) and torch.all(patches == 3.0)

@@ -90,6 +90,22 @@ class ConjugateGradientMetric:
         self._prepare_reference()
         self.reweight(weights)
 
+    @classmethod
+    def preconditioned_by(cls, problem, weights, factor, *, rtol, max_cg_iter):
+        """
+        A metric with exact products at ``weights`` and a given preconditioner.
+
+        ``factor`` is the Cholesky factor of a matrix close to ``A^T W A``,
+        e.g. the direct solver's, assembled at the weights of its last step:
+        nothing of the Toeplitz approximation is built, and the metric is
+        not to be reweighted.
+        """
+        metric = cls.__new__(cls)
+        metric.problem, metric.rtol, metric.max_cg_iter = problem, rtol, max_cg_iter
+        metric.n_products, metric.goal, metric.n_kernel = 0, None, problem.n_kernel
+        metric.weights, metric._built_for, metric.factor = weights, weights, factor
+        return metric
+
     def _prepare_reference(self):
         """What the Toeplitz approximation needs of the reference, which reweighting keeps."""
         problem = self.problem

@@ -153,10 +153,16 @@ def test_errors_do_not_depend_on_the_solver(noisy_pair):
     reference, target, _ = noisy_pair
     fits = [DifferenceImager(9, flat=1, sky=0, solver=s, dtype="float64").fit(reference, target)
             for s in ("iterative", "direct", "cg")]
+    # sigma_P, sigma_B0 are matrix-free solves, each preconditioned by what its
+    # solver left: equal to their accuracy, RTOL**2 relative.
     for result in fits[1:]:
-        assert_allclose(result.scale_factor_error, fits[0].scale_factor_error, rtol=1e-6)
+        assert_allclose(result.scale_factor_error, fits[0].scale_factor_error, rtol=1e-4)
         assert_allclose(result.background_error.value, fits[0].background_error.value,
-                        rtol=1e-6)
+                        rtol=1e-4)
+    # The dense covariance (computed when read) is that of the optimum alone.
+    for result in fits[1:]:
+        assert_allclose(result.covariance, fits[0].covariance, rtol=1e-6,
+                        atol=1e-9 * np.abs(fits[0].covariance).max())
 
 
 # -- the normal matrix ------------------------------------------------------------------
@@ -206,18 +212,18 @@ def test_normal_matrix_matches_the_design_matrix(noisy_pair):
 
 
 def test_strips_stay_within_the_memory_budget(noisy_pair, monkeypatch):
-    import torch.nn.functional as F
+    from astro_dia import _normal
     problem = _problem(noisy_pair, torch.float64)
     budget = 4 * strip_bytes(problem, 1, torch.float64)
     largest = []
-    unfold = F.unfold
+    im2col = _normal.im2col
 
-    def recording_unfold(*args, **kwargs):
-        out = unfold(*args, **kwargs)
+    def recording_im2col(*args, **kwargs):
+        out = im2col(*args, **kwargs)
         largest.append(out.numel() * out.element_size())
         return out
 
-    monkeypatch.setattr(F, "unfold", recording_unfold)
+    monkeypatch.setattr(_normal, "im2col", recording_im2col)
     assemble_normal_equations(problem, problem.weights(problem.target), max_bytes=budget)
     assert len(largest) > 1
     # the strip and at most one weighted copy of it
