@@ -87,6 +87,7 @@ class ConjugateGradientMetric:
         self.goal = None
         self.n_kernel = problem.n_kernel
         self._built_for = None
+        self._fixed = False
         self._prepare_reference()
         self.reweight(weights)
 
@@ -97,13 +98,14 @@ class ConjugateGradientMetric:
 
         ``factor`` is the Cholesky factor of a matrix close to ``A^T W A``,
         e.g. the direct solver's, assembled at the weights of its last step:
-        nothing of the Toeplitz approximation is built, and the metric is
-        not to be reweighted.
+        nothing of the Toeplitz approximation is built, and the factor is
+        kept: `reweight` only changes the weights of the products.
         """
         metric = cls.__new__(cls)
         metric.problem, metric.rtol, metric.max_cg_iter = problem, rtol, max_cg_iter
         metric.n_products, metric.goal, metric.n_kernel = 0, None, problem.n_kernel
         metric.weights, metric._built_for, metric.factor = weights, weights, factor
+        metric._fixed = True
         return metric
 
     def _prepare_reference(self):
@@ -136,6 +138,8 @@ class ConjugateGradientMetric:
     def reweight(self, weights):
         """Use ``weights`` in the products; rebuild the preconditioner if they moved enough."""
         self.weights = weights
+        if self._fixed:
+            return
         if self._built_for is not None:
             with torch.no_grad():
                 moved = float(torch.sum(torch.abs(weights - self._built_for))
