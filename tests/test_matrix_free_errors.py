@@ -100,6 +100,20 @@ def test_direct_solver_factor_preconditions_the_error_solves(monkeypatch, clip):
     assert 0 < counted["products"] <= n_solves * 4
 
 
+@pytest.mark.slow
+def test_default_on_a_large_frame_is_matrix_free():
+    """400 x 400 with a 19 x 19 kernel is the matrix-free solver's size: no covariance."""
+    reference, target, _ = make_image_pair(shape=(400, 400), seed=4, density=60)
+    fast = DifferenceImager(19, flat=1, sky=0, clip=None).fit(reference, target)
+    dense = DifferenceImager(19, flat=1, sky=0, clip=None,
+                             compute_errors="covariance").fit(reference, target)
+    assert fast.solver == "cg" and fast.covariance is None and dense.covariance is not None
+    np.testing.assert_allclose(fast.scale_factor_error, dense.scale_factor_error, rtol=1e-3)
+    np.testing.assert_allclose(fast.background_error.value, dense.background_error.value,
+                               rtol=1e-3)
+    assert fast.scale_factor_error_at(10.0, 20.0) == pytest.approx(fast.scale_factor_error)
+
+
 def test_failed_solve_falls_back_to_dense(monkeypatch):
     reference, target, _ = make_image_pair(shape=(96, 96), seed=5)
     monkeypatch.setattr(assemble, "use_matrix_free", lambda problem, mode: True)

@@ -11,6 +11,10 @@ losses, the ``sum(ln sigma)`` term of eq. 8) Gauss-Newton steps with the
 exact gradient of the objective follow (`~astro_dia.solvers.gauss_newton`),
 re-assembling ``A^T W A`` with iteratively re-weighted weights only when
 the steps stop shrinking fast, so most fits need one or two assemblies.
+A fit that follows a direct fit of nearly the same problem (the fit after
+outlier rejection, from the robust pass) need not assemble at all:
+`continue_direct` preconditions matrix-free solves of its steps with the
+earlier factor.
 
 Precision: the matrix products run in float32 (twice as fast as float64 on
 a CPU) on strips of at most ``astro_dia._normal.FLOAT32_STRIP_PIXELS``
