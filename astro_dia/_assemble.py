@@ -98,15 +98,15 @@ def fit_errors(problem, state, terms, residuals, kernel_size, compute_errors=Tru
             metric=getattr(state, "metric", None))
         if valid:
             root = float(np.sqrt(rescale))
-            pending = None
-            if dense_is_cheap(problem):
-                def pending():
-                    values = dense()
-                    return dict(covariance=values["covariance"],
-                                kernel_error=values["kernel_error"])
+
+            def deferred():
+                values = dense()
+                return dict(covariance=values["covariance"], kernel_error=values["kernel_error"])
+
             return dict(covariance=None, scale_factor_error=sigma_p * root,
                         background_error=sigma_b * root, kernel_error=None,
-                        covariance_valid=True, pending_covariance=pending)
+                        covariance_valid=True,
+                        pending_covariance=deferred if dense_is_cheap(problem) else None)
     values = dense()
     covariance = values["covariance"]
     return dict(covariance=covariance,
