@@ -24,7 +24,7 @@ from ._tolerances import passes_converged
 from ._torch import flush_denormals, to_numpy, to_tensor
 from .exceptions import ConvergenceWarning, DIAError
 from .solvers import choose_solver, solve_cg, solve_direct, solve_iterative
-from .solvers.direct import continue_direct, direct_factor
+from .solvers.cg import continue_fit, start_factor
 from .solvers.gauss_newton import pack, resume
 
 __all__ = []
@@ -238,10 +238,10 @@ def solve_newton(problem, refinement, settings, solver, start=None):
         solve_once, first_steps = solve_cg, dict(steps)   # `start`: first fit only
     prepare = start_hook(problem, refinement)
     if prepare is None and start is not None:
-        if solver == "direct" and direct_factor(start) is not None:
-            # The robust pass's normal matrix preconditions the steps: no
-            # second assembly.
-            first = lambda: continue_direct(problem, start, **steps)   # noqa: E731
+        if start_factor(start) is not None:
+            # The robust pass's factor preconditions the steps: no second
+            # assembly (direct) or Toeplitz approximation (cg).
+            first = lambda: continue_fit(problem, start, **steps)   # noqa: E731
             return reference_passes(problem, first, lambda state: resume(problem, state, **steps))
         first_steps["start"] = pack(start.kernel, start.coefficients)
     return reference_passes(

@@ -27,10 +27,14 @@ from scipy.fft import next_fast_len
 
 from .._model import lag_values
 from .._normal import add_regularization, cholesky
-from .gauss_newton import (gauss_newton, linear_start, pack, polish_if_stalled, start_weights,
-                           unpack)
+from .gauss_newton import (gauss_newton, irls_weights, linear_start, pack, polish_if_stalled,
+                           start_weights, unpack)
 
 __all__ = ["solve_cg"]
+
+#: Relative residual of the solves of `continue_fit`'s steps (and what the
+#: forcing of `FORCING` loosens near the tolerance).
+CONTINUE_RTOL = 1e-2
 
 #: The preconditioner is rebuilt only when the weights moved by more than
 #: this fraction (``sum |w - w0| / sum w0``) since it was built; the
@@ -325,6 +329,44 @@ def solve_cg(problem, *, max_iter=50, max_reweight=50, rtol=1e-2, max_cg_iter=50
     if step_rtol is not None:
         metric.rtol = step_rtol
     state = gauss_newton(problem, theta, metric, max_iter=max_iter, max_reweight=max_reweight)
+    state = polish_if_stalled(problem, state, metric.factor, max_iter=max_polish_iter)
+    state.n_products = metric.n_products
+    return state
+
+
+def start_factor(state):
+    """
+    The Cholesky factor a direct or matrix-free fit left, or None.
+
+    That of the direct solver's normal matrix ``A^T W A`` or of the ``cg``
+    solver's Toeplitz approximation of it, at the weights of its last step.
+    """
+    return getattr(getattr(state, "metric", None), "factor", None)
+
+
+def continue_fit(problem, start, *, max_iter, max_polish_iter):
+    """
+    Gauss-Newton steps from a neighbouring fit, preconditioned by its factor.
+
+    ``start`` is a direct or matrix-free fit of nearly the same problem
+    (the robust pass before clipping: the same design, other weights and
+    a few more pixels), with a `start_factor`. That factor preconditions
+    conjugate-gradient solves with exact products at the current weights
+    (`ConjugateGradientMetric.preconditioned_by`), so the fit neither
+    assembles a normal matrix (``N_pix (K**2)**2`` operations) nor builds a
+    Toeplitz approximation again. The steps use the exact gradient, so
+    they reach the same optimum as a fresh fit.
+
+    Returns
+    -------
+    state : ``astro_dia._problem.FitState``
+        With ``metric`` (the preconditioned metric) attached.
+    """
+    theta = pack(start.kernel, start.coefficients)
+    metric = ConjugateGradientMetric.preconditioned_by(
+        problem, irls_weights(problem, theta), start_factor(start), rtol=CONTINUE_RTOL,
+        max_cg_iter=10 * (problem.n_kernel + problem.basis.shape[0]))
+    state = gauss_newton(problem, theta, metric, max_iter=max_iter, max_reweight=max_iter)
     state = polish_if_stalled(problem, state, metric.factor, max_iter=max_polish_iter)
     state.n_products = metric.n_products
     return state

@@ -13,8 +13,8 @@ re-assembling ``A^T W A`` with iteratively re-weighted weights only when
 the steps stop shrinking fast, so most fits need one or two assemblies.
 A fit that follows a direct fit of nearly the same problem (the fit after
 outlier rejection, from the robust pass) need not assemble at all:
-`continue_direct` preconditions matrix-free solves of its steps with the
-earlier factor.
+`astro_dia.solvers.cg.continue_fit` preconditions matrix-free solves of
+its steps with the earlier factor.
 
 Precision: the matrix products run in float32 (twice as fast as float64 on
 a CPU) on strips of at most ``astro_dia._normal.FLOAT32_STRIP_PIXELS``
@@ -32,15 +32,9 @@ re-assembled once with float64 products.
 import torch
 
 from .._normal import DEFAULT_CHUNK_BYTES, add_regularization, assemble_normal_equations, cholesky
-from .cg import ConjugateGradientMetric
-from .gauss_newton import (gauss_newton, irls_weights, linear_start, pack, polish_if_stalled,
-                           start_weights)
+from .gauss_newton import gauss_newton, linear_start, polish_if_stalled, start_weights
 
 __all__ = ["solve_direct"]
-
-#: Relative residual of the conjugate-gradient solves of `continue_direct`:
-#: with a nearly exact preconditioner a solve takes one or two products.
-CONTINUE_RTOL = 1e-2
 
 
 class NormalMatrixMetric:
@@ -139,36 +133,3 @@ def solve_direct(problem, *, max_iter=50, max_reweight=10, max_bytes=None, gemm_
     state.n_assemblies = metric.n_assemblies
     return state
 
-
-def direct_factor(state):
-    """The Cholesky factor of a direct fit's last normal matrix, or None."""
-    metric = getattr(state, "metric", None)
-    return metric.factor if isinstance(metric, NormalMatrixMetric) else None
-
-
-def continue_direct(problem, start, *, max_iter, max_polish_iter):
-    """
-    Gauss-Newton steps from a neighbouring direct fit, without assembling again.
-
-    ``start`` is a direct fit of nearly the same problem (the robust pass
-    before clipping: the same design, other weights and a few more pixels).
-    Its factorised normal matrix preconditions conjugate-gradient solves
-    with exact matrix-free products at the current weights
-    (`~astro_dia.solvers.cg.ConjugateGradientMetric.preconditioned_by`):
-    each step costs a few FFT products instead of an assembly of
-    ``N_pix (K**2)**2`` operations. The steps use the exact gradient, so
-    they reach the same optimum as `solve_direct`.
-
-    Returns
-    -------
-    state : ``astro_dia._problem.FitState``
-        With ``metric`` (the preconditioned metric) attached.
-    """
-    theta = pack(start.kernel, start.coefficients)
-    metric = ConjugateGradientMetric.preconditioned_by(
-        problem, irls_weights(problem, theta), direct_factor(start), rtol=CONTINUE_RTOL,
-        max_cg_iter=10 * problem.n_kernel)
-    state = gauss_newton(problem, theta, metric, max_iter=max_iter, max_reweight=max_iter)
-    state = polish_if_stalled(problem, state, metric.factor, max_iter=max_polish_iter)
-    state.n_products = metric.n_products
-    return state
