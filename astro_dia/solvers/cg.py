@@ -63,6 +63,11 @@ def check_interval(device):
     return 1 if device.type == "cpu" else CHECK_EVERY_ON_GPU
 
 
+def _times(image, factor):
+    """``image * factor``, or ``image`` itself when ``factor`` is None (an image of ones)."""
+    return image if factor is None else image * factor
+
+
 class ConjugateGradientMetric:
     """
     Apply ``(A^T W A)^{-1}`` approximately by preconditioned conjugate gradients.
@@ -120,9 +125,9 @@ class ConjugateGradientMetric:
         with torch.no_grad():
             self._fft_shape = (next_fast_len(ny + size, real=True),
                                next_fast_len(nx + size, real=True))
-            reference = problem.reference[0, 0].to(torch.float64)
-            self._mean = float(reference[h:ny - h, h:nx - h].mean())
-            self._centred = reference - self._mean
+            centred = problem.reference[0, 0].to(torch.float64, copy=True)
+            self._mean = float(centred[h:ny - h, h:nx - h].mean())
+            self._centred = centred.sub_(self._mean)
             self._centred_spectrum = torch.fft.rfft2(self._centred.to(problem.dtype),
                                                      s=problem.fft_shape)
             # Kernel pixel u = (i, j) is flat index i * K + j; the lag of (u, v)
@@ -134,10 +139,10 @@ class ConjugateGradientMetric:
             # are needed (`lag_values`); lag d is index d + K - 1 of that block.
             self._offsets = tuple(range(-(size - 1), size))
             self._lags = (i[:, None] - i[None, :] + size - 1, j[:, None] - j[None, :] + size - 1)
-            self._terms = (torch.ones((1,) + problem.target.shape, dtype=torch.float64,
-                                      device=problem.device)
-                           if problem.kernel_basis is None
-                           else problem.kernel_basis.to(torch.float64))
+            # The kernel's polynomial images; None stands for the image of ones
+            # of a constant kernel, which is never made.
+            self._terms = ([None] if problem.kernel_basis is None
+                           else list(problem.kernel_basis.to(torch.float64)))
 
     def reweight(self, weights):
         """Use ``weights`` in the products; rebuild the preconditioner if they moved enough."""
@@ -176,13 +181,19 @@ class ConjugateGradientMetric:
             # x_s = sqrt(w) b_s R_c per kernel term s (one term without spatial
             # variation); block (s, t) is the cross-correlation of x_s and x_t
             # at lag u - v. A Gram matrix of shifted signals: positive
-            # semi-definite by construction.
+            # semi-definite by construction. Frame-sized temporaries are made
+            # one at a time (a 1000 x 1000 build peaked at 96 MiB).
             w64 = weights.to(torch.float64)
+            centred_valid = self._centred[h:ny - h, h:nx - h]
             spectra = []
             for term in terms:
                 full = torch.zeros(problem.shape, dtype=torch.float64, device=problem.device)
-                full[h:ny - h, h:nx - h] = torch.sqrt(w64) * term
-                spectra.append(torch.fft.rfft2(full * self._centred, s=shape))
+                inner = full[h:ny - h, h:nx - h]
+                inner.copy_(w64).sqrt_().mul_(centred_valid)
+                if term is not None:
+                    inner.mul_(term)
+                spectra.append(torch.fft.rfft2(full, s=shape))
+                del full, inner
             n_terms = len(spectra)
             blocks = [[None] * n_terms for _ in range(n_terms)]
             for a in range(n_terms):
@@ -190,15 +201,18 @@ class ConjugateGradientMetric:
                     lag = lag_values(spectra[a].conj() * spectra[b], shape, self._offsets)
                     blocks[a][b] = lag[self._lags]
                     blocks[b][a] = blocks[a][b].T
+            del spectra
             kernel_block = torch.cat([torch.cat(row, 1) for row in blocks])
-            # Exact blocks of the columns that are images, G = [B_k, B].
-            images = torch.cat([terms, problem.basis.to(torch.float64)])
-            weighted_terms = weights * terms.to(problem.dtype)
-            cross = torch.stack([
-                problem.correlate(weighted_terms * g.to(problem.dtype),
+            # Exact blocks of the columns that are images, G = [B_k, B]
+            # (None: the constant kernel's image of ones).
+            images = terms + list(problem.basis.to(torch.float64))
+            cross = torch.stack([torch.cat([
+                problem.correlate(_times(_times(weights, term), image).to(problem.dtype),
                                   spectrum=self._centred_spectrum).reshape(-1)
-                for g in images]).T.to(torch.float64)
-            image_block = torch.einsum("iyx,jyx->ij", images * w64, images)
+                for term in terms]) for image in images]).T.to(torch.float64)
+            image_block = torch.stack([
+                torch.stack([torch.sum(_times(_times(w64, a), b)) for b in images])
+                for a in images])
             # J^T [[T, C], [C^T, G]] J, block by block: J adds r times each
             # term's image column to every pixel column of that term.
             n_kernel = self.n_kernel

@@ -284,3 +284,24 @@ def test_auto_records_the_solver_it_used(noisy_pair):
     result = _fit(reference, target, "auto")
     assert result.solver == "direct"
     assert result.difference.header["DIA_SOLV"] == "direct"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_toeplitz_preconditioner_is_exact_off_the_kernel_block(noisy_pair, dtype):
+    """
+    Only the centred-reference kernel block is approximated: the columns of the
+    background terms equal the assembled normal matrix's; the whole is a
+    symmetric positive definite matrix (a Gram matrix), factorised by Cholesky.
+    """
+    from astro_dia.solvers.cg import ConjugateGradientMetric
+    problem = _problem(noisy_pair, dtype)
+    weights = problem.weights(problem.target)
+    normal, _ = assemble_normal_equations(problem, weights, dtype=torch.float64)
+    approximation = ConjugateGradientMetric(problem, weights).preconditioner
+    n_kernel = problem.n_kernel
+    scale = float(torch.abs(normal).max())
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-10
+    assert_allclose(approximation[:, n_kernel:].numpy(), normal[:, n_kernel:].numpy(),
+                    rtol=0, atol=tolerance * scale)
+    assert torch.equal(approximation, approximation.T)
+    assert torch.linalg.cholesky_ex(approximation).info == 0
