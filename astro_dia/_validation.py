@@ -163,11 +163,13 @@ def footprint_touches(bad, kernel_size):
     from scipy.ndimage import uniform_filter1d
 
     h = kernel_size // 2
+    ny, nx = bad.shape
+    if not bad.any():     # the common case: no box sums over a frame of zeros
+        return np.zeros((ny - 2 * h, nx - 2 * h), bool)
     counts = bad.astype(np.float64)
     # A box sum along each axis (kept exact by rounding the small integers).
     counts = uniform_filter1d(counts, kernel_size, axis=0, mode="constant") * kernel_size
     counts = uniform_filter1d(counts, kernel_size, axis=1, mode="constant") * kernel_size
-    ny, nx = bad.shape
     return np.rint(counts[h:ny - h, h:nx - h]) > 0
 
 
