@@ -12,9 +12,12 @@ checks of paper section 2.5 (positive eigenvalues and determinant) are
 applied before inverting, and a `~astro_dia.exceptions.KernelFitWarning`
 says when they fail.
 
-`~astro_dia.DifferenceImager` calls these functions after every fit
-(``compute_errors=True``) and stores the results on the
-`~astro_dia.DifferenceResult`.
+`~astro_dia.DifferenceImager` uses these functions for the dense
+covariance: at once with ``compute_errors='covariance'`` or a spatially
+varying kernel, and on small frames when ``result.covariance`` or
+``kernel_error`` is first read; with the default ``compute_errors=True``
+sigma_P and sigma_B0 come from matrix-free solves with the same weights
+(``astro_dia._matrix_free_errors``).
 """
 
 import math
