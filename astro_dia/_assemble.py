@@ -21,7 +21,7 @@ from ._model import convolve_frame
 from ._package_version import version as __version__
 from ._provenance import copy_meta, stamp
 from ._torch import to_numpy
-from .background import background_basis
+from .background import background_basis, evaluate_background
 from .exceptions import FitQualityWarning
 from .flags import INVALID, flag_image
 from .uncertainty import (background_errors, covariance_from_information, fisher_information,
@@ -36,8 +36,7 @@ RESIDUAL_SCATTER_RANGE = (0.8, 1.25)
 CLIPPED_FRACTION_WARNING = 0.1
 
 
-def final_model(reference, kernel_terms, coefficients, shape, valid, *, kernel_degree,
-                background_degree, device):
+def final_model(reference, kernel_terms, coefficients, shape, valid, *, kernel_degree, device):
     """
     ``R (x) K + B`` in float64 on the valid region, and the background ``B``.
 
@@ -56,8 +55,7 @@ def final_model(reference, kernel_terms, coefficients, shape, valid, *, kernel_d
     basis = (None if kernel_degree == 0
              else background_basis(shape, kernel_degree, region=valid))
     model_valid = convolve_frame(reference, kernel_terms, device=device, kernel_basis=basis)
-    background = sum(value * term for value, term in   # no BLAS product: see background.py
-                     zip(coefficients, background_basis(shape, background_degree)))
+    background = evaluate_background(coefficients, shape)
     return model_valid + background[valid], background
 
 
@@ -209,7 +207,7 @@ def assemble_result(state, problem, inputs, outliers, config):
     reference = np.where(inputs.reference_bad, 0.0, inputs.reference_image.data)
     model_valid, background = final_model(
         reference, kernel_terms, coefficients, shape, valid, kernel_degree=kernel_degree,
-        background_degree=config["background_degree"], device=problem.device)
+        device=problem.device)
     model_valid[inputs.model_undefined] = np.nan
     model = np.full(shape, np.nan)
     model[valid] = model_valid
