@@ -25,6 +25,7 @@ import warnings
 
 import numpy as np
 import torch
+
 from ._normal import add_regularization, assemble_normal_equations
 from ._torch import to_tensor
 from .exceptions import KernelFitWarning

@@ -113,7 +113,7 @@ class ConjugateGradientMetric:
         metric = cls.__new__(cls)
         metric.problem, metric.rtol, metric.max_cg_iter = problem, rtol, max_cg_iter
         metric.n_products, metric.goal, metric.n_kernel = 0, None, problem.n_kernel
-        metric.weights, metric._built_for, metric.factor = weights, weights, factor
+        metric.weights, metric.factor = weights, factor
         metric._fixed = True
         return metric
 

@@ -132,4 +132,3 @@ def solve_direct(problem, *, max_iter=50, max_reweight=10, max_bytes=None, gemm_
     state = polish_if_stalled(problem, state, metric.factor, max_iter=max_polish_iter)
     state.n_assemblies = metric.n_assemblies
     return state
-
