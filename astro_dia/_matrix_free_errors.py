@@ -31,10 +31,11 @@ __all__ = []
 
 #: Relative residual (preconditioned norm) of each solve. The error of
 #: ``c^T x`` is the squared energy norm of the error of ``x``: of the order
-#: of RTOL**2 relative, far below the 1% to which errors are quoted (at
-#: 1000 x 1000 with a 19 x 19 kernel, sigma_P agrees with the dense value
-#: to 2.5e-4, at 8 products per solve where 1e-3 took 12).
-RTOL = 1e-2
+#: of RTOL**2 relative, far below the 1% to which errors are quoted. At
+#: 1000 x 1000 with a 19 x 19 kernel sigma_P and sigma_B0 agree with the
+#: dense values to 7.0e-4 and 6.6e-4 at 6 products per solve (1e-2: 3e-5,
+#: 8 products; 0.1: 2.4e-3, 5 products).
+RTOL = 5e-2
 
 #: A solve whose true residual ends above this many times RTOL failed.
 RESIDUAL_SLACK = 10.0

@@ -91,6 +91,8 @@ class ConjugateGradientMetric:
         self.problem = problem
         self.rtol, self.max_cg_iter = rtol, max_cg_iter
         self.n_products = 0
+        #: Relative residual the last solve reached.
+        self.solve_residual = 0.0
         #: Decrement tolerance of the Gauss-Newton steps being solved for
         #: (set by them, see `FORCING`); None: every solve to ``rtol``.
         self.goal = None
@@ -113,6 +115,7 @@ class ConjugateGradientMetric:
         metric = cls.__new__(cls)
         metric.problem, metric.rtol, metric.max_cg_iter = problem, rtol, max_cg_iter
         metric.n_products, metric.goal, metric.n_kernel = 0, None, problem.n_kernel
+        metric.solve_residual = 0.0
         metric.weights, metric.factor = weights, factor
         metric._fixed = True
         return metric
@@ -299,6 +302,9 @@ class ConjugateGradientMetric:
             rz_new = residual @ z
             direction = z + torch.where(stopped, 0.0, rz_new / rz) * direction
             rz = torch.where(stopped, rz, rz_new)
+        # What this solve reached, for the steps' prediction of convergence
+        # (`~astro_dia.solvers.gauss_newton.predicts_convergence`).
+        self.solve_residual = float(torch.sqrt(torch.clamp(rz, min=0.0) / scale))
         return x
 
 

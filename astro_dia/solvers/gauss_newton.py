@@ -24,8 +24,10 @@ The iteration stops when the Newton decrement
 ``lambda = sqrt(g^T H^{-1} g)``, the length of the step in units of the
 statistical standard deviations of the parameters, falls below ``1e-6``
 (float64) or ``1e-3`` (float32), or the problem's own ``newton_tolerance``
-(0.1 for the robust pass before clipping), or stops decreasing within ten
-times that tolerance (the rounding noise of the gradient). Where the
+(1.0 for the robust pass before clipping), or stops decreasing within ten
+times that tolerance (the rounding noise of the gradient), or when the
+contraction of the last steps predicts that the step just taken has
+brought it below the tolerance (`predicts_convergence`). Where the
 objective is far from quadratic
 (gross outliers under the Gaussian loss with a model-dependent variance) or
 at the resolution of float32, the steps stall; `polish_if_stalled` then
@@ -49,6 +51,15 @@ _REWEIGHT_RATIO = 0.3
 #: ... unless the tolerance is this few steps away at the current ratio.
 _CHEAP_STEPS = 8
 
+#: Largest contraction per step (the ratio of the last two decrements plus
+#: the relative residual of the step's solve) from which the decrement
+#: after a step is predicted (`predicts_convergence`).
+_PREDICTABLE_CONTRACTION = 0.5
+
+#: ... and only from a decrement within this factor of the tolerance, where
+#: the rounding of the step is far below the step itself.
+_PREDICTABLE_RANGE = 10
+
 #: A decrement that stops shrinking within this factor of the tolerance is
 #: the rounding noise of the gradient (in float32 on frames of ten million
 #: pixels and more it is a few 1e-3 sigma): the fit has converged.
@@ -58,6 +69,38 @@ _RESOLVED = 10
 def tolerance(dtype):
     """Newton-decrement tolerance for a data type (from `astro_dia._tolerances`)."""
     return _tolerance(dtype, "newton")
+
+
+def predicts_convergence(decrement, ratio, solve_residual, tol):
+    """
+    Whether the step just taken has brought the decrement below ``tol``.
+
+    Gauss-Newton steps with an approximate metric and inexact solves
+    converge linearly: each step shrinks the distance to the optimum by
+    about the contraction ``c`` = ``ratio`` (the last two decrements' ratio,
+    which holds the metric's error and the previous solve's) plus
+    ``solve_residual`` (the relative residual of this step's solve). After
+    a full step of decrement ``lambda`` the next decrement is then at most
+    about ``c lambda``, and the distance to the optimum ``lambda c / (1 - c)``
+    (the geometric tail). When that is below ``tol`` the step that would
+    confirm it, a solve and a gradient, is not made.
+
+    Parameters
+    ----------
+    decrement : float
+        The decrement of the step just taken, in sigma.
+    ratio : float
+        ``decrement`` over the previous step's decrement (0 or less: no
+        previous step, nothing is predicted).
+    solve_residual : float
+        Relative residual of this step's solve (0 for an exact solve).
+    tol : float
+        The predicted distance to accept (0: never).
+    """
+    contraction = ratio + solve_residual
+    return (0.0 < ratio and contraction < _PREDICTABLE_CONTRACTION
+            and decrement <= _PREDICTABLE_RANGE * tol
+            and decrement * contraction / (1.0 - contraction) <= tol)
 
 
 def irls_weights(problem, theta):
@@ -114,7 +157,9 @@ def gauss_newton(problem, theta, metric, *, max_iter, max_reweight):
     -------
     state : ``astro_dia._problem.FitState``
     """
-    tol = getattr(problem, "newton_tolerance", None) or tolerance(problem.dtype)
+    own = getattr(problem, "newton_tolerance", None)
+    tol = own or tolerance(problem.dtype)
+    predicted_tol = own or _tolerance(problem.dtype, "predicted")
     previous = math.inf
     n_reweight = 0
     reweighted = False
@@ -162,6 +207,13 @@ def gauss_newton(problem, theta, metric, *, max_iter, max_reweight):
             break
         ratio = decrement / previous
         previous = decrement
+        if t == 1.0 and predicts_convergence(decrement, ratio,
+                                             getattr(metric, "solve_residual", 0.0),
+                                             predicted_tol):
+            converged, message = True, (
+                f"Newton decrement {decrement:.2g} sigma, shrinking {1 / ratio:.3g} times "
+                f"per step: below {predicted_tol:g} sigma after this step")
+            break
         if ratio > 0.9 and (reweighted or getattr(metric, "reweight_every_step", False)):
             escalated = _escalate(metric, evaluations, theta)
             if escalated is not None:

@@ -64,3 +64,57 @@ def test_a_decrement_that_stops_shrinking_near_the_tolerance_is_convergence(fact
         assert "stopped decreasing" in state.message
     else:
         assert "stalled" in state.message
+
+
+class ContractingMetric:
+    """Steps that shrink the distance to the optimum by ``c`` each: ``solve(g) = (1 - c) g``."""
+
+    reweight_every_step = True
+
+    def __init__(self, c):
+        self.c, self.calls = c, 0
+
+    def solve(self, gradient):
+        self.calls += 1
+        return (1.0 - self.c) * gradient
+
+
+@pytest.mark.parametrize("c", [0.05, 0.2])
+def test_the_step_that_would_only_confirm_convergence_is_not_made(c):
+    tol = gn.tolerance(torch.float32)
+    problem = QuadraticProblem([1.0, 2.0])
+    start = torch.tensor([1.0 + 0.3, 2.0 - 0.4], dtype=torch.float64)
+    metric = ContractingMetric(c)
+    state = gn.gauss_newton(problem, start, metric, max_iter=50, max_reweight=0)
+    assert state.converged and "below" in state.message
+    # The prediction is honest: the final point is within the tolerance ...
+    distance = float(torch.linalg.norm(torch.cat([state.kernel.reshape(-1),
+                                                  state.coefficients]) - problem.optimum))
+    assert distance <= tol
+    # ... and was reached without the solve that would have confirmed it: the
+    # decrements sqrt(1 - c) |theta_k - a| shrink by c per step, and the last
+    # solve made is the first whose step lands within the tolerance.
+    decrements = [(1 - c) ** 0.5 * 0.5 * c ** k for k in range(50)]
+    confirming = next(k for k, d in enumerate(decrements) if d <= tol) + 1
+    assert metric.calls == confirming - 1
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    ((2e-3, 0.1, 0.0, 1e-3), True),      # 2e-3 * 0.1 / 0.9 = 2.2e-4 <= 1e-3
+    ((2e-3, 0.1, 0.5, 1e-3), False),     # the solve's residual makes c = 0.6: not predictable
+    ((9e-3, 0.2, 0.0, 1e-3), False),     # 9e-3 * 0.25 = 2.3e-3 > 1e-3
+    ((2e-2, 0.01, 0.0, 1e-3), False),    # more than ten times the tolerance away
+    ((2e-3, 0.0, 0.0, 1e-3), False),     # no earlier step: no contraction measured
+    ((2e-7, 0.01, 0.0, 0.0), False),     # tolerance 0 (float64): never
+])
+def test_predicts_convergence(arguments, expected):
+    assert gn.predicts_convergence(*arguments) is expected
+
+
+def test_float64_fits_confirm_every_step():
+    problem = QuadraticProblem([1.0, 2.0])
+    problem.dtype = torch.float64
+    start = torch.tensor([1.3, 1.6], dtype=torch.float64)
+    metric = ContractingMetric(0.05)
+    state = gn.gauss_newton(problem, start, metric, max_iter=50, max_reweight=0)
+    assert state.converged and "Newton decrement below" in state.message
