@@ -1,10 +1,8 @@
 """Run the ``astro-dia`` command as ``python -m astro_dia``."""
 
-import sys
-
-from .cli import main
+from .cli import run
 
 __all__ = []
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

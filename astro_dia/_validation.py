@@ -160,17 +160,18 @@ def footprint_touches(bad, kernel_size):
     -------
     touched : (ny - 2h, nx - 2h) bool ndarray
     """
-    from scipy.ndimage import uniform_filter1d
-
     h = kernel_size // 2
     ny, nx = bad.shape
     if not bad.any():     # the common case: no box sums over a frame of zeros
         return np.zeros((ny - 2 * h, nx - 2 * h), bool)
-    counts = bad.astype(np.float64)
-    # A box sum along each axis (kept exact by rounding the small integers).
-    counts = uniform_filter1d(counts, kernel_size, axis=0, mode="constant") * kernel_size
-    counts = uniform_filter1d(counts, kernel_size, axis=1, mode="constant") * kernel_size
-    return np.rint(counts[h:ny - h, h:nx - h]) > 0
+    # Integer box sums of the kernel's size along each axis, from cumulative
+    # sums: exact, and only over the windows that lie inside the frame.
+    rows = np.zeros((ny + 1, nx), np.int32)
+    np.cumsum(bad, axis=0, out=rows[1:])
+    rows = rows[kernel_size:] - rows[:-kernel_size]
+    boxes = np.zeros((rows.shape[0], nx + 1), np.int32)
+    np.cumsum(rows, axis=1, out=boxes[:, 1:])
+    return (boxes[:, kernel_size:] - boxes[:, :-kernel_size]) > 0
 
 
 def parse_memory(value):

@@ -40,7 +40,7 @@ from ._cli_tables import add_file_and_time, check_out
 from ._package_version import version as __version__
 from .demo import DEFAULT_SEED, run_demo
 
-__all__ = ["main", "build_parser", "format_report"]
+__all__ = ["main", "run", "build_parser", "format_report"]
 
 PROG = "astro-dia"
 
@@ -529,6 +529,28 @@ def main(argv=None):
         except KeyboardInterrupt:
             print(f"{PROG}: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
+
+
+def run():
+    """
+    The console entry point: `main`, then leave the interpreter at once.
+
+    A process that has imported torch spends about half a second in the
+    interpreter's shutdown, finalising torch's modules, after the command
+    has finished. By the time `main` returns every file the command wrote
+    is closed; the log handlers and the standard streams are flushed here,
+    and the process exits with `os._exit` and `main`'s status. An exception
+    that `main` does not handle leaves through the ordinary shutdown, with
+    its traceback.
+    """
+    status = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):   # a closed pipe or stream: nothing to flush to
+            pass
+    os._exit(status if isinstance(status, int) else 0)
 
 
 @contextlib.contextmanager

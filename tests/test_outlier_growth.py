@@ -1,10 +1,12 @@
-"""Growing rejected pixels by one pixel, and the cached reference median."""
+"""Growing rejected pixels by one pixel, the medians of the outlier search."""
 
 import numpy as np
+import pytest
 import torch
 from scipy import ndimage
 
-from astro_dia._outliers import grow, reference_median
+from astro_dia import _outliers
+from astro_dia._outliers import grow, reference_median, sampled_median, scatter_scale
 
 
 def test_grow_is_a_binary_dilation_with_the_3x3_square():
@@ -30,3 +32,27 @@ def test_reference_median_is_computed_once_per_reference():
     assert reference_median(problem) == 12.0
     problem.reference = torch.zeros((1, 1, 5, 5))   # a new reference: computed again
     assert reference_median(problem) == 0.0
+
+
+@pytest.mark.parametrize("noise", [0.7, 1.0, 1.3])
+def test_scatter_scale_is_the_robust_scatter_at_least_one(noise):
+    rng = np.random.default_rng(5)
+    z = torch.as_tensor(np.abs(rng.standard_normal((300, 200)) * noise))
+    candidates = torch.as_tensor(rng.random((300, 200)) < 0.9)
+    expected = 1.4826 * float(torch.median(z[candidates]))     # the whole frame: exact
+    assert scatter_scale(z, candidates) == max(1.0, expected)
+    if noise < 1:
+        assert scatter_scale(z, candidates) == 1.0
+
+
+def test_large_frames_take_the_median_of_an_even_subsample(monkeypatch):
+    rng = np.random.default_rng(6)
+    image = torch.as_tensor(rng.standard_normal((400, 500)) * 3.0 + 10.0)
+    where = torch.as_tensor(rng.random((400, 500)) < 0.8)
+    exact = float(torch.median(image[where]))
+    assert sampled_median(image, where) == exact          # 200 000 values: all of them
+    monkeypatch.setattr(_outliers, "MEDIAN_SAMPLE", 20_000)
+    sampled = sampled_median(image, where)
+    assert sampled != exact
+    # the median's own scatter with 16 000 values: 1.25 * 3 / sqrt(16 000) = 0.03
+    assert abs(sampled - exact) < 0.1
