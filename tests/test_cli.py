@@ -216,6 +216,25 @@ def test_python_dash_m_error_has_no_traceback(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_whole_process_diff_writes_and_reports_before_its_fast_exit(tmp_path):
+    """`python -m astro_dia` leaves through os._exit: its file and report are complete."""
+    from astro_dia.simulate import make_image_pair
+    reference, target, _ = make_image_pair(shape=(64, 64), seed=2)
+    reference.write(tmp_path / "ref.fits")
+    target.write(tmp_path / "tgt.fits")
+    out = tmp_path / "diff.fits"
+    completed = subprocess.run(
+        [sys.executable, "-m", "astro_dia", "diff", str(tmp_path / "ref.fits"),
+         str(tmp_path / "tgt.fits"), "--out", str(out), "--kernel-size", "7", "--flat", "1",
+         "--sky", "0"], capture_output=True, text=True, timeout=120, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.rstrip().endswith(f"difference image   {out}")
+    difference = CCDData.read(out)
+    assert difference.shape == (64, 64)
+    assert difference.header["DIA_P"] == pytest.approx(
+        float(completed.stdout.split("scale factor P")[1].split()[0]), rel=1e-5)
+
+
 # -- astro-dia subtract --------------------------------------------------------
 
 SUBTRACT_FIT = ["--kernel-size", "7", "--flat", "1", "--sky", "0"]
