@@ -59,7 +59,7 @@ def final_model(reference, kernel_terms, coefficients, shape, valid, *, kernel_d
     return model_valid + background[valid], background
 
 
-def fit_errors(problem, state, terms, residuals, kernel_size, compute_errors=True):
+def fit_errors(problem, state, kernel_size, compute_errors=True):
     """
     sigma_P, sigma_B0 and the background errors; the covariance when asked for or cheap.
 
@@ -71,12 +71,13 @@ def fit_errors(problem, state, terms, residuals, kernel_size, compute_errors=Tru
     them when the result is first asked for them. ``'covariance'``, a
     spatially varying kernel, or a matrix-free solve that fails (the dense
     checks then say why) take the dense route at once.
+
+    The errors are those of the fit's weights; `rescale_errors` scales them
+    to the final residuals of the 'uniform' model. They are computed before
+    the result's frames are made, so that the solves' products and those
+    frames are not in memory at the same time.
     """
     n_kernel, n_scale = problem.n_kernel, kernel_size ** 2
-    # The 'uniform' weights were 1/constant with the constant from the
-    # starting residuals; the output's variance is that of the final ones.
-    rescale = (float(mad_std(residuals)) ** 2 / float(problem.constant.reshape(-1)[0])
-               if terms.estimate_scale else 1.0)
     kernel, coefficients = state.kernel, state.coefficients
 
     def dense():
@@ -84,7 +85,6 @@ def fit_errors(problem, state, terms, residuals, kernel_size, compute_errors=Tru
         covariance, valid = covariance_from_information(
             information, reference_mean=problem.reference_mean, n_kernel=n_kernel,
             n_scale=n_scale)
-        covariance = covariance * rescale
         diagonal = np.maximum(np.diag(covariance)[:n_scale], 0.0)
         return dict(covariance=covariance,
                     kernel_error=np.sqrt(diagonal).reshape(kernel_size, kernel_size),
@@ -95,14 +95,12 @@ def fit_errors(problem, state, terms, residuals, kernel_size, compute_errors=Tru
             problem, kernel, coefficients, n_scale=n_scale,
             metric=getattr(state, "metric", None))
         if valid:
-            root = float(np.sqrt(rescale))
-
             def deferred():
                 values = dense()
                 return dict(covariance=values["covariance"], kernel_error=values["kernel_error"])
 
-            return dict(covariance=None, scale_factor_error=sigma_p * root,
-                        background_error=sigma_b * root, kernel_error=None,
+            return dict(covariance=None, scale_factor_error=sigma_p,
+                        background_error=sigma_b, kernel_error=None,
                         covariance_valid=True,
                         pending_covariance=deferred if dense_is_cheap(problem) else None)
     values = dense()
@@ -112,6 +110,32 @@ def fit_errors(problem, state, terms, residuals, kernel_size, compute_errors=Tru
                 background_error=background_errors(covariance, n_kernel),
                 kernel_error=values["kernel_error"],
                 covariance_valid=values["valid"], pending_covariance=None)
+
+
+def rescale_errors(errors, rescale):
+    """
+    ``errors`` (of `fit_errors`) for a variance ``rescale`` times the fit's.
+
+    The 'uniform' weights were 1/constant with the constant from the
+    starting residuals; the output's variance is that of the final ones.
+    """
+    if rescale == 1.0:
+        return errors
+    root = float(np.sqrt(rescale))
+    scaled = dict(errors)
+    for key in ("scale_factor_error", "background_error", "kernel_error"):
+        if scaled[key] is not None:
+            scaled[key] = scaled[key] * root
+    if scaled["covariance"] is not None:
+        scaled["covariance"] = scaled["covariance"] * rescale
+    pending = scaled["pending_covariance"]
+    if pending is not None:
+        def deferred():
+            values = pending()
+            return dict(covariance=values["covariance"] * rescale,
+                        kernel_error=values["kernel_error"] * root)
+        scaled["pending_covariance"] = deferred
+    return scaled
 
 
 def check_fit_quality(z, n_outliers, n_fit):
@@ -203,11 +227,14 @@ def assemble_result(state, problem, inputs, outliers, config):
     kernel_terms = to_numpy(problem.effective_kernel(state.kernel.detach()))
     kernel = kernel_terms if kernel_degree == 0 else kernel_terms[0]
     coefficients = to_numpy(problem.uncentred_coefficients(state.kernel, state.coefficients))
+    errors = dict(covariance=None, scale_factor_error=None, background_error=None,
+                  kernel_error=None, covariance_valid=None, pending_covariance=None)
+    if config["compute_errors"]:
+        errors = fit_errors(problem, state, config["kernel_size"], config["compute_errors"])
     # The final model in float64, from the un-centred reference.
-    reference = np.where(inputs.reference_bad, 0.0, inputs.reference_image.data)
     model_valid, background = final_model(
-        reference, kernel_terms, coefficients, shape, valid, kernel_degree=kernel_degree,
-        device=problem.device)
+        np.where(inputs.reference_bad, 0.0, inputs.reference_image.data), kernel_terms,
+        coefficients, shape, valid, kernel_degree=kernel_degree, device=problem.device)
     model_valid[inputs.model_undefined] = np.nan
     model = np.full(shape, np.nan)
     model[valid] = model_valid
@@ -222,6 +249,7 @@ def assemble_result(state, problem, inputs, outliers, config):
     if terms.estimate_scale:
         sigma = float(mad_std(difference[valid][fit_mask]))
         variance_valid = np.full(model_valid.shape, sigma ** 2)
+        errors = rescale_errors(errors, sigma ** 2 / float(problem.constant.reshape(-1)[0]))
     sigma = np.full(shape, np.nan)
     sigma[valid] = np.sqrt(variance_valid)
     full_outliers = np.zeros(shape, bool)
@@ -238,11 +266,7 @@ def assemble_result(state, problem, inputs, outliers, config):
 
     unit = target_image.unit
     scale_factor = float(kernel.sum())
-    errors = dict(covariance=None, scale_factor_error=None, background_error=None,
-                  kernel_error=None, covariance_valid=None, pending_covariance=None)
-    if config["compute_errors"]:
-        errors = fit_errors(problem, state, terms, difference[valid][fit_mask],
-                            config["kernel_size"], config["compute_errors"])
+    if errors["background_error"] is not None:
         errors["background_error"] = errors["background_error"] * unit
     meta = copy_meta(target_image.meta)
     if config["add_keyword"]:

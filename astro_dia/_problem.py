@@ -112,10 +112,11 @@ class FitProblem:
         self.target = to_tensor(target[self.valid], **tensor)
         self.mask = torch.as_tensor(fit_mask, device=device)
         self.n_data = int(fit_mask.sum())
-        self.basis = to_tensor(basis, **tensor)
         # A constant background (degree 0) is one number: added and summed as
-        # such, not as an image of ones.
+        # such, not as an image of ones; its basis is a view of a single one.
         self.constant_background = basis.shape[0] == 1 and bool(np.all(basis[0] == 1.0))
+        self.basis = (torch.ones((1, 1, 1), **tensor).expand(basis.shape)
+                      if self.constant_background else to_tensor(basis, **tensor))
         self.set_noise_terms(terms)
         self.loss = loss
         self.regularization = float(regularization)

@@ -207,8 +207,9 @@ class ConjugateGradientMetric:
             del spectra
             kernel_block = torch.cat([torch.cat(row, 1) for row in blocks])
             # Exact blocks of the columns that are images, G = [B_k, B]
-            # (None: the constant kernel's image of ones).
-            images = terms + list(problem.basis.to(torch.float64))
+            # (None: the image of ones of a constant kernel or background).
+            images = terms + ([None] if problem.constant_background
+                              else list(problem.basis.to(torch.float64)))
             cross = torch.stack([torch.cat([
                 problem.correlate(_times(_times(weights, term), image).to(problem.dtype),
                                   spectrum=self._centred_spectrum).reshape(-1)
