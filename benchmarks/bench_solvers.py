@@ -42,11 +42,10 @@ so that its peak memory (``ru_maxrss``) is its own:
 
 All astro_dia fits except ``default+errors`` and ``diff CLI`` use the CCD
 noise model with the Gaussian likelihood of eq. 8 (a model-dependent
-variance) to full convergence, with ``compute_errors=False`` (the error
-computation is the same for every solver: one float64 normal-matrix
-assembly in the row ``direct+errors``; on large frames the default takes the
-matrix-free route of ``astro_dia._matrix_free_errors``, timed in
-``default+errors``).
+variance) to full convergence, with ``compute_errors=False`` (the errors
+are the same for every solver: sigma_P and sigma_B0 from matrix-free solves
+preconditioned by what the solver left, ``astro_dia._matrix_free_errors``,
+timed in ``direct+errors f32`` and ``default+errors``).
 
 Columns: ``seconds`` (the median of ``--repeat N`` runs made round-robin,
 A B C A B C ..., so that a change in the machine's load hits every row),
