@@ -7,6 +7,7 @@ import numpy as np
 
 from ._assemble import assemble_result
 from ._fitting import run_fit
+from ._heap import reused_large_blocks, spectrum_bytes
 from ._inputs import check_enough_pixels, prepare_inputs
 from ._kernel_header import kernel_cards, remove_kernel_cards
 from ._problem import FitProblem
@@ -320,9 +321,9 @@ class DifferenceImager:
             exclude=exclude)
         reference_bad, target_bad, valid = inputs.reference_bad, inputs.target_bad, inputs.valid
         variance = inputs.reference_variance
-        guard = out_of_memory_as_error(inputs.target_image.data.shape, self.kernel_size,
-                                       self.device, DIAError)
-        with guard, exact_float32():
+        shape = inputs.target_image.data.shape
+        guard = out_of_memory_as_error(shape, self.kernel_size, self.device, DIAError)
+        with guard, exact_float32(), reused_large_blocks(spectrum_bytes(shape, self.dtype)):
             problem = FitProblem(
                 np.where(reference_bad, 0.0, inputs.reference_image.data),
                 np.where(target_bad, 0.0, inputs.target_image.data), inputs.fit_mask,

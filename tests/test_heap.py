@@ -1,0 +1,101 @@
+"""glibc's reuse of large freed blocks during fits of large frames (astro_dia._heap)."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from astro_dia import DifferenceImager, _heap
+from astro_dia.simulate import make_image_pair
+
+
+class FakeGlibc:
+    """Records the mallopt and malloc_trim calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def mallopt(self, parameter, value):
+        self.calls.append(("mallopt", parameter, value.value))
+        return 1
+
+    def malloc_trim(self, pad):
+        self.calls.append(("malloc_trim", pad))
+        return 1
+
+
+@pytest.fixture
+def glibc(monkeypatch):
+    fake = FakeGlibc()
+    monkeypatch.setattr(_heap, "_glibc", lambda: fake)
+    return fake
+
+
+SET = [("mallopt", _heap._M_TRIM_THRESHOLD, _heap._KEEP), ("mallopt", _heap._M_MMAP_MAX, 0)]
+# what glibc's own adaptation reaches with large arrays, then the freed pages back
+RESTORE = [("mallopt", _heap._M_MMAP_THRESHOLD, 32 * 2 ** 20),
+           ("mallopt", _heap._M_TRIM_THRESHOLD, 64 * 2 ** 20),
+           ("mallopt", _heap._M_MMAP_MAX, 65536), ("malloc_trim", 0)]
+
+
+def test_spectrum_bytes():
+    assert _heap.spectrum_bytes((4000, 4000), "float32") == 4000 * 2001 * 8
+    assert _heap.spectrum_bytes((1000, 1000), "float64") == 1000 * 501 * 16
+    # 4000 x 4000 is above glibc's ceiling, 2000 x 2000 below
+    assert _heap.spectrum_bytes((4000, 4000), "float32") > _heap.MMAP_CEILING
+    assert _heap.spectrum_bytes((2000, 2000), "float32") < _heap.MMAP_CEILING
+
+
+def test_frames_below_the_ceiling_change_nothing(glibc):
+    with _heap.reused_large_blocks(_heap.MMAP_CEILING):
+        pass
+    assert glibc.calls == []
+
+
+def test_large_frames_set_and_restore_even_after_an_error(glibc):
+    with pytest.raises(RuntimeError):
+        with _heap.reused_large_blocks(_heap.MMAP_CEILING + 1):
+            assert glibc.calls == SET
+            raise RuntimeError("the fit failed")
+    assert glibc.calls == SET + RESTORE
+
+
+def test_concurrent_fits_share_one_setting(glibc):
+    inside, release = threading.Barrier(3), threading.Event()
+
+    def fit():
+        with _heap.reused_large_blocks(2 * _heap.MMAP_CEILING):
+            inside.wait()
+            release.wait()
+
+    threads = [threading.Thread(target=fit) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    inside.wait()
+    assert glibc.calls == SET          # set once, by the first
+    release.set()
+    for thread in threads:
+        thread.join()
+    assert glibc.calls == SET + RESTORE   # restored once, by the last
+
+
+def test_no_glibc_changes_nothing(monkeypatch):
+    monkeypatch.setattr(_heap, "_glibc", lambda: None)
+    with _heap.reused_large_blocks(10 * _heap.MMAP_CEILING):
+        pass
+
+
+@pytest.mark.skipif(_heap._glibc() is None, reason="needs glibc")
+def test_a_fit_with_the_real_setting_in_a_thread_is_the_same_fit(monkeypatch):
+    reference, target, _ = make_image_pair(shape=(96, 96), seed=4)
+    imager = DifferenceImager(9, flat=1, sky=0)
+    expected = imager.fit(reference, target)
+    # every frame counts as large: the real mallopt calls, in a worker thread
+    monkeypatch.setattr(_heap, "MMAP_CEILING", 0)
+    results = []
+    worker = threading.Thread(target=lambda: results.append(imager.fit(reference, target)))
+    worker.start()
+    worker.join()
+    assert results[0].scale_factor == expected.scale_factor
+    np.testing.assert_array_equal(results[0].difference.data, expected.difference.data)
+    assert _heap._active == 0
