@@ -58,7 +58,7 @@ _PREDICTABLE_CONTRACTION = 0.5
 
 #: ... and only from a decrement within this factor of the tolerance, where
 #: the rounding of the step is far below the step itself.
-_PREDICTABLE_RANGE = 10
+_PREDICTABLE_RANGE = 50
 
 #: A decrement that stops shrinking within this factor of the tolerance is
 #: the rounding noise of the gradient (in float32 on frames of ten million
@@ -136,7 +136,7 @@ def _escalate(metric, evaluations, theta):
     return theta
 
 
-def gauss_newton(problem, theta, metric, *, max_iter, max_reweight):
+def gauss_newton(problem, theta, metric, *, max_iter, max_reweight, contraction=None):
     """
     Newton steps with an exact gradient and a Gauss-Newton metric.
 
@@ -152,10 +152,17 @@ def gauss_newton(problem, theta, metric, *, max_iter, max_reweight):
         Maximum number of Newton steps.
     max_reweight : int
         Maximum number of times the metric is rebuilt.
+    contraction : float, optional
+        The ratio of decrements measured by an earlier fit of nearly the
+        same problem (the fit this one resumes after its mask or weights
+        changed), with the same metric: it stands for the ratio at the
+        first step, where none is measured yet, in `predicts_convergence`.
 
     Returns
     -------
     state : ``astro_dia._problem.FitState``
+        With ``contraction``, the last ratio of decrements measured (or
+        the one given), for a fit that resumes this one.
     """
     own = getattr(problem, "newton_tolerance", None)
     tol = own or tolerance(problem.dtype)
@@ -206,13 +213,15 @@ def gauss_newton(problem, theta, metric, *, max_iter, max_reweight):
             converged, message = True, f"Newton decrement below {tol:g} sigma"
             break
         ratio = decrement / previous
+        if math.isfinite(previous):
+            contraction = ratio
         previous = decrement
-        if t == 1.0 and predicts_convergence(decrement, ratio,
+        if t == 1.0 and predicts_convergence(decrement, contraction or 0.0,
                                              getattr(metric, "solve_residual", 0.0),
                                              predicted_tol):
             converged, message = True, (
-                f"Newton decrement {decrement:.2g} sigma, shrinking {1 / ratio:.3g} times "
-                f"per step: below {predicted_tol:g} sigma after this step")
+                f"Newton decrement {decrement:.2g} sigma, shrinking {1 / contraction:.3g} "
+                f"times per step: below {predicted_tol:g} sigma after this step")
             break
         if ratio > 0.9 and (reweighted or getattr(metric, "reweight_every_step", False)):
             escalated = _escalate(metric, evaluations, theta)
@@ -254,6 +263,7 @@ def gauss_newton(problem, theta, metric, *, max_iter, max_reweight):
     state = FitState(kernel=kernel, coefficients=coefficients, n_iterations=iteration,
                      converged=converged, loss_value=final, message=message)
     state.n_reweight = n_reweight
+    state.contraction = contraction
     state.metric = metric
     state.stalled = stalled
     return state
@@ -277,6 +287,7 @@ def polish_if_stalled(problem, state, factor, *, max_iter):
     polished.n_iterations += state.n_iterations
     polished.metric = state.metric
     polished.stalled = False
+    polished.contraction = None
     polished.message = f"{polished.message} (L-BFGS after {state.message})"
     return polished
 
@@ -292,7 +303,8 @@ def resume(problem, state, *, max_iter, max_polish_iter):
     theta = pack(state.kernel, state.coefficients)
     metric = state.metric
     metric.reweight(irls_weights(problem, theta))
-    resumed = gauss_newton(problem, theta, metric, max_iter=max_iter, max_reweight=10)
+    resumed = gauss_newton(problem, theta, metric, max_iter=max_iter, max_reweight=10,
+                           contraction=getattr(state, "contraction", None))
     return polish_if_stalled(problem, resumed, metric.factor, max_iter=max_polish_iter)
 
 
