@@ -96,6 +96,9 @@ def test_a_fit_with_the_real_setting_in_a_thread_is_the_same_fit(monkeypatch):
     worker = threading.Thread(target=lambda: results.append(imager.fit(reference, target)))
     worker.start()
     worker.join()
-    assert results[0].scale_factor == expected.scale_factor
-    np.testing.assert_array_equal(results[0].difference.data, expected.difference.data)
+    # the same fit up to float32 rounding (a thread may have its own OpenMP team size)
+    assert results[0].scale_factor == pytest.approx(expected.scale_factor, rel=1e-5)
+    sigma = np.nanmedian(expected.difference.uncertainty.array)
+    np.testing.assert_allclose(results[0].difference.data, expected.difference.data,
+                               rtol=0, atol=1e-3 * sigma)
     assert _heap._active == 0
