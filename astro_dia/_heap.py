@@ -29,6 +29,7 @@ import threading
 from contextlib import contextmanager
 
 from ._model import fft_shape
+from ._torch import resolve_dtype
 
 __all__ = []
 
@@ -96,4 +97,4 @@ def reused_large_blocks(block_bytes):
 def spectrum_bytes(shape, dtype):
     """Bytes of the half spectrum of a frame of ``shape`` at its FFT length, in ``dtype``."""
     ny, nx = fft_shape(shape)
-    return ny * (nx // 2 + 1) * (16 if str(dtype).endswith("float64") else 8)
+    return ny * (nx // 2 + 1) * 2 * resolve_dtype(dtype).itemsize   # complex: two reals

@@ -327,8 +327,7 @@ class DifferenceImager:
             problem = FitProblem(
                 np.where(reference_bad, 0.0, inputs.reference_image.data),
                 np.where(target_bad, 0.0, inputs.target_image.data), inputs.fit_mask,
-                background_basis(inputs.target_image.data.shape, self.background_degree,
-                                 region=valid),
+                background_basis(shape, self.background_degree, region=valid),
                 inputs.terms.cropped(valid), self.kernel_size, self.loss, self.regularization,
                 None if variance is None else np.where(reference_bad, 0.0, variance),
                 device=self.device, dtype=self.dtype, kernel_degree=self.kernel_degree,
