@@ -8,18 +8,26 @@ pass:
    held fixed at the data (`robust_twin`). With a fixed variance the
    influence of a pixel on the fit is bounded whatever its amplitude, and
    a model-dependent variance cannot be inflated to absorb the outliers;
-2. pixels whose normalised residual at that model exceeds ``clip`` and
-   whose residual is not explained by the local star signal
-   (`find_outliers`) are rejected, together with their eight neighbours;
+2. pixels whose normalised residual at that model exceeds ``clip`` *and*
+   whose residual is sharper than any star (`sharp_residuals`) are
+   rejected, together with their eight neighbours (`find_outliers`);
 3. the fit proper runs on the remaining pixels; the outliers are then
    judged afresh at its model (a pixel the robust pass rejected comes back
    when the fit explains it) and the fit resumed, until the set is stable
    or ``MAX_CLIP_PASSES`` is reached.
 
-Bright stars are protected: a residual smaller than
-``STAR_RESIDUAL_FRACTION`` of the model's star signal ``|(R - r) (x) K|``
-at the pixel (``r`` the reference's median) is a kernel mismatch in a star
-core, which the kernel must keep fitting, not a defect.
+Star cores are never taken for defects, however badly a model fits them.
+The robust pass itself underfits the cores of bright stars (the Huber loss
+down-weights every pixel beyond 1.345 sigma: on a real pair its P was 0.95
+where the fit proper's is 1.00), so ``|z|`` against it is no test of a
+defect. A kernel mismatch in a star's core has the shape of the star: it is
+``R (x) (K_true - K)``, as smooth as the reference's PSF. A cosmic ray or a
+hot pixel is sharper than any PSF, and has no counterpart in the image it
+is not in. `sharp_residuals` asks both, after L.A.Cosmic (van Dokkum 2001):
+the residual's fine structure (what a 3 x 3 median removes) must be
+significant and ``SHARPNESS`` times that of the other image (`fine_structure`,
+large in a star's core). A residual below ``STAR_RESIDUAL_FRACTION`` of the
+model's local star signal is never an outlier either.
 """
 
 import copy
@@ -32,6 +40,9 @@ __all__ = []
 
 #: A residual below this fraction of the local star signal is never an outlier.
 STAR_RESIDUAL_FRACTION = 0.2
+
+#: A defect's fine structure exceeds this many times the target's (stars).
+SHARPNESS = 2.0
 
 #: Most clipping passes after the robust one.
 MAX_CLIP_PASSES = 3
@@ -190,11 +201,82 @@ def find_outliers(problem, kernel, coefficients, clip, candidates, *, scale_from
         # so that rejection stays a matter of a few defects; the fit-quality
         # check reports the scatter itself.
         z = torch.abs(residual) / sigma
-        threshold = clip * scatter_scale(z, candidates) * sigma
-        allowance = STAR_RESIDUAL_FRACTION * star_signal(problem, kernel, convolved)
-        seeds = (torch.abs(residual) > threshold) & (torch.abs(residual) > allowance)
-        seeds &= candidates
+        threshold = torch.as_tensor(clip * scatter_scale(z, candidates) * sigma,
+                                    dtype=residual.dtype, device=residual.device).expand_as(residual)
+        significant = (torch.abs(residual) > threshold) & candidates
+        seeds = sharp_residuals(residual, problem.target, model, significant, threshold)
+        if STAR_RESIDUAL_FRACTION:
+            allowance = STAR_RESIDUAL_FRACTION * star_signal(problem, kernel, convolved)
+            seeds &= torch.abs(residual) > allowance
         return grow(seeds) & candidates
+
+
+def neighbourhoods(image, ys, xs, radius):
+    """``(n, 2 radius + 1, 2 radius + 1)`` patches of ``image`` around ``(ys, xs)``, edges repeated."""
+    ny, nx = image.shape
+    offsets = torch.arange(-radius, radius + 1, device=image.device)
+    rows = (ys[:, None, None] + offsets[None, :, None]).clamp(0, ny - 1)
+    cols = (xs[:, None, None] + offsets[None, None, :]).clamp(0, nx - 1)
+    return image[rows, cols]
+
+
+def median_filtered(patches, size):
+    """The ``size`` x ``size`` median filter of each patch, on its interior."""
+    windows = patches.unfold(1, size, 1).unfold(2, size, 1)
+    return torch.median(windows.reshape(*windows.shape[:3], -1), dim=-1).values
+
+
+def fine_structure(image, ys, xs):
+    """
+    L.A.Cosmic's fine structure ``med3(image) - med7(med3(image))`` at pixels ``(ys, xs)``.
+
+    Large in a star's core, about nothing at a cosmic ray or a hot pixel
+    (which the 3 x 3 median removes) and on smooth backgrounds (van Dokkum
+    2001, PASP 113, 1420).
+    """
+    smooth = median_filtered(neighbourhoods(image, ys, xs, 4), 3)
+    return smooth[:, 3, 3] - torch.median(smooth.reshape(len(ys), -1), dim=-1).values
+
+
+def sharp_residuals(residual, target, model, significant, threshold):
+    """
+    The ``significant`` residuals that are sharper than any star: defects, not kernel mismatch.
+
+    A residual is a defect when its fine structure ``s = r - med3(r)``
+    (what a 3 x 3 median removes) exceeds ``threshold`` and ``SHARPNESS``
+    times the `fine_structure` of the image the defect is *not* in: the
+    model for a positive residual (a cosmic ray or hot pixel of the
+    target), the target for a negative one (a defect of the reference,
+    spread by the kernel). A star's core is in both images, so a kernel
+    mismatch there, however large, is never taken for a defect.
+
+    Parameters
+    ----------
+    residual, target, model : (ny', nx') tensor
+        On the valid region.
+    significant : (ny', nx') bool tensor
+        The candidates (``|residual| > threshold``).
+    threshold : (ny', nx') tensor
+
+    Returns
+    -------
+    seeds : (ny', nx') bool tensor
+    """
+    ys, xs = torch.nonzero(significant, as_tuple=True)
+    seeds = torch.zeros_like(significant)
+    if ys.numel() == 0:
+        return seeds
+    r = residual[ys, xs]
+    fine = r - median_filtered(neighbourhoods(residual, ys, xs, 1), 3)[:, 0, 0]
+    positive = r > 0
+    structure = torch.empty_like(r)
+    for image, where in ((model, positive), (target, ~positive)):
+        if bool(where.any()):
+            structure[where] = fine_structure(image, ys[where], xs[where])
+    sharp = ((fine * r > 0) & (torch.abs(fine) > threshold[ys, xs])
+             & (torch.abs(fine) > SHARPNESS * torch.clamp(structure, min=0.0)))
+    seeds[ys[sharp], xs[sharp]] = True
+    return seeds
 
 
 def set_fit_mask(problem, mask):
