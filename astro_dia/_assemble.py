@@ -5,36 +5,27 @@ float64 on the un-centred reference (on the fit's device, by the fit's own
 functions in `astro_dia._model`), its variance (with the reference
 noise through ``K**2`` and the 'uniform' constant from the final
 residuals), the difference, its uncertainty, flags and mask, the
-fit-quality check of D/sigma, the errors from the Fisher information and
+guard's fit-quality checks (`astro_dia._guard`), the errors from the Fisher information and
 the provenance cards. `assemble_result` returns the values of a
 `~astro_dia.DifferenceResult`; the imager makes the record.
 """
-
-import warnings
 
 import numpy as np
 from astropy.nddata import CCDData, StdDevUncertainty
 from astropy.stats import mad_std
 
+from ._guard import assess_fit, quality_cards
 from ._matrix_free_errors import dense_is_cheap, matrix_free_errors, use_matrix_free
 from ._model import convolve_frame
 from ._package_version import version as __version__
 from ._provenance import copy_meta, stamp
 from ._torch import to_numpy
 from .background import background_basis, evaluate_background
-from .exceptions import FitQualityWarning
 from .flags import INVALID, flag_image
 from .uncertainty import (background_errors, covariance_from_information, fisher_information,
                           scale_factor_error)
 
 __all__ = []
-
-#: Robust standard deviation of D/sigma outside which a fit is warned about.
-RESIDUAL_SCATTER_RANGE = (0.8, 1.25)
-
-#: Fraction of the fitted pixels above which clipping is warned about.
-CLIPPED_FRACTION_WARNING = 0.1
-
 
 def final_model(reference, kernel_terms, coefficients, shape, valid, *, kernel_degree, device):
     """
@@ -138,31 +129,8 @@ def rescale_errors(errors, rescale):
     return scaled
 
 
-def check_fit_quality(z, n_outliers, n_fit):
-    """Robust std of D/sigma on the fitted pixels, with a warning when far from 1."""
-    z = z[np.isfinite(z)]
-    scatter = float(mad_std(z)) if z.size else float("nan")
-    low, high = RESIDUAL_SCATTER_RANGE
-    if not low <= scatter <= high:
-        warnings.warn(
-            f"the normalised residuals D/sigma of the fitted pixels have a robust standard "
-            f"deviation of {scatter:.3g}, where the noise model predicts 1 (accepted: "
-            f"{low}-{high}): the uncertainties of the difference image are not to be "
-            f"trusted. Likely causes: wrong noise-model settings (gain, read noise, flat, "
-            f"a subtracted sky, data already in electrons), outliers the fit kept "
-            f"(lower clip=), a misregistered pair, or a kernel too small for the seeing "
-            f"(raise kernel_size)", FitQualityWarning)
-    fraction = n_outliers / max(n_outliers + n_fit, 1)
-    if fraction > CLIPPED_FRACTION_WARNING:
-        warnings.warn(
-            f"outlier rejection left {n_outliers} pixels ({100 * fraction:.1f}%) out of "
-            f"the fit, more than cosmic rays and hot pixels explain: check the noise-model "
-            f"settings and the registration of the pair, or raise clip=", FitQualityWarning)
-    return scatter
-
-
 def provenance_cards(config, state, scale_factor, coefficients, terms, n_data, errors,
-                     saturation_levels, n_outliers, residual_scatter):
+                     saturation_levels, n_outliers, quality):
     """The ``DIA_*`` cards of a fit; ``config`` gives the imager's scalar settings."""
     loss = config["loss"]
     loss_name = getattr(loss, "name", getattr(loss, "__name__", type(loss).__name__))
@@ -185,8 +153,7 @@ def provenance_cards(config, state, scale_factor, coefficients, terms, n_data, e
         ("DIA_SKY", float(terms.offset), "sky added back in the variance"),
         ("DIA_CLIP", "none" if clip is None else clip, "outlier rejection threshold (sigma)"),
         ("DIA_NOUT", n_outliers, "pixels rejected from the fit as outliers"),
-        ("DIA_ZSTD", residual_scatter, "robust std of D/sigma on the fitted pixels"),
-    ]
+    ] + quality_cards(quality)
     if config["kernel_degree"] > 0:
         cards.append(("DIA_CSCL", bool(config["constant_scale"]),
                       "scale factor held constant over the image"))
@@ -232,8 +199,9 @@ def assemble_result(state, problem, inputs, outliers, config):
     if config["compute_errors"]:
         errors = fit_errors(problem, state, config["kernel_size"], config["compute_errors"])
     # The final model in float64, from the un-centred reference.
+    reference = np.where(inputs.reference_bad, 0.0, inputs.reference_image.data)
     model_valid, background = final_model(
-        np.where(inputs.reference_bad, 0.0, inputs.reference_image.data), kernel_terms,
+        reference, kernel_terms,
         coefficients, shape, valid, kernel_degree=kernel_degree, device=problem.device)
     model_valid[inputs.model_undefined] = np.nan
     model = np.full(shape, np.nan)
@@ -261,8 +229,13 @@ def assemble_result(state, problem, inputs, outliers, config):
     full_fit_mask = np.zeros(shape, bool)
     full_fit_mask[valid] = fit_mask
     n_outliers, n_data = int(outliers.sum()), int(fit_mask.sum())
-    residual_scatter = check_fit_quality((difference[valid] / sigma[valid])[fit_mask],
-                                         n_outliers, n_data)
+    median = float(np.median(reference[valid][~inputs.reference_bad[valid]]))
+    quality = assess_fit((difference[valid] / sigma[valid])[fit_mask], kernel,
+                         n_outliers=n_outliers, outliers=outliers, sigma=sigma[valid],
+                         star_model=model_valid - background[valid] - median * kernel.sum(),
+                         reference=reference, median=median,
+                         scale_factor_error=errors["scale_factor_error"],
+                         trusted=bool(state.converged) and errors["covariance_valid"] is not False)
 
     unit = target_image.unit
     scale_factor = float(kernel.sum())
@@ -272,7 +245,7 @@ def assemble_result(state, problem, inputs, outliers, config):
     if config["add_keyword"]:
         meta = stamp(meta, provenance_cards(
             config, state, scale_factor, coefficients, terms, n_data, errors,
-            inputs.saturation_levels, n_outliers, residual_scatter))
+            inputs.saturation_levels, n_outliers, quality))
     wcs = target_image.wcs
     return dict(
         difference=CCDData(difference, unit=unit, uncertainty=StdDevUncertainty(sigma),
@@ -291,7 +264,8 @@ def assemble_result(state, problem, inputs, outliers, config):
         flags=flags,
         n_outliers=n_outliers,
         clip=config["clip"],
-        residual_scatter=residual_scatter,
+        residual_scatter=quality.residual_scatter,
+        quality=quality.as_dict(),
         n_data=n_data,
         n_iterations=int(state.n_iterations),
         converged=bool(state.converged),

@@ -163,6 +163,7 @@ def read_result_fields(path):
         n_outliers=int(info["DIA_NOUT"]),
         clip=None if info["DIA_CLIP"] == "none" else float(info["DIA_CLIP"]),
         residual_scatter=float(info["DIA_ZSTD"]),
+        quality=_quality_from_cards(info),
         n_data=int(info["DIA_NDAT"]),
         n_iterations=int(info["DIA_NIT"]),
         converged=bool(info["DIA_CONV"]),
@@ -204,6 +205,7 @@ def _result_cards(result, unit):
         ("DIA_CLIP", "none" if result.clip is None else float(result.clip),
          "outlier rejection threshold (sigma)"),
         ("DIA_ZSTD", float(result.residual_scatter), "robust std of D/sigma, fitted pixels"),
+        *_quality_cards(getattr(result, "quality", None)),
         ("DIA_NIT", int(result.n_iterations), "solver iterations"),
         ("DIA_CONV", bool(result.converged), "solver converged"),
         ("DIA_LVAL", float(result.loss_value), "final value of the objective"),
@@ -213,6 +215,33 @@ def _result_cards(result, unit):
         ("DIA_SATL", _to_json(result.saturation_levels), "saturation levels (JSON)"),
     ]
     return cards
+
+
+def _quality_cards(quality):
+    """The guard's measures (``result.quality``) as cards; none for a result without them."""
+    if not quality:
+        return []
+    return [
+        ("DIA_ZT5", float(quality["tail_fraction"]), "fraction of fitted pixels beyond 5 sigma"),
+        ("DIA_FREJ", float(quality["rejected_star_flux"]), "star flux fraction in rejected px"),
+        ("DIA_KNEG", float(quality["kernel_negative"]), "negative share of kernel mass"),
+        ("DIA_KLOB", float(quality["kernel_lobe"]), "deepest negative lobe of kernel / peak"),
+        ("DIA_KWID", (float(quality["kernel_width"]) if np.isfinite(quality["kernel_width"])
+                      else None), "kernel rms width per axis (pixels)"),
+        ("DIA_QUAL", ",".join(quality["causes"]) or "OK", "fit-quality warnings (OK: none)"),
+    ]
+
+
+def _quality_from_cards(info):
+    """``result.quality`` back from the cards of `_quality_cards` (None without them)."""
+    if "DIA_QUAL" not in info:
+        return None
+    causes = str(info["DIA_QUAL"])
+    return dict(residual_scatter=float(info["DIA_ZSTD"]), tail_fraction=float(info["DIA_ZT5"]),
+                rejected_star_flux=float(info["DIA_FREJ"]),
+                kernel_negative=float(info["DIA_KNEG"]), kernel_lobe=float(info["DIA_KLOB"]),
+                kernel_width=float("nan") if info["DIA_KWID"] is None else float(info["DIA_KWID"]),
+                causes=() if causes == "OK" else tuple(causes.split(",")))
 
 
 def _set_cards(header, cards):

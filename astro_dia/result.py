@@ -124,6 +124,21 @@ class DifferenceResult:
         the fitted pixels: near 1 when the noise model describes the data
         (FITS card ``DIA_ZSTD``); outside 0.8-1.25 a
         `~astro_dia.exceptions.FitQualityWarning` is issued.
+    quality : dict
+        What the guard measured (``astro_dia`` warns with a
+        `~astro_dia.exceptions.FitQualityWarning` for each cause it finds;
+        see :ref:`fit_quality`): ``residual_scatter``; ``tail_fraction``,
+        the fraction of fitted pixels beyond 5 sigma (card ``DIA_ZT5``);
+        ``rejected_star_flux``, the fraction of the stars' model flux in
+        rejected pixels (``DIA_FREJ``); ``kernel_negative``, the share of
+        the kernel's mass beyond its noise that is negative (``DIA_KNEG``);
+        ``kernel_lobe``, the depth of its deepest negative lobe, smoothed
+        over 3 x 3 pixels, over its peak (``DIA_KLOB``); ``kernel_width``,
+        its rms width per axis in pixels, from its second moment (negative
+        for a kernel that sharpens; ``DIA_KWID``); and
+        ``causes``, the tuple of causes warned about (``DIA_QUAL``, 'OK'
+        when empty): 'SCATTER', 'TAIL', 'CLIPPED', 'STARFLUX',
+        'DECONVOLVES'.
     n_data : int
         Number of pixels in the fit.
     n_iterations : int
@@ -189,6 +204,7 @@ class DifferenceResult:
     n_outliers: int = 0
     clip: Optional[float] = None
     residual_scatter: float
+    quality: Optional[dict] = None
     n_data: int
     n_iterations: int
     converged: bool

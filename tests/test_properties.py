@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from astro_dia import ConvergenceWarning, DifferenceImager
+from astro_dia.exceptions import FitQualityWarning
 from astro_dia._validation import footprint_touches
 from astro_dia.simulate import make_image_pair
 
@@ -72,10 +73,13 @@ def _fit(imager, reference, target):
         warnings.simplefilter("always")
         result = imager.fit(reference, target)
     for warning in caught:
-        if issubclass(warning.category, ConvergenceWarning):
+        # A random pair may need a larger kernel than it draws (a shift of up
+        # to a pixel and a blur of 2 pixels for a 3 x 3 kernel): the guard
+        # rightly says so. These properties are about finite, masked output.
+        if issubclass(warning.category, (ConvergenceWarning, FitQualityWarning)):
             continue
-        assert issubclass(warning.category, AstropyUserWarning), warning
-        assert nan_unmasked and "NaN or infinite pixels" in str(warning.message), warning
+        assert issubclass(warning.category, AstropyUserWarning), warning.message
+        assert nan_unmasked and "NaN or infinite pixels" in str(warning.message), warning.message
     if nan_unmasked:
         assert any("NaN or infinite" in str(w.message) for w in caught)
     return result
