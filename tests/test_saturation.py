@@ -279,3 +279,16 @@ def test_real_frame_with_a_flat_top_at_65300():
     assert plateau.n_groups == 3 and plateau.n_pixels == int((data == 65300.0).sum())
     # Below the saturated cores the frame has no plateau.
     assert find_plateau(data, data >= 65300.0) is None
+
+
+def test_a_result_with_both_levels_writes_without_warnings(tmp_path):
+    # The DIA_SATL card's JSON then nearly fills the card: no room for its comment,
+    # which astropy would cut with a VerifyWarning (an error in this suite).
+    from astro_dia.io import read_result
+
+    reference, target, _ = bright_pair(65300.0)
+    result = fit(reference, target, saturation=65300.0)
+    result.write(tmp_path / "result.fits")
+    again = read_result(tmp_path / "result.fits")
+    assert tuple(again.saturation_levels["target"]) == (65300.0, "argument")
+    assert tuple(again.saturation_levels["reference"]) == (65300.0, "argument")
