@@ -175,6 +175,7 @@ def warn_if_saturated(image, name, unit):
         f"level was given and its header has no {keyword_list(SATURATION_KEYWORDS)} "
         f"keyword, so they are fitted as if linear. Pass saturation={plateau.level:.8g} "
         f"(in {unit}; a little lower to mask the nonlinear pixels below it too) to "
-        f"DifferenceImager, or add a SATURATE keyword to the {name}'s header",
+        f"DifferenceImager (--saturation on the command line), or add a SATURATE keyword "
+        f"to the {name}'s header",
         SaturationWarning, stacklevel=4)
     return plateau
