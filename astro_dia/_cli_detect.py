@@ -7,10 +7,10 @@ The ``astro-dia detect`` command: candidates of change on result files.
                      [--out FILE] [--cutouts DIR] [--size N] [--overwrite]
 
 Each RESULT is a file of `~astro_dia.DifferenceResult.write` (or ``astro-dia
-subtract``); `~astro_dia.detection.find_transients` runs on each and the
-candidates go into one long table, with the file and observation time of
-each row. With ``--cutouts`` the stamps of each file's candidates are
-written to ``DIR/<file>_cutouts.fits``.
+diff`` or ``astro-dia subtract``); `~astro_dia.detection.find_transients`
+runs on each and the candidates go into one long table, with the file and
+observation time of each row. With ``--cutouts`` the stamps of each file's
+candidates are written to ``DIR/<file>_cutouts.fits``.
 """
 
 import os
@@ -25,17 +25,18 @@ def add_detect_command(commands):
     """Add the ``detect`` sub-command to the parser's sub-commands."""
     detect = commands.add_parser(
         "detect", help="find transients and variables on difference images",
-        description="Find, on each RESULT (a result file of 'astro-dia subtract' or "
-                    "DifferenceResult.write), the peaks of the matched-filter significance "
-                    "image above the threshold, of either sign, measure them by PSF "
-                    "photometry, flag edge, masked, dipole, saturated and extended ones, and "
-                    "write one long table: a row per candidate and file, with the "
-                    "observation time from DATE-OBS or MJD-OBS when the header has it.",
+        description="Find, on each RESULT (a result file of 'astro-dia diff', "
+                    "'astro-dia subtract' or DifferenceResult.write), the peaks of the "
+                    "matched-filter significance image above the threshold, of either "
+                    "sign, measure them by PSF photometry, flag edge, masked, dipole, "
+                    "saturated and extended ones, and write one long table: a row per "
+                    "candidate and file, with the observation time from DATE-OBS or "
+                    "MJD-OBS when the header has it.",
         epilog="Example: astro-dia detect diffs/*_diff.fits --threshold 5 --out "
                "candidates.ecsv --cutouts stamps")
     detect.add_argument("results", metavar="RESULT", nargs="+",
-                        help="result files written by 'astro-dia subtract' or "
-                             "DifferenceResult.write")
+                        help="result files written by 'astro-dia diff', 'astro-dia "
+                             "subtract' or DifferenceResult.write")
     detect.add_argument("--threshold", metavar="T", type=float, default=5.0,
                         help="detection threshold on |S/N| (default: %(default)s)")
     detect.add_argument("--fwhm", metavar="F", type=float,

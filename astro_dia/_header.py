@@ -13,7 +13,9 @@ EM_GAIN_KEYWORDS = ("EMGAIN", "EM_GAIN", "EMREALGN", "EMCCDGN", "EMCCDGAI", "GAI
                     "EMCCDGAIN", "EM GAIN")
 SKY_KEYWORDS = ("SKYLEVEL", "SKY", "SKYSUB")
 FLAT_KEYWORDS = ("FLATFILE", "FLATNAME", "FLAT")
-SATURATION_KEYWORDS = ("SATURATE", "SATLEVEL")
+#: Saturation level: the common spelling, then those of other observatories'
+#: software; MAXLIN (the end of the linear range) last, as the lowest safe level.
+SATURATION_KEYWORDS = ("SATURATE", "SATLEVEL", "SATURATN", "SATURATA", "MAXLIN")
 
 
 def find_keyword(meta, keywords):

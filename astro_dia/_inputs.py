@@ -16,6 +16,7 @@ import numpy as np
 from astropy import units as u
 
 from ._header import SATURATION_KEYWORDS, header_float, keyword_list
+from ._saturation import warn_if_saturated
 from ._validation import as_image, check_exclude, check_pair, footprint_touches
 from .background import polynomial_terms
 from .exceptions import DIAError
@@ -47,7 +48,8 @@ def saturation_level(saturation, image, unit, name):
     Saturation level of one image in ``unit`` (its data's unit) and its source.
 
     ``saturation`` is the imager's setting (a Quantity, a float in ``unit``
-    or None to read the header's SATURATE or SATLEVEL).
+    or None to read the first of the header's SATURATE, SATLEVEL, SATURATN,
+    SATURATA or MAXLIN).
     """
     if saturation is not None:
         if isinstance(saturation, u.Quantity):
@@ -127,7 +129,9 @@ def prepare_inputs(reference, target, *, kernel_size, noise_model, saturation=No
         level, source = saturation_level(saturation, image, target_image.unit, name)
         saturation_levels[name] = (level, source)
         saturated[name] = np.zeros(image.bad.shape, bool)
-        if level is not None:
+        if level is None:
+            warn_if_saturated(image, name, target_image.unit)
+        else:
             saturated[name] = np.nan_to_num(image.data, nan=-np.inf) >= level
             # a new array: the Image's mask is our own copy, never the input's
             image.bad = image.bad | saturated[name]

@@ -246,7 +246,23 @@ def _quality_from_cards(info):
 
 def _set_cards(header, cards):
     for key, value, comment in cards:
-        header[key] = (value, comment)
+        header[key] = (value, _comment_that_fits(key, value, comment))
+
+
+def _comment_that_fits(key, value, comment):
+    """
+    ``comment``, or no comment when it does not fit on the card beside ``value``.
+
+    A value that fits on one card with no room for the whole comment (a JSON
+    string of 60-70 characters) would make astropy cut the comment when the
+    file is written, with a warning; the card goes without it instead. A
+    longer string value continues on CONTINUE cards, which keep the comment.
+    """
+    image = fits.Card(key, value).image
+    if len(image) > fits.Card.length:      # CONTINUE cards
+        return comment
+    room = fits.Card.length - len(image.rstrip()) - len(" / ")
+    return comment if len(comment) <= room else ""
 
 
 def _background_table(result, unit):

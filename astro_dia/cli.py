@@ -8,8 +8,10 @@ The ``astro-dia`` command.
                    [--device D] [--dtype {float32,float64}] [--no-plot]
     astro-dia [-v] diff REFERENCE TARGET [--out FILE] [--overwrite] [--kernel-size K]
                    [--noise-model M] [--gain G] [--read-noise RN] [--em-gain E]
-                   [--flat F] [--sky S] [--unit U] [--background-degree D]
-                   [--kernel-degree D] [--constant-scale] [--loss L] [--solver S] [--device D] [--dtype {float32,float64}]
+                   [--flat F] [--sky S] [--unit U] [--saturation L] [--clip SIGMA]
+                   [--reference-noise] [--regularization LAMBDA] [--background-degree D]
+                   [--kernel-degree D] [--constant-scale] [--loss L] [--solver S]
+                   [--device D] [--dtype {float32,float64}]
     astro-dia [-v] subtract REFERENCE TARGET [TARGET ...] --out DIR [--overwrite]
                    [--plots] [--workers N | --scheduler ADDRESS] [the fit options of diff]
     astro-dia [-v] photometry RESULT [RESULT ...] --positions TABLE --fwhm F
@@ -23,6 +25,12 @@ Errors in the input are reported on one line, ``astro-dia: error:
 after the traceback). ``subtract`` goes on past a target it cannot
 difference, reports it on one such line naming the file, and exits with
 status 1 at the end.
+
+``diff`` and ``subtract`` write result files (`astro_dia.io.write_result`):
+the difference image is their primary HDU, so ``CCDData.read`` reads it,
+and ``photometry`` and ``detect`` read the whole fit from them. ``diff``
+lives in `astro_dia._cli_diff`, ``detect`` in `astro_dia._cli_detect`, and
+the fit options of ``diff`` and ``subtract`` in `astro_dia._cli_options`.
 """
 
 import argparse
@@ -36,6 +44,8 @@ import traceback
 from astropy.units import UnitsError
 
 from ._cli_detect import add_detect_command
+from ._cli_diff import add_diff_command
+from ._cli_options import add_fit_options, make_imager
 from ._cli_tables import add_file_and_time, check_out
 from ._package_version import version as __version__
 from .demo import DEFAULT_SEED, run_demo
@@ -123,21 +133,7 @@ def build_parser():
                       help="do not write the PNG figure")
     demo.set_defaults(handler=_run_demo_command)
 
-    diff = commands.add_parser(
-        "diff", help="difference a target FITS image against a reference FITS image",
-        description="Fit the kernel and background that turn REFERENCE into TARGET (two "
-                    "FITS images of one field on the same pixel grid) and write the "
-                    "difference image, with its uncertainty and mask, as a FITS file. The "
-                    "input files are only read. Detector settings not given here are read "
-                    "from the target's header (GAIN, RDNOISE, ...).")
-    diff.add_argument("reference", metavar="REFERENCE", help="FITS file of the reference")
-    diff.add_argument("target", metavar="TARGET", help="FITS file of the target")
-    diff.add_argument("--out", metavar="FILE", default="difference.fits",
-                      help="FITS file for the difference image (default: %(default)s)")
-    diff.add_argument("--overwrite", action="store_true",
-                      help="replace FILE if it exists (never an input file)")
-    _add_fit_options(diff)
-    diff.set_defaults(handler=_run_diff_command)
+    add_diff_command(commands)
 
     subtract = commands.add_parser(
         "subtract", help="difference many target FITS images against one reference",
@@ -169,22 +165,23 @@ def build_parser():
     where.add_argument("--scheduler", metavar="ADDRESS",
                        help="run on the dask cluster of this scheduler, e.g. "
                             "tcp://10.0.0.1:8786; its workers must see the same paths")
-    _add_fit_options(subtract)
+    add_fit_options(subtract)
     subtract.set_defaults(handler=_run_subtract_command)
 
     photometry = commands.add_parser(
         "photometry", help="measure differential fluxes on difference images",
-        description="Measure, on each RESULT (a result file of 'astro-dia subtract', "
-                    "<target>_diff.fits), the differential flux of the sources listed in "
-                    "TABLE by PSF photometry with the target PSF (the reference PSF "
-                    "convolved with the fitted kernel) or by aperture sums, put the fluxes "
-                    "on the reference's photometric scale (divided by P), and write one "
-                    "long table: a row per source and file, with the observation time "
-                    "from DATE-OBS or MJD-OBS when the header has it.",
+        description="Measure, on each RESULT (a result file of 'astro-dia diff' or "
+                    "'astro-dia subtract', <target>_diff.fits), the differential flux of "
+                    "the sources listed in TABLE by PSF photometry with the target PSF (the "
+                    "reference PSF convolved with the fitted kernel) or by aperture sums, "
+                    "put the fluxes on the reference's photometric scale (divided by P), "
+                    "and write one long table: a row per source and file, with the "
+                    "observation time from DATE-OBS or MJD-OBS when the header has it.",
         epilog="Example: astro-dia photometry diffs/*_diff.fits --positions stars.ecsv "
                "--fwhm 3.2 --out lightcurves.ecsv")
     photometry.add_argument("results", metavar="RESULT", nargs="+",
-                            help="result files written by 'astro-dia subtract'")
+                            help="result files written by 'astro-dia diff' or "
+                                 "'astro-dia subtract'")
     photometry.add_argument("--positions", metavar="TABLE", required=True,
                             help="table of the sources (any format astropy reads, e.g. "
                                  "ECSV or CSV) with columns x and y (0-based pixels) or ra "
@@ -210,124 +207,11 @@ def build_parser():
     return parser
 
 
-def _add_fit_options(command):
-    """The options that configure the DifferenceImager, shared by diff and subtract."""
-    command.add_argument("--kernel-size", metavar="K", type=int, default=19,
-                         help="odd side of the square kernel, in pixels (default: "
-                              "%(default)s)")
-    command.add_argument("--noise-model", choices=("ccd", "emccd", "uniform", "uncertainty"),
-                         default="ccd", help="noise model of the target (default: %(default)s)")
-    command.add_argument("--gain", metavar="G", type=float,
-                         help="gain in electron/adu (default: header GAIN, EGAIN or CCDGAIN)")
-    command.add_argument("--read-noise", metavar="RN", type=float,
-                         help="read noise in electrons (default: header RDNOISE, READNOIS, "
-                              "RON or READNOISE)")
-    command.add_argument("--em-gain", metavar="E", type=float,
-                         help="EM gain, for --noise-model emccd (default: header EMGAIN)")
-    command.add_argument("--flat", metavar="F",
-                         help="master flat: a FITS file, or 1 for a flat-fielded image with "
-                              "uniform response (default: the file named in header FLATFILE)")
-    command.add_argument("--sky", metavar="S", type=float,
-                         help="sky level subtracted from the target, in its unit; 0 if none "
-                              "(default: header SKYLEVEL, or estimated)")
-    command.add_argument("--unit", metavar="U",
-                         help="unit of images whose header has no BUNIT, e.g. adu")
-    command.add_argument("--background-degree", metavar="D", type=int, default=0,
-                         help="degree of the background polynomial (default: %(default)s)")
-    command.add_argument("--kernel-degree", metavar="D", type=int, default=0,
-                         help="degree of the kernel's spatial variation, 0 for one kernel "
-                              "(default: %(default)s)")
-    command.add_argument("--constant-scale", action="store_true",
-                         help="with --kernel-degree > 0, hold the scale factor P constant "
-                              "over the image")
-    command.add_argument("--loss", choices=("gaussian", "huber", "student_t"),
-                         default="gaussian", help="loss function (default: %(default)s)")
-    command.add_argument("--solver", metavar="S",
-                         help="solver of the fit, e.g. 'iterative' (default: that of "
-                              "astro_dia.DifferenceImager)")
-    command.add_argument("--device", metavar="D", default="auto",
-                         help="torch device: 'auto', 'cpu', 'cuda' or 'cuda:N' "
-                              "(default: %(default)s)")
-    command.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                         help="floating-point precision of the fit (default: %(default)s)")
-
-
-def _make_imager(arguments):
-    """The DifferenceImager that the fit options describe."""
-    from astropy import units as u
-
-    from .core import DifferenceImager
-
-    solver = {} if arguments.solver is None else {"solver": arguments.solver}
-    return DifferenceImager(
-        arguments.kernel_size, noise_model=arguments.noise_model,
-        gain=None if arguments.gain is None else arguments.gain * u.electron / u.adu,
-        read_noise=None if arguments.read_noise is None else arguments.read_noise * u.electron,
-        em_gain=arguments.em_gain, flat=_read_flat(arguments.flat), sky=arguments.sky,
-        background_degree=arguments.background_degree,
-        kernel_degree=arguments.kernel_degree, constant_scale=arguments.constant_scale,
-        loss=arguments.loss, device=arguments.device, dtype=arguments.dtype, **solver)
-
-
 def _run_demo_command(arguments):
     summary = run_demo(arguments.out, size=arguments.size, kernel_size=arguments.kernel_size,
                        seed=arguments.seed, device=arguments.device, dtype=arguments.dtype,
                        plot=arguments.plot)
     print(format_report(summary))
-    return 0
-
-
-def _read_image(path, unit, what):
-    """Read one FITS image as CCDData; the unit comes from BUNIT or ``--unit``."""
-    from astropy.io import fits
-    from astropy.nddata import CCDData
-
-    if not os.path.isfile(path):
-        raise OSError(f"the {what} file {path!r} does not exist")
-    header = fits.getheader(path)
-    if unit is None and "BUNIT" not in header:
-        raise ValueError(f"the {what} file {path!r} has no BUNIT keyword; give its unit "
-                         "with --unit (e.g. --unit adu)")
-    return CCDData.read(path, unit=unit)
-
-
-def _read_flat(value):
-    """``--flat``: a number, or the data of a FITS file (read-only)."""
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    from astropy.io import fits
-
-    if not os.path.isfile(value):
-        raise OSError(f"--flat {value!r} is neither a number nor an existing FITS file")
-    return fits.getdata(value).astype(float)
-
-
-def _run_diff_command(arguments):
-    out = os.path.abspath(arguments.out)
-    for path in (arguments.reference, arguments.target):
-        if os.path.exists(path) and os.path.abspath(path) == out:
-            raise ValueError(f"--out {arguments.out!r} is an input file; choose another name")
-    if os.path.exists(out) and not arguments.overwrite:
-        raise OSError(f"{arguments.out!r} exists; pass --overwrite to replace it")
-    imager = _make_imager(arguments)
-    reference = _read_image(arguments.reference, arguments.unit, "reference")
-    target = _read_image(arguments.target, arguments.unit, "target")
-    result = imager.fit(reference, target)
-    result.difference.write(out, overwrite=arguments.overwrite)
-    unit = result.difference.unit
-    status = "converged" if result.converged else "NOT converged"
-    print("\n".join([
-        f"astro_dia {__version__} diff: {target.shape[0]} x {target.shape[1]} pixels, "
-        f"{imager.kernel_size} x {imager.kernel_size} kernel, {result.n_data} pixels fitted",
-        f"  scale factor P     {result.scale_factor:.5f}",
-        f"  background B0      {result.background_offset.to_value(unit):.3f} {unit}",
-        f"  iterations         {result.n_iterations} ({status})",
-        f"  difference image   {out}",
-    ]))
     return 0
 
 
@@ -343,7 +227,7 @@ def _run_subtract_command(arguments):
     if arguments.plots:
         if importlib.util.find_spec("matplotlib") is None:
             raise ValueError("--plots needs matplotlib (pip install matplotlib)")
-    imager = _make_imager(arguments)
+    imager = make_imager(arguments)
     cluster = {}
     if arguments.scheduler is not None:
         cluster = {"scheduler": arguments.scheduler}

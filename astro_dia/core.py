@@ -127,14 +127,18 @@ class DifferenceImager:
         any frame. False: no errors. See `astro_dia.uncertainty`.
     saturation : `~astropy.units.Quantity`, float or None, optional
         Saturation level of both images, as a Quantity convertible to the
-        target's unit or a float in the target's unit. None (default) reads
-        each image's own level from its header (SATURATE or SATLEVEL, in
-        that image's data unit); an image without either keyword is not
-        masked for saturation, which is not an error. Target pixels at or
-        above the level are left out of the fit and masked in the output;
-        reference pixels at or above it are treated as bad reference pixels,
-        so that the target pixels whose kernel footprint touches them are
-        left out and masked too.
+        target's unit or a float in the target's unit; it overrides the
+        headers. None (default) reads each image's own level from the
+        first of its header keywords SATURATE, SATLEVEL, SATURATN, SATURATA
+        and MAXLIN (in that order, in that image's data unit). An image
+        with none of them is not masked for saturation, which is not an
+        error; but if its maximum is shared by a plateau of pixels far
+        above its median (flat-topped star cores, e.g. at 65535), a
+        `~astro_dia.exceptions.SaturationWarning` names that level. Target
+        pixels at or above the level are left out of the fit and masked in
+        the output; reference pixels at or above it are treated as bad
+        reference pixels, so that the target pixels whose kernel footprint
+        touches them are left out and masked too. See :ref:`real_frames`.
     add_keyword : bool, optional
         Write provenance keywords into the difference image's ``meta``.
 
@@ -311,7 +315,8 @@ class DifferenceImager:
             when the solver hit its iteration limit,
             `~astro_dia.exceptions.FitQualityWarning` when the robust std
             of D/sigma is outside 0.8-1.25 or rejection took more than 10%
-            of the pixels.
+            of the pixels, `~astro_dia.exceptions.SaturationWarning` when
+            an image without a saturation level looks saturated.
         """
         start = time.perf_counter()
         inputs = prepare_inputs(

@@ -3,7 +3,7 @@
 from astropy.utils.exceptions import AstropyUserWarning
 
 __all__ = ["DIAError", "KernelFitWarning", "ConvergenceWarning", "NoiseModelWarning",
-           "FitQualityWarning"]
+           "FitQualityWarning", "SaturationWarning"]
 
 
 class DIAError(ValueError):
@@ -24,3 +24,12 @@ class NoiseModelWarning(AstropyUserWarning):
 
 class FitQualityWarning(KernelFitWarning):
     """The normalised residuals of the fit do not scatter as the noise model predicts."""
+
+
+class SaturationWarning(AstropyUserWarning):
+    """An image looks saturated, but no saturation level was given or found in its header.
+
+    Its maximum is shared by a plateau of pixels (flat-topped star cores),
+    which the fit would treat as linear. Pass ``saturation=`` to
+    `~astro_dia.DifferenceImager`, or add a SATURATE keyword to the header.
+    """
