@@ -12,7 +12,7 @@ from astropy.nddata import CCDData
 from astro_dia import DifferenceImager
 from astro_dia._header import SATURATION_KEYWORDS
 from astro_dia._saturation import (MIN_PLATEAU_PIXELS, find_plateau, storage_maximum)
-from astro_dia.exceptions import SaturationWarning
+from astro_dia.exceptions import FitQualityWarning, SaturationWarning
 from astro_dia.flags import SATURATED
 from astro_dia.simulate import inject_point_sources, make_image_pair
 
@@ -111,10 +111,13 @@ def test_clipped_bright_stars_warn(level):
     reference, target, _ = bright_pair(level)
     for image in (reference, target):
         assert (image.data >= level).sum() >= 3 * MIN_PLATEAU_PIXELS
-    with pytest.warns(SaturationWarning) as caught:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         result = fit(reference, target)
-    messages = sorted(str(w.message) for w in caught)
+    messages = sorted(str(w.message) for w in caught if w.category is SaturationWarning)
     assert len(messages) == 2
+    # The flat-topped cores the fit cannot match make a tail the guard sees too.
+    assert "TAIL" in result.quality["causes"]
     for name, message in zip(("reference", "target"), messages):
         assert message.startswith(f"the {name} looks saturated")
         assert f"saturation={level:g} " in message
@@ -132,7 +135,8 @@ def test_the_warned_level_masks_the_stars():
     reference, target, truth = bright_pair(65300.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SaturationWarning)
-        blind = fit(reference, target)
+        with pytest.warns(FitQualityWarning, match="saturated stars without a saturation"):
+            blind = fit(reference, target)
     masked = fit(reference, target, saturation=65300.0)   # no warning
     assert np.all(masked.flags[target.data >= 65300.0] & SATURATED)
     # The flat-topped cores pull P away; masked, it is back within its error.
@@ -149,9 +153,13 @@ def test_integer_frames_at_their_ceiling_say_so(tmp_path):
     reference = CCDData.read(tmp_path / "ref.fits", unit="adu")
     target = CCDData.read(tmp_path / "tgt.fits", unit="adu")
     assert fits.getheader(tmp_path / "tgt.fits")["BZERO"] == 32768
-    with pytest.warns(SaturationWarning, match="65535 adu, the largest value its integer") as w:
-        fit(reference, target)
-    assert len(w) == 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fit(reference, target)
+    messages = [str(w.message) for w in caught if w.category is SaturationWarning]
+    assert len(messages) == 2
+    assert all("65535 adu, the largest value its integer" in m for m in messages)
+    assert "TAIL" in result.quality["causes"]
 
 
 @pytest.mark.parametrize("sky_subtracted", [False, True])
