@@ -235,6 +235,7 @@ def assemble_result(state, problem, inputs, outliers, config):
                          star_model=model_valid - background[valid] - median * kernel.sum(),
                          reference=reference, median=median,
                          scale_factor_error=errors["scale_factor_error"],
+                         pass_scale_factors=state.pass_scale_factors,
                          trusted=bool(state.converged) and errors["covariance_valid"] is not False)
 
     unit = target_image.unit

@@ -106,8 +106,10 @@ def run_fit(problem, noise_model, terms, valid, settings, *, clip, check_pixels)
     with flush_denormals():
         state, outliers = solve_clipped(problem, refinement, settings, clip, check_pixels)
         if refinement.wants("fit"):
+            passes = state.pass_scale_factors
             refinement.apply(problem, state.kernel, state.coefficients, "fit")
             state = resume_fit(problem, state, settings)
+            state.pass_scale_factors = passes
     if not state.converged:
         warnings.warn(
             f"the {state.solver} solver stopped after {state.n_iterations} iterations "
@@ -122,7 +124,9 @@ def solve_clipped(problem, refinement, settings, clip, check_pixels):
     The fit with outlier rejection (``clip``): robust pass, clip, fit, re-check.
 
     Returns the final state and the rejected pixels (a bool ndarray on
-    the valid region, all False with ``clip=None``).
+    the valid region, all False with ``clip=None``). The state's
+    ``pass_scale_factors`` are P of the robust pass and of each fit on the
+    clipped pixels, for the guard (`astro_dia._guard`).
     """
     candidates = problem.mask
     if clip is None:
@@ -134,6 +138,8 @@ def solve_clipped(problem, refinement, settings, clip, check_pixels):
     set_fit_mask(problem, candidates & ~outliers)
     check_pixels(to_numpy(problem.mask))
     state = solve(problem, refinement, settings, start=robust)
+    passes = [float(problem.scale_factor(robust.kernel)),
+              float(problem.scale_factor(state.kernel))]
     for _ in range(MAX_CLIP_PASSES):
         found = find_outliers(problem, state.kernel, state.coefficients, clip,
                               candidates, scale_from_residuals=estimate_scale)
@@ -145,6 +151,8 @@ def solve_clipped(problem, refinement, settings, clip, check_pixels):
         set_fit_mask(problem, candidates & ~outliers)
         check_pixels(to_numpy(problem.mask))
         state = resume_fit(problem, state, settings)
+        passes.append(float(problem.scale_factor(state.kernel)))
+    state.pass_scale_factors = tuple(passes)
     return state, to_numpy(outliers).astype(bool)
 
 

@@ -30,6 +30,9 @@ class FitState:
     converged: bool
     loss_value: float
     message: str = ""
+    #: P of each fit on the clipped pixels, in the order they were made
+    #: (the robust pass's first), for the guard.
+    pass_scale_factors: tuple = ()
 
 
 class FitProblem:

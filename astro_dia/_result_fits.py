@@ -228,7 +228,9 @@ def _quality_cards(quality):
         ("DIA_KLOB", float(quality["kernel_lobe"]), "deepest negative lobe of kernel / peak"),
         ("DIA_KWID", (float(quality["kernel_width"]) if np.isfinite(quality["kernel_width"])
                       else None), "kernel rms width per axis (pixels)"),
-        ("DIA_QUAL", ",".join(quality["causes"]) or "OK", "fit-quality warnings (OK: none)"),
+        ("DIA_PROB", quality.get("robust_scale_factor"), "P of the robust pass"),
+        ("DIA_PSHF", float(quality.get("pass_shift", 0.0)), "shift of P between clipped fits"),
+        ("DIA_QUAL", ",".join(quality["causes"]) or "OK", "guard causes, or OK"),
     ]
 
 
@@ -241,6 +243,9 @@ def _quality_from_cards(info):
                 rejected_star_flux=float(info["DIA_FREJ"]),
                 kernel_negative=float(info["DIA_KNEG"]), kernel_lobe=float(info["DIA_KLOB"]),
                 kernel_width=float("nan") if info["DIA_KWID"] is None else float(info["DIA_KWID"]),
+                robust_scale_factor=(None if info.get("DIA_PROB") is None
+                                     else float(info["DIA_PROB"])),
+                pass_shift=float(info.get("DIA_PSHF", 0.0)),
                 causes=() if causes == "OK" else tuple(causes.split(",")))
 
 

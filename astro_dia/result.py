@@ -135,10 +135,13 @@ class DifferenceResult:
         ``kernel_lobe``, the depth of its deepest negative lobe, smoothed
         over 3 x 3 pixels, over its peak (``DIA_KLOB``); ``kernel_width``,
         its rms width per axis in pixels, from its second moment (negative
-        for a kernel that sharpens; ``DIA_KWID``); and
+        for a kernel that sharpens; ``DIA_KWID``); ``robust_scale_factor``,
+        P of the robust pass before clipping (``DIA_PROB``; None without
+        rejection); ``pass_shift``, the largest change of P between the
+        fits on the clipped pixels, in sigma_P (``DIA_PSHF``); and
         ``causes``, the tuple of causes warned about (``DIA_QUAL``, 'OK'
         when empty): 'SCATTER', 'TAIL', 'CLIPPED', 'STARFLUX',
-        'DECONVOLVES'.
+        'PSHIFT', 'DECONVOLVES'.
     n_data : int
         Number of pixels in the fit.
     n_iterations : int

@@ -16,6 +16,8 @@ from astro_dia.io import read_result
 from astro_dia.kernels import gaussian_kernel
 from astro_dia.simulate import make_image_pair
 
+from .real_data import PAIRS
+
 SETTINGS = dict(kernel_size=11, flat=1, sky=0)
 
 
@@ -170,3 +172,38 @@ def test_an_untrusted_fit_is_measured_but_not_warned_about_again():
         quality = assess_fit(z, delta, trusted=False, **settings)
     assert quality.causes == ()
     assert quality.residual_scatter == pytest.approx(3.0, rel=0.05)
+
+
+def test_p_moving_between_the_clipped_fits_warns():
+    delta = np.zeros((5, 5))
+    delta[2, 2] = 1.0
+    empty = np.zeros((10, 10))
+    settings = dict(n_outliers=0, star_model=empty, sigma=empty + 1,
+                    outliers=empty.astype(bool), reference=empty, median=0.0,
+                    scale_factor_error=1e-3)
+    z = np.random.default_rng(2).normal(size=20000)
+    # robust pass 0.95 (not compared), clipped fits 0.995 then the final 1.0
+    with pytest.warns(FitQualityWarning, match=r"P moved by 5 sigma_P between the fits"):
+        quality = assess_fit(z, delta, pass_scale_factors=(0.95, 0.995, 1.0), **settings)
+    assert quality.causes == ("PSHIFT",)
+    assert quality.pass_shift == pytest.approx(5.0)
+    assert quality.robust_scale_factor == 0.95
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet = assess_fit(z, delta, pass_scale_factors=(0.95, 0.999, 1.0), **settings)
+    assert quiet.causes == () and quiet.pass_shift == pytest.approx(1.0)
+
+
+def test_a_real_pair_with_the_sharper_frame_as_target_is_named():
+    """The pyDIA cutout with its frames swapped: the target has the better seeing."""
+    pair = PAIRS["pydia"]()
+    imager = DifferenceImager(**pair.imager_settings())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = imager.fit(pair.target, pair.reference)
+    messages = [str(w.message) for w in caught if issubclass(w.category, FitQualityWarning)]
+    assert "DECONVOLVES" in result.quality["causes"], (result.quality, messages)
+    assert any("Swap the reference and the target" in m for m in messages)
+    assert result.quality["kernel_width"] < DECONVOLUTION_WIDTH
+    # the outcome hangs on which pixels are rejected: P moves between the clipped fits
+    assert "PSHIFT" in result.quality["causes"]
