@@ -243,7 +243,7 @@ def find_transients(result, threshold=5.0, *, reference_psf=None, box_size=None,
         extended = _extended(arrays, psf_filter.image, psf_filter.fwhm, significance, xi, yi,
                              signs)
         flags[extended] |= DETECTION_FLAGS["EXTENDED"]
-        fitted = _measure(fit if fit is not None else difference, psf_filter, x, y, unit)
+        fitted = _measure(result, psf_filter, x, y, unit)
         fx, fy = np.asarray(fitted["x"], float), np.asarray(fitted["y"], float)
         ok = np.isfinite(fx) & np.isfinite(fy)
         x, y = np.where(ok, fx, x), np.where(ok, fy, y)
