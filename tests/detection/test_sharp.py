@@ -121,6 +121,38 @@ def test_bright_moffat_source_fitted_with_a_gaussian_is_not_sharp():
     assert not row["flags"] & SHARP
 
 
+def defect_frame(psf_sigma, kernel_sigma, kernel_size, seed, *, shape=(200, 200), n_side=4,
+                 snr_range=(5.0, 30.0), amplitudes=(60.0, 150.0)):
+    """A fitted pair whose target has point sources and, between them, defects of 1-3 pixels.
+
+    ``n_side**2`` sources (one in four fading) of expected S/N log-uniform in
+    ``snr_range``, and ``(n_side - 1)**2`` defects of peak ``amplitudes``
+    times the pixel's noise. Returns the fit, its candidates, and the
+    positions of the sources and of the defects.
+    """
+    reference, target, truth = make_image_pair(shape, psf_sigma=psf_sigma,
+                                               kernel_sigma=kernel_sigma, seed=seed)
+    target_sigma = float(np.hypot(psf_sigma, kernel_sigma))
+    kernel = np.asarray(truth.kernel)
+    variance = truth.target_variance + fftconvolve(truth.reference_variance,
+                                                   kernel[::-1, ::-1] ** 2, mode="same")
+    margin = 30
+    x, y = grid(n_side, shape, margin, seed=seed + 1)
+    rng = np.random.default_rng(seed + 2)
+    wanted = np.exp(rng.uniform(*np.log(snr_range), x.size))
+    wanted *= np.where(np.arange(x.size) % 4 == 0, -1.0, 1.0)
+    flux = wanted / expected_snr(x, y, 1.0, target_sigma, variance)
+    target = inject_point_sources(target, x, y, flux, target_sigma)
+    half_step = (shape[0] - 2 * margin) / (n_side - 1) / 2
+    hx, hy = grid(n_side - 1, shape, margin + half_step, seed=seed + 3)
+    target = add_defects(target, np.sqrt(truth.target_variance), hx, hy,
+                         rng.uniform(*amplitudes, hx.size), np.arange(hx.size) % 3 + 1)
+    imager = DifferenceImager(kernel_size=kernel_size, flat=1, reference_noise=True)
+    result = imager.fit(reference, target)
+    table = find_transients(result, 5.0, reference_psf=gaussian_psf(2.3548 * psf_sigma))
+    return result, table, (x, y), (hx, hy)
+
+
 @pytest.mark.parametrize("psf_sigma, kernel_sigma, kernel_size", [(1.5, 1.2, 11),
                                                                    (0.6, 0.6, 7)])
 def test_fit_with_cosmic_rays_flags_them_and_not_the_injected_sources(psf_sigma, kernel_sigma,
@@ -128,35 +160,40 @@ def test_fit_with_cosmic_rays_flags_them_and_not_the_injected_sources(psf_sigma,
     # A fitted pair (target PSF FWHM 4.5 and 2 pixels): 16 point sources of S/N 5-30 and
     # 9 defects of 1-3 pixels in the target, of S/N 10 or more; the fit rejects the
     # defects (OUTLIER), the difference keeps them.
-    shape = (200, 200)
-    reference, target, truth = make_image_pair(shape, psf_sigma=psf_sigma,
-                                               kernel_sigma=kernel_sigma, seed=8)
-    target_sigma = float(np.hypot(psf_sigma, kernel_sigma))
-    kernel = np.asarray(truth.kernel)
-    variance = truth.target_variance + fftconvolve(truth.reference_variance,
-                                                   kernel[::-1, ::-1] ** 2, mode="same")
-    x, y = grid(4, shape, 30, seed=4)
-    rng = np.random.default_rng(6)
-    wanted = np.exp(rng.uniform(np.log(5.0), np.log(30.0), x.size))
-    wanted *= np.where(np.arange(x.size) % 4 == 0, -1.0, 1.0)
-    flux = wanted / expected_snr(x, y, 1.0, target_sigma, variance)
-    target = inject_point_sources(target, x, y, flux, target_sigma)
-    hx, hy = grid(3, shape, 30 + 23, seed=5)
-    target = add_defects(target, np.sqrt(truth.target_variance), hx, hy,
-                         rng.uniform(60.0, 150.0, hx.size), np.arange(hx.size) % 3 + 1)
-    imager = DifferenceImager(kernel_size=kernel_size, flat=1, reference_noise=True)
-    result = imager.fit(reference, target)
-    table = find_transients(result, 5.0, reference_psf=gaussian_psf(2.3548 * psf_sigma))
-    found = [nearest(table, *p) for p in zip(x, y)]
-    sources = [row for row, d in found if d <= 1.5]
-    assert len(sources) >= 14
-    assert not any(row["flags"] & SHARP for row in sources)
-    for xi, yi in zip(hx, hy):
+    result, table, sources, defects = defect_frame(psf_sigma, kernel_sigma, kernel_size, 8)
+    found = [row for row, d in (nearest(table, *p) for p in zip(*sources)) if d <= 1.5]
+    assert len(found) >= 14
+    assert not any(row["flags"] & SHARP for row in found)
+    for xi, yi in zip(*defects):
         row, distance = nearest(table, xi, yi)
         assert distance <= 2.0 and abs(row["snr"]) >= 10
         assert row["flags"] & SHARP
-        ix, iy = int(round(xi)), int(round(yi))
-        assert result.flags[iy, ix] & pixel_flags.OUTLIER
+        assert result.flags[int(round(yi)), int(round(xi))] & pixel_flags.OUTLIER
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("psf_sigma, kernel_sigma, kernel_size", [(1.5, 1.2, 11),
+                                                                   (0.6, 0.6, 7)])
+def test_sharp_rates_over_seeds(psf_sigma, kernel_sigma, kernel_size):
+    # Six 256 x 256 frames: 25 sources each, mostly near the threshold (S/N 5-12), and 16
+    # defects of 15-150 sigma. Fewer than 2% of the sources found may be flagged, and
+    # more than 95% of the defects found at S/N 10 or more must be.
+    n_sources = n_sharp_sources = n_defects = n_sharp_defects = 0
+    for seed in range(20, 26):
+        _, table, sources, defects = defect_frame(
+            psf_sigma, kernel_sigma, kernel_size, seed, shape=(256, 256), n_side=5,
+            snr_range=(5.0, 12.0), amplitudes=(15.0, 150.0))
+        for row, d in (nearest(table, *p) for p in zip(*sources)):
+            if d <= 1.5:
+                n_sources += 1
+                n_sharp_sources += bool(row["flags"] & SHARP)
+        for row, d in (nearest(table, *p) for p in zip(*defects)):
+            if d <= 2.0 and abs(row["snr"]) >= 10:
+                n_defects += 1
+                n_sharp_defects += bool(row["flags"] & SHARP)
+    assert n_sources >= 120 and n_defects >= 60
+    assert n_sharp_sources <= 0.02 * n_sources
+    assert n_sharp_defects >= 0.95 * n_defects
 
 
 def test_sharp_is_a_new_bit_decoded_by_name():
