@@ -15,6 +15,9 @@ DIPOLE           4 a significant lobe of the opposite sign lies within two FWHM:
 SATURATED        8 a saturated pixel lies in the fit box
 EXTENDED        16 a broader filter finds it more significant than a point source would
                    be: a galaxy residual, a satellite trail, a blend
+SHARP           32 the brightest pixel exceeds a PSF fit by 5 sigma and by half the fit's
+                   own peak: sharper than the target PSF, a cosmic ray, a hot pixel or
+                   another defect, not a transient
 ============ ===== ====================================================================
 """
 
@@ -23,7 +26,8 @@ from ..flags import names_of_set_bits
 __all__ = ["DETECTION_FLAGS", "decode_detection_flags"]
 
 #: Flag names and their bit values.
-DETECTION_FLAGS = {"EDGE": 1, "MASKED": 2, "DIPOLE": 4, "SATURATED": 8, "EXTENDED": 16}
+DETECTION_FLAGS = {"EDGE": 1, "MASKED": 2, "DIPOLE": 4, "SATURATED": 8, "EXTENDED": 16,
+                   "SHARP": 32}
 
 
 def decode_detection_flags(value):

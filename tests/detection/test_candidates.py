@@ -165,3 +165,13 @@ def test_decode_detection_flags():
 def test_bad_threshold_is_an_error(threshold):
     with pytest.raises(ValueError, match="threshold"):
         find_transients(noise_difference(), threshold, reference_psf=gaussian_psf(4.0))
+
+
+def test_difference_image_with_its_kernel_in_the_header_is_measured():
+    # A CCDData difference (as subtract_reference writes it) rather than the fit: the
+    # PSF photometry reads the kernel and P from the header.
+    difference = inject_point_sources(noise_difference(seed=3), 100.0, 90.0, 3000.0, 1.7)
+    table = find_transients(difference, 5.0, reference_psf=gaussian_psf(2.3548 * 1.7))
+    row, distance = nearest(table, 100.0, 90.0)
+    assert distance < 0.5
+    assert abs(row["flux"].value - 3000.0) < 4 * row["flux_err"].value

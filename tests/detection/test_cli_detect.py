@@ -5,7 +5,7 @@ import pytest
 from astropy.table import Table
 
 from astro_dia.cli import main
-from astro_dia.detection import read_cutouts
+from astro_dia.detection import decode_detection_flags, read_cutouts
 
 from .helpers import fitted_pair
 
@@ -52,3 +52,23 @@ def test_detect_refuses_to_overwrite(result_files, capsys):
 def test_detect_on_a_missing_file_is_a_one_line_error(tmp_path, capsys):
     assert main(["detect", str(tmp_path / "nope.fits"), "--out", str(tmp_path / "c.ecsv")]) == 2
     assert "nope.fits" in capsys.readouterr().err
+
+
+def test_detect_table_carries_the_sharp_flag_of_cosmic_rays(tmp_path):
+    result, _, target, truth = fitted_pair(x=[50.0], y=[60.0], flux=[4000.0], seed=6,
+                                           n_cosmic_rays=4)
+    path = tmp_path / "cosmic_diff.fits"
+    result.write(path)
+    out = tmp_path / "candidates.ecsv"
+    assert main(["detect", str(path), "--out", str(out), "--fwhm", "3.53"]) == 0
+    table = Table.read(out)
+    assert {"peak_excess", "peak_excess_snr"} <= set(table.colnames)
+    names = [decode_detection_flags(value) for value in table["flags"]]
+    source = int(np.argmin(np.hypot(table["x"] - 50.0, table["y"] - 60.0)))
+    assert "SHARP" not in names[source]
+    hits = np.argwhere(target.data - truth.target_noiseless > 400 * np.sqrt(
+        truth.target_variance))
+    sharp = [i for i, n in enumerate(names) if "SHARP" in n]
+    assert 1 <= len(sharp) <= len(hits)
+    for i in sharp:      # each on a cosmic ray
+        assert np.min(np.hypot(hits[:, 1] - table["x"][i], hits[:, 0] - table["y"][i])) < 1.5
