@@ -44,6 +44,18 @@ STAR_RESIDUAL_FRACTION = 0.2
 #: A defect's fine structure exceeds this many times the target's (stars).
 SHARPNESS = 2.0
 
+#: A source whose summed residual exceeds this fraction of its flux has changed.
+CHANGED_FRACTION = 0.25
+
+#: A change this fraction of all the stars' signal moves P by about as much: it leaves the fit.
+DOMINANT_FRACTION = 0.01
+
+#: Pixels whose star signal is this many sigma count as stars, for the total.
+STAR_SIGMA = 3.0
+
+#: Bright boxes needed to take their median share of the residual as P's common error.
+MIN_COMMON_STARS = 5
+
 #: Most clipping passes after the robust one.
 MAX_CLIP_PASSES = 3
 
@@ -205,10 +217,15 @@ def find_outliers(problem, kernel, coefficients, clip, candidates, *, scale_from
                                     dtype=residual.dtype, device=residual.device).expand_as(residual)
         significant = (torch.abs(residual) > threshold) & candidates
         seeds = sharp_residuals(residual, problem.target, model, significant, threshold)
+        stars = star_signal(problem, kernel, convolved)
         if STAR_RESIDUAL_FRACTION:
-            allowance = STAR_RESIDUAL_FRACTION * star_signal(problem, kernel, convolved)
-            seeds &= torch.abs(residual) > allowance
-        return grow(seeds) & candidates
+            seeds &= torch.abs(residual) > STAR_RESIDUAL_FRACTION * stars
+        # The reference's noise reaches a box's sum through the whole
+        # kernel, correlated over its width: about P times its own.
+        scale = max(1.0, abs(float(problem.scale_factor(kernel))))
+        changed = changed_sources(residual, stars, scale * threshold / clip,
+                                  significant & ~seeds, clip, problem.half)
+        return (grow(seeds) | changed) & candidates
 
 
 def neighbourhoods(image, ys, xs, radius):
@@ -277,6 +294,69 @@ def sharp_residuals(residual, target, model, significant, threshold):
              & (torch.abs(fine) > SHARPNESS * torch.clamp(structure, min=0.0)))
     seeds[ys[sharp], xs[sharp]] = True
     return seeds
+
+
+def changed_sources(residual, stars, sigma, significant, clip, half):
+    """
+    The boxes around sources whose flux changed: variable stars and transients.
+
+    A kernel mismatch in a star's core is a ring or a dipole: over a box
+    around the star it sums to the error of P times the star's flux, an
+    error common to all stars. A source whose flux changed leaves the
+    target's PSF times the change, which does not sum away and is its own.
+    Each local maximum of ``|residual|`` among the ``significant`` pixels
+    (those not taken for defects) is judged over the ``(2 half + 1)**2``
+    box around it: the box's residual less the median share of the stars'
+    signal that the boxes show (the common error of P, taken as 0 with
+    fewer than `MIN_COMMON_STARS` bright boxes) is a change when it
+    exceeds ``clip`` times its noise and ``CHANGED_FRACTION`` of the stars'
+    signal in the box (any, for a source that is not in the reference), and
+    ``DOMINANT_FRACTION`` of the stars' signal in the whole frame: a change
+    that alone moves P by about that much. The whole box leaves the fit.
+    Smaller changes stay in it: a crowded field holds many variable stars,
+    each of which moves P by less than its error, and leaving out every box
+    whose flux differs by a quarter (in a single-epoch reference, often by
+    its noise) moved P by 0.4-0.7% on real bulge frames.
+
+    Parameters
+    ----------
+    residual, stars : (ny', nx') tensor
+        On the valid region; ``stars`` is `star_signal`.
+    sigma : (ny', nx') tensor or float
+        The noise of the residuals (times the robust scatter of D/sigma
+        where that exceeds 1, and P where that exceeds 1: the reference's
+        noise reaches a box's sum through the whole kernel).
+    significant : (ny', nx') bool tensor
+    clip : float
+    half : int
+        Half the kernel size.
+
+    Returns
+    -------
+    changed : (ny', nx') bool tensor
+    """
+    changed = torch.zeros_like(significant)
+    ys, xs = torch.nonzero(significant, as_tuple=True)
+    if ys.numel() == 0:
+        return changed
+    magnitude = torch.abs(residual)
+    peak = magnitude[ys, xs] >= neighbourhoods(magnitude, ys, xs, 1).reshape(len(ys), -1).amax(1)
+    ys, xs = ys[peak], xs[peak]
+    variance = torch.as_tensor(sigma, dtype=residual.dtype,
+                               device=residual.device).expand_as(residual) ** 2
+    flux = neighbourhoods(residual, ys, xs, half).sum(dim=(1, 2))
+    noise = torch.sqrt(neighbourhoods(variance, ys, xs, half).sum(dim=(1, 2)))
+    star = neighbourhoods(stars, ys, xs, half).sum(dim=(1, 2))
+    bright = star > clip * noise
+    common = (float(torch.median(flux[bright] / star[bright]))
+              if int(bright.sum()) >= MIN_COMMON_STARS else 0.0)
+    excess = torch.abs(flux - common * star)
+    total = float(torch.where(stars > STAR_SIGMA * sigma, stars, 0.0).sum())
+    change = ((excess > clip * noise) & (excess > CHANGED_FRACTION * star)
+              & (excess > DOMINANT_FRACTION * total))
+    for y, x in zip(ys[change].tolist(), xs[change].tolist()):
+        changed[max(y - half, 0):y + half + 1, max(x - half, 0):x + half + 1] = True
+    return changed
 
 
 def set_fit_mask(problem, mask):

@@ -180,3 +180,16 @@ def test_rejection_keeps_bright_star_cores_in_the_fit():
             # of the reference's own noise, which the weights leave out)
             assert ((result.flags[near] & OUTLIER) != 0).mean() < 0.02
     assert rms[0] <= 1.02 * rms[1]
+
+
+def test_a_bright_variable_star_leaves_the_fit():
+    """A star that brightened by 3e4 adu in a small field would pull P by 18%; its box is left out."""
+    reference, target, truth = make_image_pair(seed=201, density=100, variable_flux=3e4)
+    result = DifferenceImager(19, flat=1, sky=0).fit(reference, target)
+    assert abs(result.scale_factor - truth.scale_factor) < 3 * result.scale_factor_error
+    unclipped = DifferenceImager(19, flat=1, sky=0, clip=None).fit(reference, target)
+    assert abs(unclipped.scale_factor - truth.scale_factor) > 0.1
+    # the variable's whole box is flagged, and keeps its difference
+    variable = truth.stars[-1]
+    x, y = int(round(float(variable["x"]))), int(round(float(variable["y"])))
+    assert (result.flags[y - 3:y + 4, x - 3:x + 4] & OUTLIER).all()
