@@ -189,7 +189,9 @@ def test_a_bright_variable_star_leaves_the_fit():
     assert abs(result.scale_factor - truth.scale_factor) < 3 * result.scale_factor_error
     unclipped = DifferenceImager(19, flat=1, sky=0, clip=None).fit(reference, target)
     assert abs(unclipped.scale_factor - truth.scale_factor) > 0.1
-    # the variable's whole box is flagged, and keeps its difference
-    variable = truth.stars[-1]
-    x, y = int(round(float(variable["x"]))), int(round(float(variable["y"])))
+    # the variable (where the noiseless target exceeds P times the reference
+    # most) is flagged over its whole core, and keeps its difference
+    change = truth.target_noiseless - truth.scale_factor * truth.reference_noiseless
+    y, x = np.unravel_index(np.argmax(change), change.shape)
     assert (result.flags[y - 3:y + 4, x - 3:x + 4] & OUTLIER).all()
+    assert np.isfinite(result.difference.data[y, x])
