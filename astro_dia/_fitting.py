@@ -207,8 +207,10 @@ def reference_passes(problem, first, again, start_kernel=None):
 
     ``first()`` runs the first fit; while the problem has a reference
     variance, ``again(state)`` refits with it propagated through the last
-    pass's ``K**2``, until P changes by less than the data type resolves
-    (compared with ``start_kernel``'s too, if given) or `REFERENCE_PASSES`
+    pass's ``K**2`` and the errors-in-variables correction of the noisy
+    reference at the last pass's weights
+    (``FitProblem.update_reference_variance``), until P changes by less
+    than the data type resolves (compared with ``start_kernel``'s too, if given) or `REFERENCE_PASSES`
     fits were made. The iterations of all passes are summed.
     """
     state = first()
@@ -220,7 +222,7 @@ def reference_passes(problem, first, again, start_kernel=None):
                                                          problem.dtype):
                 break
             previous = float(state.kernel.sum())
-            problem.update_reference_variance(state.kernel)
+            problem.update_reference_variance(state.kernel, state.coefficients)
             state = again(state)
             n_iterations += state.n_iterations
     state.n_iterations = n_iterations
@@ -263,7 +265,7 @@ def start_hook(problem, refinement):
         return None
 
     def prepare(kernel, coefficients):
-        problem.update_reference_variance(kernel)
+        problem.update_reference_variance(kernel, coefficients)
         if refine:
             refinement.apply(problem, kernel, coefficients, "start")
         return True
@@ -309,7 +311,7 @@ def solve_iterative_fit(problem, refinement, settings):
                                max_adam_iter=settings.max_adam_iter, cholesky_factor=factor)
 
     def first():
-        problem.update_reference_variance(kernel)
+        problem.update_reference_variance(kernel, coefficients)
         return fit_from(kernel, coefficients)
 
     return reference_passes(problem, first,

@@ -11,6 +11,11 @@ approximation of the ``cg`` solver
 (`~astro_dia.solvers.cg.ConjugateGradientMetric`) or the direct solver's
 factorised normal matrix.
 
+With a reference variance (``reference_noise=True``) the solves are of the
+corrected ``H_c = A^T W A - D_eff`` and each quadratic form becomes the
+sandwich ``x^T V x`` of the noisy reference
+(``astro_dia._errors_in_variables``): two correlations more per direction.
+
 Owns `matrix_free_errors`, the rule `use_matrix_free` by which the imager
 chooses this route and `dense_is_cheap`, where the dense covariance is
 left to be computed on request; the dense route and the validity checks
@@ -23,6 +28,7 @@ import math
 import numpy as np
 import torch
 
+from ._errors_in_variables import has_reference_noise, reference_noise_variance
 from .solvers.choice import choose_solver
 from .solvers.cg import ConjugateGradientMetric
 from .uncertainty import information_weights
@@ -128,6 +134,7 @@ def matrix_free_errors(problem, kernel, coefficients, *, n_scale, rtol=RTOL, met
     else:
         metric = ConjugateGradientMetric(problem, weights, rtol=rtol, max_cg_iter=MAX_CG_ITER)
     variances, valid = [], metric.factor is not None
+    noisy_reference = has_reference_noise(problem)
     for direction in error_directions(problem, n_scale):
         solution = metric.solve(direction)
         residual = direction - metric.apply(solution)
@@ -137,6 +144,8 @@ def matrix_free_errors(problem, kernel, coefficients, *, n_scale, rtol=RTOL, met
         # even when x is not a Galerkin iterate (a start M^-1 c that met
         # the tolerance at once), where c^T x alone errs to first order.
         variance = float(direction @ solution + solution @ residual)
+        if noisy_reference:
+            variance += reference_noise_variance(problem, weights, kernel, solution)
         valid = valid and math.isfinite(variance) and variance > 0 and (
             reached <= RESIDUAL_SLACK * rtol * scale)
         variances.append(max(variance, 0.0) if math.isfinite(variance) else math.nan)

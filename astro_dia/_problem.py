@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ._errors_in_variables import correction_matrix
 from ._model import (fft_shape, lag_values, valid_convolution, variance_at,
                      variance_slope_at)
 from ._torch import resolve_device, resolve_dtype, to_tensor
@@ -124,6 +125,9 @@ class FitProblem:
             None if reference_variance is None
             else torch.fft.rfft2(to_tensor(reference_variance, **tensor), s=self.fft_shape))
         self.extra_variance = None  # reference noise through K**2, held fixed per pass
+        # The errors-in-variables correction D_eff (K**2, K**2) of the noisy
+        # reference, held fixed per pass (astro_dia._errors_in_variables).
+        self.noise_correction = None
         # Newton-decrement tolerance of the Gauss-Newton solvers; None: the
         # dtype's (astro_dia._tolerances). The robust pass sets a coarse one.
         self.newton_tolerance = None
@@ -197,8 +201,16 @@ class FitProblem:
             variance = variance + self.extra_variance
         return variance
 
-    def update_reference_variance(self, kernel):
-        """Propagate the reference variance through the current ``K**2`` (fixed)."""
+    def update_reference_variance(self, kernel, coefficients=None):
+        """
+        Propagate the reference variance through the current ``K**2`` (fixed).
+
+        With ``coefficients`` the errors-in-variables correction of the
+        noisy reference is also set, from the weights at the model of
+        ``kernel, coefficients`` with the new variance
+        (`~astro_dia._errors_in_variables.correction_matrix`); both are
+        then held fixed until the next call.
+        """
         if self.reference_variance_spectrum is None:
             return
         if self.kernel_degree > 0:
@@ -206,6 +218,22 @@ class FitProblem:
         with torch.no_grad():
             self.extra_variance = torch.clamp(self._convolve_spectrum(
                 self.reference_variance_spectrum, kernel.detach() ** 2), min=0.0)
+        if coefficients is not None:
+            from .uncertainty import information_weights
+            weights = information_weights(self, kernel, coefficients)
+            self.noise_correction = correction_matrix(self, weights)
+
+    @property
+    def correction(self):
+        """
+        The errors-in-variables correction ``D_eff`` in force (float64), or None.
+
+        None without a reference variance (also for a copy of the problem
+        that dropped it, as the robust pass before clipping does).
+        """
+        if self.reference_variance_spectrum is None:
+            return None
+        return self.noise_correction
 
     # -- objective ---------------------------------------------------------
     def objective(self, kernel, coefficients):
@@ -233,6 +261,10 @@ class FitProblem:
         if self.regularization > 0:
             value = value + (self.regularization * self.n_data * laplacian_penalty(
                 self.effective_kernel(kernel)).to(torch.float64))
+        correction = self.correction
+        if correction is not None:
+            flat = kernel.reshape(-1).to(torch.float64)
+            value = value - 0.5 * flat @ (correction @ flat)
         return value
 
     def data_gradient(self, model, residuals=None):
@@ -263,6 +295,21 @@ class FitProblem:
         flat = self.effective_kernel(kernel).reshape(-1, size * size)
         product = (flat @ laplacian).reshape(kernel.shape)
         return 2 * self.regularization * self.n_data * self.effective_adjoint(product)
+
+    def quadratic_product(self, kernel):
+        """
+        Hessian of the objective's quadratic kernel terms times ``kernel``, or None.
+
+        The penalty's `penalty_product` minus the errors-in-variables
+        correction ``D_eff kernel``; None when the problem has neither.
+        """
+        product = self.penalty_product(kernel) if self.regularization > 0 else None
+        correction = self.correction
+        if correction is not None:
+            corrected = -(correction @ kernel.reshape(-1).to(torch.float64)).reshape(
+                kernel.shape).to(kernel.dtype)
+            product = corrected if product is None else product + corrected
+        return product
 
     def normalization(self):
         norm = getattr(self.loss, "normalization", None)
