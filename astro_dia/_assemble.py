@@ -16,6 +16,9 @@ import numpy as np
 from astropy.nddata import CCDData, StdDevUncertainty
 from astropy.stats import mad_std
 
+from ._errors_in_variables import (centred_solution, has_reference_noise,
+                                   predicted_scale_bias, reference_noise_information,
+                                   sandwich_covariance)
 from ._matrix_free_errors import dense_is_cheap, matrix_free_errors, use_matrix_free
 from ._model import convolve_frame
 from ._package_version import version as __version__
@@ -25,7 +28,7 @@ from .background import background_basis, evaluate_background
 from .exceptions import FitQualityWarning
 from .flags import INVALID, flag_image
 from .uncertainty import (background_errors, covariance_from_information, fisher_information,
-                          scale_factor_error)
+                          information_weights, scale_factor_error)
 
 __all__ = []
 
@@ -59,7 +62,7 @@ def final_model(reference, kernel_terms, coefficients, shape, valid, *, kernel_d
     return model_valid + background[valid], background
 
 
-def fit_errors(problem, state, kernel_size, compute_errors=True):
+def fit_errors(problem, state, kernel_size, compute_errors=True, bias_variance=None):
     """
     sigma_P, sigma_B0 and the background errors; the covariance when asked for or cheap.
 
@@ -76,6 +79,10 @@ def fit_errors(problem, state, kernel_size, compute_errors=True):
     to the final residuals of the 'uniform' model. They are computed before
     the result's frames are made, so that the solves' products and those
     frames are not in memory at the same time.
+
+    With ``bias_variance`` (a reference variance, for a fit without
+    ``reference_noise``), ``predicted_bias`` is the first-order bias of P
+    that reference noise gives (``astro_dia._errors_in_variables``), else None.
     """
     n_kernel, n_scale = problem.n_kernel, kernel_size ** 2
     kernel, coefficients = state.kernel, state.coefficients
@@ -85,15 +92,21 @@ def fit_errors(problem, state, kernel_size, compute_errors=True):
         covariance, valid = covariance_from_information(
             information, reference_mean=problem.reference_mean, n_kernel=n_kernel,
             n_scale=n_scale)
+        if has_reference_noise(problem):
+            # The noisy reference: the sandwich of the corrected estimator.
+            extra = reference_noise_information(
+                problem, information_weights(problem, kernel, coefficients), kernel)
+            covariance = sandwich_covariance(covariance, extra, problem.reference_mean,
+                                             n_kernel, n_scale)
         diagonal = np.maximum(np.diag(covariance)[:n_scale], 0.0)
         return dict(covariance=covariance,
                     kernel_error=np.sqrt(diagonal).reshape(kernel_size, kernel_size),
                     valid=bool(valid))
 
     if use_matrix_free(problem, compute_errors):
-        sigma_p, sigma_b, valid = matrix_free_errors(
+        sigma_p, sigma_b, valid, predicted = matrix_free_errors(
             problem, kernel, coefficients, n_scale=n_scale,
-            metric=getattr(state, "metric", None))
+            metric=getattr(state, "metric", None), bias_variance=bias_variance)
         if valid:
             def deferred():
                 values = dense()
@@ -101,11 +114,16 @@ def fit_errors(problem, state, kernel_size, compute_errors=True):
 
             return dict(covariance=None, scale_factor_error=sigma_p,
                         background_error=sigma_b, kernel_error=None,
-                        covariance_valid=True,
+                        covariance_valid=True, predicted_bias=predicted,
                         pending_covariance=deferred if dense_is_cheap(problem) else None)
     values = dense()
     covariance = values["covariance"]
-    return dict(covariance=covariance,
+    predicted = None
+    if bias_variance is not None:
+        solution = centred_solution(covariance, problem.reference_mean, n_kernel, n_scale)
+        predicted = predicted_scale_bias(problem, information_weights(
+            problem, kernel, coefficients), kernel, solution, bias_variance)
+    return dict(covariance=covariance, predicted_bias=predicted,
                 scale_factor_error=scale_factor_error(covariance, n_scale),
                 background_error=background_errors(covariance, n_kernel),
                 kernel_error=values["kernel_error"],
@@ -136,6 +154,26 @@ def rescale_errors(errors, rescale):
                         kernel_error=values["kernel_error"] * root)
         scaled["pending_covariance"] = deferred
     return scaled
+
+
+#: The predicted bias of P is judged only for a P this many sigma_P from zero
+#: (a pure-noise reference has no P to bias: its prediction is -P itself).
+SIGNIFICANT_SCALE = 5.0
+
+
+def check_reference_noise(predicted_bias, scale_factor, scale_factor_error, source):
+    """Warn when the reference's noise is predicted to bias P by more than sigma_P."""
+    if predicted_bias is None or not scale_factor_error:
+        return
+    if (abs(predicted_bias) > scale_factor_error
+            and abs(scale_factor) > SIGNIFICANT_SCALE * scale_factor_error):
+        warnings.warn(
+            f"the reference's noise is predicted to bias P by {predicted_bias:+.3g} "
+            f"({abs(predicted_bias) / scale_factor_error:.1f} sigma_P; first order, reference "
+            f"variance from its {source}): a noisy reference makes the fit regress on its "
+            f"noise, and sigma_P leaves it out. Pass reference_noise=True, which corrects the "
+            f"fit and sigma_P (give a stacked reference an uncertainty if its header's gain "
+            f"and read noise describe a single exposure)", FitQualityWarning)
 
 
 def check_fit_quality(z, n_outliers, n_fit):
@@ -229,8 +267,12 @@ def assemble_result(state, problem, inputs, outliers, config):
     coefficients = to_numpy(problem.uncentred_coefficients(state.kernel, state.coefficients))
     errors = dict(covariance=None, scale_factor_error=None, background_error=None,
                   kernel_error=None, covariance_valid=None, pending_covariance=None)
+    check = inputs.reference_variance_check
     if config["compute_errors"]:
-        errors = fit_errors(problem, state, config["kernel_size"], config["compute_errors"])
+        errors = fit_errors(problem, state, config["kernel_size"], config["compute_errors"],
+                            bias_variance=None if check is None else check[0])
+        check_reference_noise(errors.pop("predicted_bias"), float(kernel.sum()),
+                              errors["scale_factor_error"], None if check is None else check[1])
     # The final model in float64, from the un-centred reference.
     model_valid, background = final_model(
         np.where(inputs.reference_bad, 0.0, inputs.reference_image.data), kernel_terms,

@@ -48,6 +48,7 @@ the cross-correlation of the direction's kernel part with ``K``.
 
 import math
 
+import numpy as np
 import torch
 from ._normal import assemble_normal_equations
 
@@ -160,24 +161,118 @@ def correction_matrix(problem, weights):
     return 0.5 * (correction + correction.T)
 
 
-def adjoint_through_kernel(problem, image, kernel):
+def adjoint_through_kernel(problem, images, kernel):
     """
-    ``g(m) = sum_p image_p K(p - m)``: how ``image . (N (x) K)`` depends on ``N(m)``.
+    ``g(m) = sum_p image_p K(p + K - 1 - m)``: how ``image . (N (x) K)`` depends on ``N(m)``.
 
-    The adjoint of the valid-region convolution with ``kernel``, on the full
-    frame (float64): one FFT correlation.
+    The adjoint of the valid-region convolution with ``kernel`` (the model's
+    valid pixel ``p`` sums ``N(p + K - 1 - t) K(t)``), on the full frame, in
+    float64: one FFT correlation per image of ``images`` (..., ny', nx').
     """
     size = problem.kernel_size
     ny, nx = problem.shape
     shape = problem.fft_shape
     with torch.no_grad():
-        padded = torch.zeros(problem.shape, dtype=torch.float64, device=problem.device)
-        padded[size - 1:ny, size - 1:nx] = image.to(torch.float64)
-        # The model's valid pixel p sits at full index p + K - 1; it sums N(p + K - 1 - t) K(t).
+        padded = images.new_zeros(images.shape[:-2] + (ny, nx), dtype=torch.float64)
+        padded[..., size - 1:ny, size - 1:nx] = images.to(torch.float64)
         spectrum = torch.fft.rfft2(padded, s=shape)
         kernel_spectrum = torch.fft.rfft2(kernel.to(torch.float64), s=shape)
-        full = torch.fft.irfft2(spectrum * kernel_spectrum.conj(), s=shape)
-        return full[:ny, :nx]
+        return torch.fft.irfft2(spectrum * kernel_spectrum.conj(), s=shape)[..., :ny, :nx]
+
+
+def pair_matrix(problem, kernel):
+    """
+    ``Q`` with ``x_K^T Q x_K = sum_p w_p**2 s_p**2 sum_d Y(d) Y(-d)`` over its weights' factor.
+
+    ``sum_d Y(d) Y(-d) = sum_{t, t'} x(t) x(t') (K * K)(t + t')``: a Hankel
+    matrix of the kernel's self-convolution, (K**2, K**2) float64.
+    """
+    size = problem.kernel_size
+    kernel64 = kernel.detach().to(torch.float64)
+    self_convolution = torch.nn.functional.conv2d(
+        torch.nn.functional.pad(kernel64[None, None], (size - 1,) * 4),
+        kernel64.flip(0, 1)[None, None])[0, 0]          # (2K - 1, 2K - 1), index t + t'
+    index = torch.arange(size, device=kernel.device)
+    i, j = index.repeat_interleave(size), index.repeat(size)
+    return self_convolution[i[:, None] + i[None, :], j[:, None] + j[None, :]]
+
+
+def pair_weight(problem, weights):
+    """``sum_p w_p**2 s_p**2`` over the valid region (``s`` at each pixel's kernel centre)."""
+    h = problem.half
+    ny, nx = problem.shape
+    s = reference_variance_image(problem)[h:ny - h, h:nx - h]
+    return float(torch.sum(weights.to(torch.float64) ** 2 * s ** 2))
+
+
+def reference_noise_information(problem, weights, kernel, *, chunk=32):
+    """
+    ``V - A^T W A`` of the noisy reference for all parameters (n, n) float64, centred order.
+
+    ``G^T diag(s) G - A^T diag(w**2 s (x) K**2) A + Q + D_eff`` with ``G`` the
+    columns of ``A`` weighted and taken through `adjoint_through_kernel`
+    (exact, ``chunk`` columns at a time: one FFT correlation each), so that
+    the dense covariance ``H_c^{-1} (H_c + this) H_c^{-1}`` has the
+    matrix-free sigma_P's terms (`reference_noise_variance`).
+    """
+    size, n_kernel = problem.kernel_size, problem.n_kernel
+    ny, nx = problem.shape
+    my, mx = problem.target.shape
+    w64 = weights.to(torch.float64)
+    s = reference_variance_image(problem)
+    reference = problem.reference[0, 0].to(torch.float64)
+    n = n_kernel + problem.basis.shape[0]
+
+    def column_images(indices):
+        images = []
+        for index in indices:
+            if index < n_kernel:
+                a, b = divmod(index, size)
+                y, x = size - 1 - a, size - 1 - b
+                images.append(reference[y:y + my, x:x + mx])
+            else:
+                images.append(problem.basis[index - n_kernel].to(torch.float64).expand(my, mx))
+        return torch.stack(images)
+
+    with torch.no_grad():
+        # sqrt(s) G, stored in float32 (n x frame: 30 MB at 142 x 142) and
+        # multiplied in float32 strips summed in float64.
+        root = torch.sqrt(s).reshape(1, -1)
+        columns = torch.empty((n, ny * nx), dtype=torch.float32, device=problem.device)
+        for start in range(0, n, chunk):
+            indices = range(start, min(start + chunk, n))
+            g = adjoint_through_kernel(problem, w64 * column_images(indices), kernel)
+            columns[start:start + len(indices)] = (g.reshape(len(indices), -1) * root)
+        correlated = torch.zeros((n, n), dtype=torch.float64, device=problem.device)
+        step = 2 ** 16
+        for start in range(0, ny * nx, step):
+            part = columns[:, start:start + step]
+            correlated += (part @ part.T).to(torch.float64)
+        del columns
+        diagonal, _ = assemble_normal_equations(
+            problem, w64 ** 2 * problem.extra_variance.to(torch.float64), dtype=torch.float64)
+        extra = correlated - diagonal
+        extra[:n_kernel, :n_kernel] += pair_weight(problem, weights) * pair_matrix(problem, kernel)
+        if problem.correction is not None:
+            extra[:n_kernel, :n_kernel] += problem.correction
+    return 0.5 * (extra + extra.T)
+
+
+def sandwich_covariance(covariance, extra, reference_mean, n_kernel, n_scale):
+    """
+    ``J H_c^{-1} (H_c + extra) H_c^{-1} J^T`` from ``J H_c^{-1} J^T`` (un-centred).
+
+    ``J`` maps the centred parameters to the un-centred ones
+    (``B0 = c0' - r P``); its inverse adds ``r P`` back.
+    """
+    n = covariance.shape[0]
+    inverse = np.eye(n)
+    if n > n_kernel:
+        inverse[n_kernel, :n_scale] = reference_mean
+    left = covariance @ inverse.T              # J H_c^{-1}
+    extra = extra.cpu().numpy() if hasattr(extra, "cpu") else np.asarray(extra)
+    result = covariance + left @ extra @ left.T
+    return 0.5 * (result + result.T)
 
 
 def sandwich_terms(problem, weights, kernel, solution):
@@ -243,3 +338,48 @@ def reference_noise_variance(problem, weights, kernel, solution):
         part = solution[:problem.n_kernel].to(correction.dtype)
         extra += float(part @ (correction @ part))
     return extra
+
+
+def predicted_scale_bias(problem, weights, kernel, solution, variance):
+    """
+    First-order bias of P that a reference of ``variance`` gives an uncorrected fit.
+
+    Least squares on a noisy design converges to ``(H0 + D)^{-1} H0 theta``:
+    the bias of ``c^T theta`` is ``-x_K^T D K`` with ``x = H^{-1} c`` (the
+    solution for P of the errors) and ``D = sum_p w_p s(p + u)``
+    (`noise_diagonal`), evaluated at the fitted (already attenuated) kernel,
+    so an underestimate by the attenuation itself.
+
+    Parameters
+    ----------
+    problem : ``astro_dia._problem.FitProblem``
+    weights : (ny', nx') tensor
+        The information weights.
+    kernel : (K, K) tensor
+    solution : float64 tensor
+        ``x``, packed.
+    variance : (ny, nx) ndarray
+        The reference's variance (an estimate), zero at bad pixels.
+
+    Returns
+    -------
+    bias : float
+    """
+    with torch.no_grad():
+        image = torch.as_tensor(variance, dtype=problem.dtype, device=problem.device)
+        spectrum = torch.fft.rfft2(image, s=problem.fft_shape)
+        diagonal = problem.correlate(weights.to(problem.dtype), spectrum=spectrum)
+        part = solution[:problem.n_kernel].reshape(kernel.shape).to(torch.float64)
+        return -float(torch.sum(part * diagonal.to(torch.float64)
+                                * kernel.detach().to(torch.float64)))
+
+
+def centred_solution(covariance, reference_mean, n_kernel, n_scale):
+    """``H^{-1} c`` of P (centred, packed) from the un-centred covariance ``J H^{-1} J^T``."""
+    n = covariance.shape[0]
+    inverse = np.eye(n)
+    if n > n_kernel:
+        inverse[n_kernel, :n_scale] = reference_mean
+    direction = np.zeros(n)
+    direction[:n_scale] = 1.0
+    return torch.as_tensor(inverse @ (covariance @ (inverse.T @ direction)))

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from astropy import units as u
+from astropy.stats import mad_std
 
 from ._header import SATURATION_KEYWORDS, header_float, keyword_list
 from ._validation import as_image, check_exclude, check_pair, footprint_touches
@@ -40,6 +41,8 @@ class FitInputs:
     fit_mask: np.ndarray        # valid-region bool: pixels in the fit
     saturation_levels: dict     # image name -> (level or None, source)
     pixel_masks: dict           # flag name -> (M, N) bool or None, for flag_image
+    # (variance, source) of the reference for the predicted bias of P, or None
+    reference_variance_check: Any = None
 
 
 def saturation_level(saturation, image, unit, name):
@@ -84,6 +87,72 @@ def reference_variance(noise_model, reference_image):
     if terms.bad is not None:
         variance = np.where(terms.bad, np.nan, variance)
     return variance
+
+
+#: Most rows of the reference whose neighbour differences measure its pixel noise.
+NOISE_SAMPLE_ROWS = 256
+
+#: The uncertainty's (or noise model's) sky variance is scaled down to the
+#: measured pixel noise when it exceeds it by more than this factor.
+VARIANCE_AGREEMENT = 2.0
+
+
+def measured_pixel_variance(reference_image):
+    """
+    The reference's pixel noise: robust variance of neighbour differences over 2.
+
+    From at most `NOISE_SAMPLE_ROWS` evenly spaced rows; stars and bad
+    pixels barely move the median absolute deviation. White noise only: a
+    resampled reference's correlated noise is underestimated.
+    """
+    data, bad = reference_image.data, reference_image.bad
+    rows = slice(None, None, max(1, data.shape[0] // NOISE_SAMPLE_ROWS))
+    differences = np.diff(data[rows], axis=1)
+    usable = ~(bad[rows][:, 1:] | bad[rows][:, :-1]) & np.isfinite(differences)
+    if not usable.any():
+        return 0.0
+    return float(mad_std(differences[usable])) ** 2 / 2.0
+
+
+def reference_variance_estimate(noise_model, reference_image):
+    """
+    The reference's variance for the predicted bias of P without ``reference_noise``.
+
+    Its uncertainty, else the noise model applied to the reference and its
+    header; scaled down to the measured pixel noise
+    (`measured_pixel_variance`) where its variance at the sky (the pixels
+    below the median) exceeds that by more than `VARIANCE_AGREEMENT` (a
+    stack whose header describes one exposure, an inconsistent
+    uncertainty); the measured pixel noise, the same everywhere, when
+    neither is available (without the stars' photon noise). Never above
+    what the data show: the warning it feeds must not send a stacked
+    reference to ``reference_noise=True``. (The measured noise itself is
+    overestimated in a crowded field, where star gradients enter the
+    differences, hence only an upper bound.)
+
+    Returns
+    -------
+    variance : (M, N) ndarray
+        Zero at bad pixels.
+    source : str
+        'uncertainty', 'noise model' or 'measured pixel noise', with
+        ' (scaled to the measured pixel noise)' when scaled.
+    """
+    bad = reference_image.bad
+    measured = measured_pixel_variance(reference_image)
+    try:
+        variance = reference_variance(noise_model, reference_image)
+        source = "uncertainty" if reference_image.uncertainty is not None else "noise model"
+    except (ValueError, u.UnitsError):
+        variance, source = np.full(bad.shape, measured), "measured pixel noise"
+    usable = ~bad & np.isfinite(variance)
+    if source != "measured pixel noise" and usable.any():
+        sky = usable & (reference_image.data <= np.median(reference_image.data[usable]))
+        level = float(np.median(variance[sky])) if sky.any() else 0.0
+        if level > VARIANCE_AGREEMENT * measured:
+            variance = variance * (measured / level)
+            source += " (scaled to the measured pixel noise)"
+    return np.where(usable, variance, 0.0), source
 
 
 def check_enough_pixels(fit_mask, kernel_size, kernel_degree, background_degree,

@@ -28,7 +28,8 @@ import math
 import numpy as np
 import torch
 
-from ._errors_in_variables import has_reference_noise, reference_noise_variance
+from ._errors_in_variables import (has_reference_noise, predicted_scale_bias,
+                                   reference_noise_variance)
 from .solvers.choice import choose_solver
 from .solvers.cg import ConjugateGradientMetric
 from .uncertainty import information_weights
@@ -90,7 +91,8 @@ def error_directions(problem, n_scale):
     return directions
 
 
-def matrix_free_errors(problem, kernel, coefficients, *, n_scale, rtol=RTOL, metric=None):
+def matrix_free_errors(problem, kernel, coefficients, *, n_scale, rtol=RTOL, metric=None,
+                       bias_variance=None):
     """
     sigma_P and the background errors from matrix-free solves of ``F x = c``.
 
@@ -112,6 +114,10 @@ def matrix_free_errors(problem, kernel, coefficients, *, n_scale, rtol=RTOL, met
         factor, of ``A^T W A`` at the last step's weights, preconditions the
         solves (nearly exact: one or two products each). A new Toeplitz
         preconditioner is built otherwise.
+    bias_variance : (ny, nx) ndarray, optional
+        A reference variance for which to predict the bias of P of this
+        (uncorrected) fit from the solution for P
+        (``astro_dia._errors_in_variables.predicted_scale_bias``).
 
     Returns
     -------
@@ -122,6 +128,8 @@ def matrix_free_errors(problem, kernel, coefficients, *, n_scale, rtol=RTOL, met
         False when a solve did not converge or gave a non-positive
         quadratic form; the caller then takes the dense route, which
         diagnoses the information matrix.
+    predicted_bias : float or None
+        With ``bias_variance``: the predicted bias of P.
     """
     weights = information_weights(problem, kernel, coefficients).to(problem.dtype)
     if isinstance(metric, ConjugateGradientMetric) and metric.problem is problem:
@@ -135,8 +143,12 @@ def matrix_free_errors(problem, kernel, coefficients, *, n_scale, rtol=RTOL, met
         metric = ConjugateGradientMetric(problem, weights, rtol=rtol, max_cg_iter=MAX_CG_ITER)
     variances, valid = [], metric.factor is not None
     noisy_reference = has_reference_noise(problem)
-    for direction in error_directions(problem, n_scale):
+    predicted_bias = None
+    for index, direction in enumerate(error_directions(problem, n_scale)):
         solution = metric.solve(direction)
+        if index == 0 and bias_variance is not None:
+            predicted_bias = predicted_scale_bias(problem, weights, kernel, solution,
+                                                  bias_variance)
         residual = direction - metric.apply(solution)
         reached = math.sqrt(max(float(residual @ metric.precondition(residual)), 0.0))
         scale = math.sqrt(float(direction @ metric.precondition(direction)))
@@ -150,4 +162,4 @@ def matrix_free_errors(problem, kernel, coefficients, *, n_scale, rtol=RTOL, met
             reached <= RESIDUAL_SLACK * rtol * scale)
         variances.append(max(variance, 0.0) if math.isfinite(variance) else math.nan)
     errors = np.sqrt(np.array(variances))
-    return float(errors[0]), errors[1:], bool(valid)
+    return float(errors[0]), errors[1:], bool(valid), predicted_bias

@@ -298,17 +298,17 @@ class FitProblem:
 
     def quadratic_product(self, kernel):
         """
-        Hessian of the objective's quadratic kernel terms times ``kernel``, or None.
+        Hessian of the objective's quadratic kernel terms times ``kernel``.
 
         The penalty's `penalty_product` minus the errors-in-variables
-        correction ``D_eff kernel``; None when the problem has neither.
+        correction ``D_eff kernel`` (zero when the problem has neither).
         """
-        product = self.penalty_product(kernel) if self.regularization > 0 else None
+        product = (self.penalty_product(kernel) if self.regularization > 0
+                   else torch.zeros_like(kernel))
         correction = self.correction
         if correction is not None:
-            corrected = -(correction @ kernel.reshape(-1).to(torch.float64)).reshape(
+            product = product - (correction @ kernel.reshape(-1).to(torch.float64)).reshape(
                 kernel.shape).to(kernel.dtype)
-            product = corrected if product is None else product + corrected
         return product
 
     def normalization(self):

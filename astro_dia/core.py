@@ -8,7 +8,7 @@ import numpy as np
 from ._assemble import assemble_result
 from ._fitting import run_fit
 from ._heap import reused_large_blocks, spectrum_bytes
-from ._inputs import check_enough_pixels, prepare_inputs
+from ._inputs import check_enough_pixels, prepare_inputs, reference_variance_estimate
 from ._kernel_header import kernel_cards, remove_kernel_cards
 from ._problem import FitProblem
 from ._provenance import stamp
@@ -320,6 +320,9 @@ class DifferenceImager:
             kernel_degree=self.kernel_degree, background_degree=self.background_degree,
             exclude=exclude)
         reference_bad, target_bad, valid = inputs.reference_bad, inputs.target_bad, inputs.valid
+        if not self.reference_noise and self.kernel_degree == 0 and self.compute_errors:
+            inputs = replace(inputs, reference_variance_check=reference_variance_estimate(
+                self.noise_model, inputs.reference_image))
         variance = inputs.reference_variance
         shape = inputs.target_image.data.shape
         guard = out_of_memory_as_error(shape, self.kernel_size, self.device, DIAError)

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from astro_dia import ConvergenceWarning, DifferenceImager
+from astro_dia.exceptions import FitQualityWarning
 from astro_dia._validation import footprint_touches
 from astro_dia.simulate import make_image_pair
 
@@ -74,6 +75,9 @@ def _fit(imager, reference, target):
     for warning in caught:
         if issubclass(warning.category, ConvergenceWarning):
             continue
+        if (issubclass(warning.category, FitQualityWarning)
+                and "reference's noise is predicted to bias P" in str(warning.message)):
+            continue    # a small noisy field: the prediction is a property of the data
         assert issubclass(warning.category, AstropyUserWarning), warning
         assert nan_unmasked and "NaN or infinite pixels" in str(warning.message), warning
     if nan_unmasked:

@@ -240,9 +240,8 @@ class ConjugateGradientMetric:
             kernel, coefficients = unpack(problem, vector)
             image = self.weights * problem.model(kernel, coefficients)
             k_part, b_part = problem.transpose(image)
-            quadratic = problem.quadratic_product(kernel)
-            if quadratic is not None:
-                k_part = k_part + quadratic
+            if problem.regularization > 0 or getattr(problem, "correction", None) is not None:
+                k_part = k_part + problem.quadratic_product(kernel)
             out = pack(k_part, b_part)
             # The fixed parameters (constant_scale) have a unit diagonal.
             out[problem.fixed] = vector[problem.fixed]

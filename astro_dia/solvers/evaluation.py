@@ -84,9 +84,8 @@ class Evaluation:
             with torch.no_grad():
                 image = problem.data_gradient(self._model, self._residuals)
                 kernel_part, background_part = problem.transpose(image)
-                quadratic = problem.quadratic_product(self._kernel)
-                if quadratic is not None:
-                    kernel_part = kernel_part + quadratic
+                if problem.regularization > 0 or getattr(problem, "correction", None) is not None:
+                    kernel_part = kernel_part + problem.quadratic_product(self._kernel)
             self._gradient = pack(kernel_part, background_part)
         return self._gradient
 
