@@ -9,6 +9,7 @@ footprints of bad reference pixels, ``exclude``), the per-flag pixel masks
 of the output, and the checks that enough pixels are left to fit.
 """
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from astropy.stats import mad_std
 from ._header import SATURATION_KEYWORDS, header_float, keyword_list
 from ._validation import as_image, check_exclude, check_pair, footprint_touches
 from .background import polynomial_terms
-from .exceptions import DIAError
+from .exceptions import DIAError, NoiseModelWarning
 from .kernels import check_kernel_size
 from .noise import uncertainty_variance
 
@@ -146,13 +147,43 @@ def reference_variance_estimate(noise_model, reference_image):
     except (ValueError, u.UnitsError):
         variance, source = np.full(bad.shape, measured), "measured pixel noise"
     usable = ~bad & np.isfinite(variance)
-    if source != "measured pixel noise" and usable.any():
-        sky = usable & (reference_image.data <= np.median(reference_image.data[usable]))
-        level = float(np.median(variance[sky])) if sky.any() else 0.0
+    if source != "measured pixel noise":
+        level = sky_variance(variance, reference_image)
         if level > VARIANCE_AGREEMENT * measured:
             variance = variance * (measured / level)
             source += " (scaled to the measured pixel noise)"
     return np.where(usable, variance, 0.0), source
+
+
+def sky_variance(variance, reference_image):
+    """The median of ``variance`` over the reference's sky (its usable pixels below the median)."""
+    usable = ~reference_image.bad & np.isfinite(variance)
+    if not usable.any():
+        return 0.0
+    sky = usable & (reference_image.data <= np.median(reference_image.data[usable]))
+    return float(np.median(variance[sky]))
+
+
+def check_reference_variance(variance, reference_image):
+    """
+    Warn when ``reference_noise=True``'s variance exceeds the reference's measured pixel noise.
+
+    More than `VARIANCE_AGREEMENT` times at the sky: the errors-in-variables
+    correction would then over-correct P (measured: +13% to +60% for a
+    stack whose header describes a single exposure).
+    """
+    measured = measured_pixel_variance(reference_image)
+    level = sky_variance(variance, reference_image)
+    if measured > 0 and level > VARIANCE_AGREEMENT * measured:
+        source = "uncertainty" if reference_image.uncertainty is not None else (
+            "noise model and header")
+        warnings.warn(
+            f"reference_noise=True: the reference's variance from its {source} is "
+            f"{level / measured:.3g} times the noise its pixels show at the sky; the "
+            f"correction of P for the reference's noise would over-correct. A stacked "
+            f"reference whose header gives the gain and read noise of one exposure? Give it "
+            f"an uncertainty, or correct GAIN and RDNOISE (a resampled reference's "
+            f"correlated noise also shows less pixel noise)", NoiseModelWarning)
 
 
 def check_enough_pixels(fit_mask, kernel_size, kernel_degree, background_degree,
@@ -203,6 +234,8 @@ def prepare_inputs(reference, target, *, kernel_size, noise_model, saturation=No
 
     terms = noise_model.variance_terms(target_image.source, mask=target_image.bad)
     variance = reference_variance(noise_model, reference_image) if reference_noise else None
+    if variance is not None:
+        check_reference_variance(variance, reference_image)
     reference_bad = reference_image.bad.copy()
     if variance is not None:
         reference_bad |= ~np.isfinite(variance)

@@ -127,7 +127,8 @@ class FitProblem:
         self.extra_variance = None  # reference noise through K**2, held fixed per pass
         # The errors-in-variables correction D_eff (K**2, K**2) of the noisy
         # reference, held fixed per pass (astro_dia._errors_in_variables).
-        self.noise_correction = None
+        self._correction = None
+        self._correction_point = None   # (kernel, coefficients, mask) it was set at
         # Newton-decrement tolerance of the Gauss-Newton solvers; None: the
         # dtype's (astro_dia._tolerances). The robust pass sets a coarse one.
         self.newton_tolerance = None
@@ -219,9 +220,14 @@ class FitProblem:
             self.extra_variance = torch.clamp(self._convolve_spectrum(
                 self.reference_variance_spectrum, kernel.detach() ** 2), min=0.0)
         if coefficients is not None:
-            from .uncertainty import information_weights
-            weights = information_weights(self, kernel, coefficients)
-            self.noise_correction = correction_matrix(self, weights)
+            self._correction_point = (kernel.detach().clone(), coefficients.detach().clone(),
+                                      self.mask)
+            self._correction = self._correction_at(kernel, coefficients)
+
+    def _correction_at(self, kernel, coefficients):
+        from .uncertainty import information_weights
+        return correction_matrix(self, information_weights(self, kernel, coefficients),
+                                 previous=self._correction)
 
     @property
     def correction(self):
@@ -229,11 +235,18 @@ class FitProblem:
         The errors-in-variables correction ``D_eff`` in force (float64), or None.
 
         None without a reference variance (also for a copy of the problem
-        that dropped it, as the robust pass before clipping does).
+        that dropped it, as the robust pass before clipping does). Set
+        again, at the same kernel, when the fit mask changed since (outlier
+        rejection): a correction of more pixels than the fit has could
+        exceed their ``A^T W A``.
         """
         if self.reference_variance_spectrum is None:
             return None
-        return self.noise_correction
+        point = self._correction_point
+        if point is not None and point[2] is not self.mask:
+            self._correction_point = (point[0], point[1], self.mask)
+            self._correction = self._correction_at(point[0], point[1])
+        return None if self._correction is None else self._correction.matrix
 
     # -- objective ---------------------------------------------------------
     def objective(self, kernel, coefficients):
