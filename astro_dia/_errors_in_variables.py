@@ -50,6 +50,7 @@ import math
 
 import numpy as np
 import torch
+
 from ._normal import assemble_normal_equations
 
 __all__ = []
