@@ -210,8 +210,9 @@ def reference_passes(problem, first, again, start_kernel=None):
     pass's ``K**2`` and the errors-in-variables correction of the noisy
     reference at the last pass's weights
     (``FitProblem.update_reference_variance``), until P changes by less
-    than the data type resolves (compared with ``start_kernel``'s too, if given) or `REFERENCE_PASSES`
-    fits were made. The iterations of all passes are summed.
+    than the data type resolves (compared with ``start_kernel``'s too, if
+    given) or `REFERENCE_PASSES` fits were made. The iterations of all
+    passes are summed.
     """
     state = first()
     n_iterations = state.n_iterations

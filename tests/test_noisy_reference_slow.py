@@ -19,15 +19,15 @@ def load_benchmark():
 
 
 @pytest.fixture(scope="module")
-def benchmark():
+def validation():
     return load_benchmark()
 
 
 @pytest.mark.parametrize("field", ["sparse", "dense"])
-def test_reference_noise_makes_p_unbiased_and_sigma_p_honest(benchmark, field):
-    row = benchmark.summarise(*benchmark.measure(
-        benchmark.DENSITIES[field], benchmark.REFERENCES["single"],
-        benchmark.SETTINGS["reference_noise=True"], 8, 4))
+def test_reference_noise_makes_p_unbiased_and_sigma_p_honest(validation, field):
+    row = validation.summarise(*validation.measure(
+        validation.DENSITIES[field], validation.REFERENCES["single"],
+        validation.SETTINGS["reference_noise=True"], 8, 4))
     assert abs(row["mean"]) < 3 * row["se"]
     assert abs(row["mean"]) < 0.01
     assert 0.75 <= row["noise_ratio"] <= 1.33
@@ -35,19 +35,19 @@ def test_reference_noise_makes_p_unbiased_and_sigma_p_honest(benchmark, field):
 
 
 @pytest.mark.parametrize("field", ["sparse", "dense"])
-def test_default_fit_of_a_single_epoch_reference_is_biased_and_warned(benchmark, field):
-    row = benchmark.summarise(*benchmark.measure(
-        benchmark.DENSITIES[field], benchmark.REFERENCES["single"],
-        benchmark.SETTINGS["default"], 8, 2))
+def test_default_fit_of_a_single_epoch_reference_is_biased_and_warned(validation, field):
+    row = validation.summarise(*validation.measure(
+        validation.DENSITIES[field], validation.REFERENCES["single"],
+        validation.SETTINGS["default"], 8, 2))
     assert row["mean"] < -3 * row["se"]
     assert row["warned"] >= 0.75
 
 
 @pytest.mark.parametrize("setting", ["default", "reference_noise=True"])
-def test_a_stacked_reference_stays_unbiased(benchmark, setting):
-    row = benchmark.summarise(*benchmark.measure(
-        benchmark.DENSITIES["sparse"], benchmark.REFERENCES["stacked"],
-        benchmark.SETTINGS[setting], 8, 2))
+def test_a_stacked_reference_stays_unbiased(validation, setting):
+    row = validation.summarise(*validation.measure(
+        validation.DENSITIES["sparse"], validation.REFERENCES["stacked"],
+        validation.SETTINGS[setting], 8, 2))
     assert abs(row["mean"]) < 3 * row["se"]
     assert 0.75 <= row["noise_ratio"] <= 1.33
     assert row["warned"] == 0
