@@ -59,10 +59,11 @@ __all__ = []
 #: the whitened noise Gram matrix's eigenvalues ...
 BULK_EDGE = 2.0
 
-#: ... and is complete at ``1 + FULL_CORRECTION r``. Measured on 16 sparse
-#: 400 x 400 fields (reference as noisy as the target): the ramp 2-6 left
-#: P at +0.004 +- 0.006, the ramp 3-10 at +0.005 +- 0.005, a hard step at
-#: 1 + 20 r at +0.020 +- 0.007; the full correction (no ramp) scattered P by 0.5.
+#: ... and is complete at ``1 + FULL_CORRECTION r``. Measured with a
+#: prototype (fixed true weights) on 16 sparse 400 x 400 fields, reference
+#: as noisy as the target: the ramp 2-6 left P at +0.004 +- 0.006, the ramp
+#: 3-10 at +0.005 +- 0.005, a hard step at 1 + 20 r at +0.020 +- 0.007; the
+#: full correction (no ramp) scattered P by 0.5.
 FULL_CORRECTION = 6.0
 
 
