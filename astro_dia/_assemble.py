@@ -228,7 +228,7 @@ def provenance_cards(config, state, scale_factor, coefficients, terms, n_data, e
         ("DIA_CONV", bool(state.converged), "solver converged"),
         ("DIA_NDAT", n_data, "pixels in the fit"),
         ("DIA_LAMB", config["regularization"], "Laplacian regularisation lambda"),
-        ("DIA_REFN", config["reference_noise"], "reference noise in the weights"),
+        ("DIA_REFN", config["reference_noise"], "reference noise: weights, EIV correction"),
         ("DIA_SKY", float(terms.offset), "sky added back in the variance"),
         ("DIA_CLIP", "none" if clip is None else clip, "outlier rejection threshold (sigma)"),
         ("DIA_NOUT", n_outliers, "pixels rejected from the fit as outliers"),

@@ -160,7 +160,8 @@ def reference_variance_estimate(noise_model, reference_image):
         if level > VARIANCE_AGREEMENT * measured:
             variance = variance * (measured / level)
             source += " (scaled to the measured pixel noise)"
-    return np.where(usable, variance, 0.0), source
+    variance[~usable] = 0.0         # our own array: the reference's is never touched
+    return variance, source
 
 
 def sky_variance(variance, reference_image):
