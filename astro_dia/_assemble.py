@@ -14,6 +14,9 @@ import numpy as np
 from astropy.nddata import CCDData, StdDevUncertainty
 from astropy.stats import mad_std
 
+from ._errors_in_variables import (centred_solution, has_reference_noise,
+                                   predicted_scale_bias, reference_noise_information,
+                                   sandwich_covariance)
 from ._guard import assess_fit, quality_cards
 from ._matrix_free_errors import dense_is_cheap, matrix_free_errors, use_matrix_free
 from ._model import convolve_frame
@@ -23,7 +26,7 @@ from ._torch import to_numpy
 from .background import background_basis, evaluate_background
 from .flags import INVALID, flag_image
 from .uncertainty import (background_errors, covariance_from_information, fisher_information,
-                          scale_factor_error)
+                          information_weights, scale_factor_error)
 
 __all__ = []
 
@@ -50,7 +53,7 @@ def final_model(reference, kernel_terms, coefficients, shape, valid, *, kernel_d
     return model_valid + background[valid], background
 
 
-def fit_errors(problem, state, kernel_size, compute_errors=True):
+def fit_errors(problem, state, kernel_size, compute_errors=True, bias_variance=None):
     """
     sigma_P, sigma_B0 and the background errors; the covariance when asked for or cheap.
 
@@ -67,6 +70,10 @@ def fit_errors(problem, state, kernel_size, compute_errors=True):
     to the final residuals of the 'uniform' model. They are computed before
     the result's frames are made, so that the solves' products and those
     frames are not in memory at the same time.
+
+    With ``bias_variance`` (a reference variance, for a fit without
+    ``reference_noise``), ``predicted_bias`` is the first-order bias of P
+    that reference noise gives (``astro_dia._errors_in_variables``), else None.
     """
     n_kernel, n_scale = problem.n_kernel, kernel_size ** 2
     kernel, coefficients = state.kernel, state.coefficients
@@ -76,15 +83,21 @@ def fit_errors(problem, state, kernel_size, compute_errors=True):
         covariance, valid = covariance_from_information(
             information, reference_mean=problem.reference_mean, n_kernel=n_kernel,
             n_scale=n_scale)
+        if has_reference_noise(problem):
+            # The noisy reference: the sandwich of the corrected estimator.
+            extra = reference_noise_information(
+                problem, information_weights(problem, kernel, coefficients), kernel)
+            covariance = sandwich_covariance(covariance, extra, problem.reference_mean,
+                                             n_kernel, n_scale)
         diagonal = np.maximum(np.diag(covariance)[:n_scale], 0.0)
         return dict(covariance=covariance,
                     kernel_error=np.sqrt(diagonal).reshape(kernel_size, kernel_size),
                     valid=bool(valid))
 
     if use_matrix_free(problem, compute_errors):
-        sigma_p, sigma_b, valid = matrix_free_errors(
+        sigma_p, sigma_b, valid, predicted = matrix_free_errors(
             problem, kernel, coefficients, n_scale=n_scale,
-            metric=getattr(state, "metric", None))
+            metric=getattr(state, "metric", None), bias_variance=bias_variance)
         if valid:
             def deferred():
                 values = dense()
@@ -92,11 +105,16 @@ def fit_errors(problem, state, kernel_size, compute_errors=True):
 
             return dict(covariance=None, scale_factor_error=sigma_p,
                         background_error=sigma_b, kernel_error=None,
-                        covariance_valid=True,
+                        covariance_valid=True, predicted_bias=predicted,
                         pending_covariance=deferred if dense_is_cheap(problem) else None)
     values = dense()
     covariance = values["covariance"]
-    return dict(covariance=covariance,
+    predicted = None
+    if bias_variance is not None:
+        solution = centred_solution(covariance, problem.reference_mean, n_kernel, n_scale)
+        predicted = predicted_scale_bias(problem, information_weights(
+            problem, kernel, coefficients), kernel, solution, bias_variance)
+    return dict(covariance=covariance, predicted_bias=predicted,
                 scale_factor_error=scale_factor_error(covariance, n_scale),
                 background_error=background_errors(covariance, n_kernel),
                 kernel_error=values["kernel_error"],
@@ -149,7 +167,7 @@ def provenance_cards(config, state, scale_factor, coefficients, terms, n_data, e
         ("DIA_CONV", bool(state.converged), "solver converged"),
         ("DIA_NDAT", n_data, "pixels in the fit"),
         ("DIA_LAMB", config["regularization"], "Laplacian regularisation lambda"),
-        ("DIA_REFN", config["reference_noise"], "reference noise in the weights"),
+        ("DIA_REFN", config["reference_noise"], "reference noise: weights, EIV correction"),
         ("DIA_SKY", float(terms.offset), "sky added back in the variance"),
         ("DIA_CLIP", "none" if clip is None else clip, "outlier rejection threshold (sigma)"),
         ("DIA_NOUT", n_outliers, "pixels rejected from the fit as outliers"),
@@ -196,8 +214,11 @@ def assemble_result(state, problem, inputs, outliers, config):
     coefficients = to_numpy(problem.uncentred_coefficients(state.kernel, state.coefficients))
     errors = dict(covariance=None, scale_factor_error=None, background_error=None,
                   kernel_error=None, covariance_valid=None, pending_covariance=None)
+    check = inputs.reference_variance_check
     if config["compute_errors"]:
-        errors = fit_errors(problem, state, config["kernel_size"], config["compute_errors"])
+        errors = fit_errors(problem, state, config["kernel_size"], config["compute_errors"],
+                            bias_variance=None if check is None else check[0])
+    predicted_bias = errors.pop("predicted_bias", None)
     # The final model in float64, from the un-centred reference.
     reference = np.where(inputs.reference_bad, 0.0, inputs.reference_image.data)
     model_valid, background = final_model(
@@ -236,6 +257,8 @@ def assemble_result(state, problem, inputs, outliers, config):
                          reference=reference, median=median,
                          scale_factor_error=errors["scale_factor_error"],
                          pass_scale_factors=state.pass_scale_factors,
+                         predicted_bias=predicted_bias,
+                         bias_source=None if check is None else check[1],
                          trusted=bool(state.converged) and errors["covariance_valid"] is not False)
 
     unit = target_image.unit

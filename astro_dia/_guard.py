@@ -39,6 +39,15 @@ issues one `~astro_dia.exceptions.FitQualityWarning` per cause found:
     its Huber loss underfits the cores of bright stars, and on real pairs
     its P differs from the fit proper's by tens of sigma_P by design
     (measured: 0.952 against 0.997 on the ProperImage pair).
+``REFNOISE``
+    Without ``reference_noise=True``, the reference's noise is predicted to
+    bias P by more than sigma_P (first order, an attenuation: see
+    `astro_dia._errors_in_variables`): a single-epoch reference as noisy as
+    the target makes least squares regress on its noise, and sigma_P
+    leaves that out. Only a prediction that is a shrinkage towards zero by
+    less than P itself, for a P `SIGNIFICANT_SCALE` sigma_P from zero, is
+    judged (one outside that range says that the reference carries less
+    noise than its variance claims).
 ``DECONVOLVES``
     The kernel is no wider than `DECONVOLUTION_WIDTH` pixels (its second
     moment: the target's PSF is no wider than the reference's, since the
@@ -101,11 +110,15 @@ NEGATIVE_KERNEL_WARNING = 0.3
 #: A kernel whose smoothed peak is below this many times its noise has no shape to judge.
 KERNEL_SIGNAL_SIGMA = 10.0
 
+#: The predicted bias of P is judged only for a P this many sigma_P from zero
+#: (a pure-noise reference has no P to bias: its prediction is -P itself).
+SIGNIFICANT_SCALE = 5.0
+
 #: Shift of P between the fits on the clipped pixels, in sigma_P, that is warned about.
 PASS_SHIFT_SIGMA = 3.0
 
 #: Depth of the deepest negative lobe of the 3 x 3 smoothed kernel, over its peak.
-NEGATIVE_LOBE_WARNING = 0.1
+NEGATIVE_LOBE_WARNING = 0.12
 
 #: Kernel width (rms radius per axis, pixels) below which the target is no blurrier.
 DECONVOLUTION_WIDTH = 1.0
@@ -142,6 +155,9 @@ class FitQuality:
     pass_shift : float
         The largest change of P between the fits on the clipped pixels and
         the final one, in units of sigma_P (0 without rejection or errors).
+    predicted_bias : float or None
+        The first-order bias of P that the reference's noise gives a fit
+        without ``reference_noise`` (None where not predicted).
     causes : tuple of str
         The causes warned about (empty for a fit that passed).
     """
@@ -154,6 +170,7 @@ class FitQuality:
     kernel_width: float
     robust_scale_factor: object = None
     pass_shift: float = 0.0
+    predicted_bias: object = None
     causes: tuple = ()
 
     def as_dict(self):
@@ -163,7 +180,7 @@ class FitQuality:
                     kernel_negative=self.kernel_negative, kernel_lobe=self.kernel_lobe,
                     kernel_width=self.kernel_width,
                     robust_scale_factor=self.robust_scale_factor, pass_shift=self.pass_shift,
-                    causes=tuple(self.causes))
+                    predicted_bias=self.predicted_bias, causes=tuple(self.causes))
 
 
 def kernel_border_noise(kernel):
@@ -338,7 +355,8 @@ def rejected_flux_fraction(star_model, sigma, outliers, reference, kernel, media
 
 
 def assess_fit(z, kernel, *, n_outliers, star_model, sigma, outliers, reference, median,
-               scale_factor_error=None, pass_scale_factors=(), trusted=True):
+               scale_factor_error=None, pass_scale_factors=(), predicted_bias=None,
+               bias_source=None, trusted=True):
     """
     Measure a fit's quality and warn once for each cause of doubt found.
 
@@ -362,6 +380,11 @@ def assess_fit(z, kernel, *, n_outliers, star_model, sigma, outliers, reference,
     pass_scale_factors : sequence of float, optional
         P of the robust pass, then of each fit on the clipped pixels (the
         last is the final one's); empty without rejection.
+    predicted_bias : float or None, optional
+        The first-order bias of P from the reference's noise (a fit
+        without ``reference_noise``).
+    bias_source : str or None, optional
+        Where the reference's variance for that prediction came from.
     trusted : bool, optional
         False for a fit already warned about as a whole (a
         `~astro_dia.exceptions.ConvergenceWarning`, or a
@@ -429,6 +452,14 @@ def assess_fit(z, kernel, *, n_outliers, star_model, sigma, outliers, reference,
             f"which pixels are rejected depends on the model, and P on which pixels are "
             f"rejected. Compare with clip=None and check the saturation level and the "
             f"registration")
+    if attenuates(predicted_bias, final, scale_factor_error):
+        found["REFNOISE"] = (
+            f"the reference's noise is predicted to bias P by {predicted_bias:+.3g} "
+            f"({abs(predicted_bias) / scale_factor_error:.1f} sigma_P; first order, reference "
+            f"variance from its {bias_source}): a noisy reference makes the fit regress on "
+            f"its noise, and sigma_P leaves it out. Pass reference_noise=True, which corrects "
+            f"the fit and sigma_P (give a stacked reference an uncertainty if its header's "
+            f"gain and read noise describe a single exposure)")
     if (judged and width < DECONVOLUTION_WIDTH and negative > NEGATIVE_KERNEL_WARNING
             and lobe > NEGATIVE_LOBE_WARNING):
         found["DECONVOLVES"] = (
@@ -443,25 +474,44 @@ def assess_fit(z, kernel, *, n_outliers, star_model, sigma, outliers, reference,
         warnings.warn(message, FitQualityWarning, stacklevel=3)
     robust = float(pass_scale_factors[0]) if len(pass_scale_factors) else None
     return FitQuality(scatter, tail, star_flux, negative, lobe, width, robust, shift,
-                      tuple(found))
+                      predicted_bias, tuple(found))
+
+
+def attenuates(predicted_bias, scale_factor, scale_factor_error):
+    """
+    Whether a predicted bias of P is an attenuation beyond sigma_P.
+
+    Towards zero, by more than ``scale_factor_error`` and less than P
+    itself, for a P `SIGNIFICANT_SCALE` sigma_P from zero. A prediction
+    outside that range says that the reference's pixels carry less noise
+    than its variance claims (the first-order formula assumes ``A^T W A``
+    holds that noise; measured: +10.9 for a noiseless reference with the
+    noise model's variance), not that P is biased.
+    """
+    if predicted_bias is None or not scale_factor_error:
+        return False
+    attenuation = -predicted_bias * np.sign(scale_factor)
+    return bool(scale_factor_error < attenuation < abs(scale_factor)
+                and abs(scale_factor) > SIGNIFICANT_SCALE * scale_factor_error)
 
 
 def quality_cards(quality):
-    """The ``DIA_*`` cards of a `FitQuality`."""
-    return [
+    """The ``DIA_*`` cards of a `FitQuality` (a measure that is not finite as no value)."""
+    cards = [
         ("DIA_ZSTD", quality.residual_scatter, "robust std of D/sigma on the fitted pixels"),
         ("DIA_ZT5", quality.tail_fraction, "fraction of fitted pixels beyond 5 sigma"),
         ("DIA_FREJ", quality.rejected_star_flux, "star flux fraction in rejected pixels"),
         ("DIA_KNEG", quality.kernel_negative, "negative share of kernel mass"),
         ("DIA_KLOB", quality.kernel_lobe, "deepest negative kernel lobe / peak"),
-        ("DIA_KWID", _finite(quality.kernel_width), "kernel rms width per axis (pixels)"),
+        ("DIA_KWID", quality.kernel_width, "kernel rms width per axis (pixels)"),
         ("DIA_PROB", quality.robust_scale_factor, "P of the robust pass"),
         ("DIA_PSHF", quality.pass_shift, "shift of P between clipped fits/sigma_P"),
-        ("DIA_QUAL", ",".join(quality.causes) or "OK", "guard causes, or OK"),
+        ("DIA_PBIA", quality.predicted_bias, "predicted bias of P from reference noise"),
     ]
-
+    return [(key, _finite(value), comment) for key, value, comment in cards] + [
+        ("DIA_QUAL", ",".join(quality.causes) or "OK", "guard causes, or OK")]
 
 
 def _finite(value):
-    """``value``, or None where it is not finite (FITS cards hold no NaN)."""
-    return value if np.isfinite(value) else None
+    """``value`` as a float, or None where it is None or not finite (FITS cards hold no NaN)."""
+    return float(value) if value is not None and np.isfinite(value) else None

@@ -9,17 +9,19 @@ footprints of bad reference pixels, ``exclude``), the per-flag pixel masks
 of the output, and the checks that enough pixels are left to fit.
 """
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from astropy import units as u
+from astropy.stats import mad_std
 
 from ._header import SATURATION_KEYWORDS, header_float, keyword_list
 from ._saturation import warn_if_saturated
 from ._validation import as_image, check_exclude, check_pair, footprint_touches
 from .background import polynomial_terms
-from .exceptions import DIAError
+from .exceptions import DIAError, NoiseModelWarning
 from .kernels import check_kernel_size
 from .noise import uncertainty_variance
 
@@ -41,6 +43,8 @@ class FitInputs:
     fit_mask: np.ndarray        # valid-region bool: pixels in the fit
     saturation_levels: dict     # image name -> (level or None, source)
     pixel_masks: dict           # flag name -> (M, N) bool or None, for flag_image
+    # (variance, source) of the reference for the predicted bias of P, or None
+    reference_variance_check: Any = None
 
 
 def saturation_level(saturation, image, unit, name):
@@ -86,6 +90,117 @@ def reference_variance(noise_model, reference_image):
     if terms.bad is not None:
         variance = np.where(terms.bad, np.nan, variance)
     return variance
+
+
+#: Most pixels (in evenly spaced rows) from which the reference's pixel
+#: noise and its variance at the sky are measured: the medians' own
+#: scatter is then below 0.5%, and the default fit at 1000 x 1000 pays a
+#: few milliseconds for them.
+NOISE_SAMPLE_PIXELS = 2 ** 16
+
+
+def sample_rows(shape):
+    """Evenly spaced rows holding at most `NOISE_SAMPLE_PIXELS` pixels."""
+    return slice(None, None, max(1, -(-shape[0] * shape[1] // NOISE_SAMPLE_PIXELS)))
+
+#: The uncertainty's (or noise model's) sky variance is scaled down to the
+#: measured pixel noise when it exceeds it by more than this factor.
+VARIANCE_AGREEMENT = 2.0
+
+
+def measured_pixel_variance(reference_image):
+    """
+    The reference's pixel noise: robust variance of neighbour differences over 2.
+
+    From evenly spaced rows (`sample_rows`); stars and bad pixels barely
+    move the median absolute deviation. White noise only: a resampled
+    reference's correlated noise is underestimated.
+    """
+    data, bad = reference_image.data, reference_image.bad
+    rows = sample_rows(data.shape)
+    differences = np.diff(data[rows], axis=1)
+    usable = ~(bad[rows][:, 1:] | bad[rows][:, :-1]) & np.isfinite(differences)
+    if not usable.any():
+        return 0.0
+    return float(mad_std(differences[usable])) ** 2 / 2.0
+
+
+def reference_variance_estimate(noise_model, reference_image):
+    """
+    The reference's variance for the predicted bias of P without ``reference_noise``.
+
+    Its uncertainty, else the noise model applied to the reference and its
+    header; scaled down to the measured pixel noise
+    (`measured_pixel_variance`) where its variance at the sky (the pixels
+    below the median) exceeds that by more than `VARIANCE_AGREEMENT` (a
+    stack whose header describes one exposure, an inconsistent
+    uncertainty); the measured pixel noise, the same everywhere, when
+    neither is available (without the stars' photon noise). Never above
+    what the data show: the warning it feeds must not send a stacked
+    reference to ``reference_noise=True``. (The measured noise itself is
+    overestimated in a crowded field, where star gradients enter the
+    differences, hence only an upper bound.)
+
+    Returns
+    -------
+    variance : (M, N) ndarray
+        Zero at bad pixels.
+    source : str
+        'uncertainty', 'noise model' or 'measured pixel noise', with
+        ' (scaled to the measured pixel noise)' when scaled.
+    """
+    bad = reference_image.bad
+    measured = measured_pixel_variance(reference_image)
+    try:
+        variance = reference_variance(noise_model, reference_image)
+        source = "uncertainty" if reference_image.uncertainty is not None else "noise model"
+    except (ValueError, u.UnitsError):
+        variance, source = np.full(bad.shape, measured), "measured pixel noise"
+    usable = ~bad & np.isfinite(variance)
+    if source != "measured pixel noise":
+        level = sky_variance(variance, reference_image)
+        if level > VARIANCE_AGREEMENT * measured:
+            variance = variance * (measured / level)
+            source += " (scaled to the measured pixel noise)"
+    variance[~usable] = 0.0         # our own array: the reference's is never touched
+    return variance, source
+
+
+def sky_variance(variance, reference_image):
+    """
+    The median of ``variance`` over the reference's sky (usable pixels below the median).
+
+    From evenly spaced rows (`sample_rows`).
+    """
+    rows = sample_rows(reference_image.data.shape)
+    data, variance = reference_image.data[rows], variance[rows]
+    usable = ~reference_image.bad[rows] & np.isfinite(variance)
+    if not usable.any():
+        return 0.0
+    sky = usable & (data <= np.median(data[usable]))
+    return float(np.median(variance[sky]))
+
+
+def check_reference_variance(variance, reference_image):
+    """
+    Warn when ``reference_noise=True``'s variance exceeds the reference's measured pixel noise.
+
+    More than `VARIANCE_AGREEMENT` times at the sky: the errors-in-variables
+    correction would then over-correct P (measured: +13% to +60% for a
+    stack whose header describes a single exposure).
+    """
+    measured = measured_pixel_variance(reference_image)
+    level = sky_variance(variance, reference_image)
+    if measured > 0 and level > VARIANCE_AGREEMENT * measured:
+        source = "uncertainty" if reference_image.uncertainty is not None else (
+            "noise model and header")
+        warnings.warn(
+            f"reference_noise=True: the reference's variance from its {source} is "
+            f"{level / measured:.3g} times the noise its pixels show at the sky; the "
+            f"correction of P for the reference's noise would over-correct. A stacked "
+            f"reference whose header gives the gain and read noise of one exposure? Give it "
+            f"an uncertainty, or correct GAIN and RDNOISE (a resampled reference's "
+            f"correlated noise also shows less pixel noise)", NoiseModelWarning)
 
 
 def check_enough_pixels(fit_mask, kernel_size, kernel_degree, background_degree,
@@ -138,6 +253,8 @@ def prepare_inputs(reference, target, *, kernel_size, noise_model, saturation=No
 
     terms = noise_model.variance_terms(target_image.source, mask=target_image.bad)
     variance = reference_variance(noise_model, reference_image) if reference_noise else None
+    if variance is not None:
+        check_reference_variance(variance, reference_image)
     reference_bad = reference_image.bad.copy()
     if variance is not None:
         reference_bad |= ~np.isfinite(variance)

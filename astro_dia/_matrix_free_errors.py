@@ -11,6 +11,11 @@ approximation of the ``cg`` solver
 (`~astro_dia.solvers.cg.ConjugateGradientMetric`) or the direct solver's
 factorised normal matrix.
 
+With a reference variance (``reference_noise=True``) the solves are of the
+corrected ``H_c = A^T W A - D_eff`` and each quadratic form becomes the
+sandwich ``x^T V x`` of the noisy reference
+(``astro_dia._errors_in_variables``): two correlations more per direction.
+
 Owns `matrix_free_errors`, the rule `use_matrix_free` by which the imager
 chooses this route and `dense_is_cheap`, where the dense covariance is
 left to be computed on request; the dense route and the validity checks
@@ -23,6 +28,8 @@ import math
 import numpy as np
 import torch
 
+from ._errors_in_variables import (has_reference_noise, predicted_scale_bias,
+                                   reference_noise_variance)
 from .solvers.choice import choose_solver
 from .solvers.cg import ConjugateGradientMetric
 from .uncertainty import information_weights
@@ -84,7 +91,8 @@ def error_directions(problem, n_scale):
     return directions
 
 
-def matrix_free_errors(problem, kernel, coefficients, *, n_scale, rtol=RTOL, metric=None):
+def matrix_free_errors(problem, kernel, coefficients, *, n_scale, rtol=RTOL, metric=None,
+                       bias_variance=None):
     """
     sigma_P and the background errors from matrix-free solves of ``F x = c``.
 
@@ -106,6 +114,10 @@ def matrix_free_errors(problem, kernel, coefficients, *, n_scale, rtol=RTOL, met
         factor, of ``A^T W A`` at the last step's weights, preconditions the
         solves (nearly exact: one or two products each). A new Toeplitz
         preconditioner is built otherwise.
+    bias_variance : (ny, nx) ndarray, optional
+        A reference variance for which to predict the bias of P of this
+        (uncorrected) fit from the solution for P
+        (``astro_dia._errors_in_variables.predicted_scale_bias``).
 
     Returns
     -------
@@ -116,6 +128,8 @@ def matrix_free_errors(problem, kernel, coefficients, *, n_scale, rtol=RTOL, met
         False when a solve did not converge or gave a non-positive
         quadratic form; the caller then takes the dense route, which
         diagnoses the information matrix.
+    predicted_bias : float or None
+        With ``bias_variance``: the predicted bias of P.
     """
     weights = information_weights(problem, kernel, coefficients).to(problem.dtype)
     if isinstance(metric, ConjugateGradientMetric) and metric.problem is problem:
@@ -128,8 +142,13 @@ def matrix_free_errors(problem, kernel, coefficients, *, n_scale, rtol=RTOL, met
     else:
         metric = ConjugateGradientMetric(problem, weights, rtol=rtol, max_cg_iter=MAX_CG_ITER)
     variances, valid = [], metric.factor is not None
-    for direction in error_directions(problem, n_scale):
+    noisy_reference = has_reference_noise(problem)
+    predicted_bias = None
+    for index, direction in enumerate(error_directions(problem, n_scale)):
         solution = metric.solve(direction)
+        if index == 0 and bias_variance is not None:
+            predicted_bias = predicted_scale_bias(problem, weights, kernel, solution,
+                                                  bias_variance)
         residual = direction - metric.apply(solution)
         reached = math.sqrt(max(float(residual @ metric.precondition(residual)), 0.0))
         scale = math.sqrt(float(direction @ metric.precondition(direction)))
@@ -137,8 +156,10 @@ def matrix_free_errors(problem, kernel, coefficients, *, n_scale, rtol=RTOL, met
         # even when x is not a Galerkin iterate (a start M^-1 c that met
         # the tolerance at once), where c^T x alone errs to first order.
         variance = float(direction @ solution + solution @ residual)
+        if noisy_reference:
+            variance += reference_noise_variance(problem, weights, kernel, solution)
         valid = valid and math.isfinite(variance) and variance > 0 and (
             reached <= RESIDUAL_SLACK * rtol * scale)
         variances.append(max(variance, 0.0) if math.isfinite(variance) else math.nan)
     errors = np.sqrt(np.array(variances))
-    return float(errors[0]), errors[1:], bool(valid)
+    return float(errors[0]), errors[1:], bool(valid), predicted_bias

@@ -142,9 +142,11 @@ def add_regularization(normal, problem, rhs=None):
     Complete the normal equations of the raw design: penalty and kernel constraint, in place.
 
     Adds the Hessian ``2 lambda N_data L`` of the Laplacian penalty (eq. 20)
-    to every term's kernel block, then, under ``constant_scale``, maps the
-    matrix (and ``rhs`` when given) to the free parameters (see
-    `constrain_normal`).
+    to every term's kernel block, subtracts the noisy reference's
+    errors-in-variables correction ``D_eff`` (``problem.correction``, see
+    ``astro_dia._errors_in_variables``) from the kernel block, then, under
+    ``constant_scale``, maps the matrix (and ``rhs`` when given) to the free
+    parameters (see `constrain_normal`).
     """
     if problem.regularization > 0:
         pixels = problem.kernel_size ** 2
@@ -152,6 +154,10 @@ def add_regularization(normal, problem, rhs=None):
             laplacian_matrix(problem.kernel_size), dtype=normal.dtype, device=normal.device)
         for start in range(0, problem.n_kernel, pixels):
             normal[start:start + pixels, start:start + pixels] += lap
+    correction = getattr(problem, "correction", None)
+    if correction is not None:
+        n_kernel = problem.n_kernel
+        normal[:n_kernel, :n_kernel] -= correction.to(device=normal.device, dtype=normal.dtype)
     return constrain_normal(normal, problem, rhs)
 
 

@@ -13,8 +13,8 @@ pass:
    rejected, together with their eight neighbours (`find_outliers`);
 3. the fit proper runs on the remaining pixels; the outliers are then
    judged afresh at its model (a pixel the robust pass rejected comes back
-   when the fit explains it) and the fit resumed, until the set is stable
-   or ``MAX_CLIP_PASSES`` is reached.
+   when the fit explains it; none is added) and the fit resumed, until the
+   set is stable or ``MAX_CLIP_PASSES`` is reached.
 
 Star cores are never taken for defects, however badly a model fits them.
 The robust pass itself underfits the cores of bright stars (the Huber loss
@@ -176,7 +176,8 @@ def grow(seeds):
     return grown
 
 
-def find_outliers(problem, kernel, coefficients, clip, candidates, *, scale_from_residuals=False):
+def find_outliers(problem, kernel, coefficients, clip, candidates, *, scale_from_residuals=False,
+                  changed=None):
     """
     Pixels of the fit whose residual no kernel can explain, grown by one pixel.
 
@@ -193,11 +194,18 @@ def find_outliers(problem, kernel, coefficients, clip, candidates, *, scale_from
         Take sigma as the robust standard deviation of the residuals of
         ``candidates`` (the 'uniform' noise model) instead of the problem's
         noise model at the model.
+    changed : (ny', nx') bool tensor, optional
+        The boxes of `changed_sources` found before, kept as they are: they
+        are judged once, at the robust pass (judged again at each fit, a
+        set that grows pass by pass moved P by 19 sigma_P on a crowded real
+        pair). None judges them here.
 
     Returns
     -------
     outliers : (ny', nx') bool tensor
         On the valid region, within ``candidates``.
+    changed : (ny', nx') bool tensor
+        The boxes of changed sources among them.
     """
     with torch.no_grad():
         convolved = problem.convolve(kernel)
@@ -220,12 +228,13 @@ def find_outliers(problem, kernel, coefficients, clip, candidates, *, scale_from
         stars = star_signal(problem, kernel, convolved)
         if STAR_RESIDUAL_FRACTION:
             seeds &= torch.abs(residual) > STAR_RESIDUAL_FRACTION * stars
-        # The reference's noise reaches a box's sum through the whole
-        # kernel, correlated over its width: about P times its own.
-        scale = max(1.0, abs(float(problem.scale_factor(kernel))))
-        changed = changed_sources(residual, stars, scale * threshold / clip,
-                                  significant & ~seeds, clip, problem.half)
-        return (grow(seeds) | changed) & candidates
+        if changed is None:
+            # The reference's noise reaches a box's sum through the whole
+            # kernel, correlated over its width: about P times its own.
+            scale = max(1.0, abs(float(problem.scale_factor(kernel))))
+            changed = changed_sources(residual, stars, scale * threshold / clip,
+                                      significant & ~seeds, clip, problem.half) & candidates
+        return (grow(seeds) & candidates) | changed, changed
 
 
 def neighbourhoods(image, ys, xs, radius):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ._errors_in_variables import correction_matrix
 from ._model import (fft_shape, lag_values, valid_convolution, variance_at,
                      variance_slope_at)
 from ._torch import resolve_device, resolve_dtype, to_tensor
@@ -127,6 +128,10 @@ class FitProblem:
             None if reference_variance is None
             else torch.fft.rfft2(to_tensor(reference_variance, **tensor), s=self.fft_shape))
         self.extra_variance = None  # reference noise through K**2, held fixed per pass
+        # The errors-in-variables correction D_eff (K**2, K**2) of the noisy
+        # reference, held fixed per pass (astro_dia._errors_in_variables).
+        self._correction = None
+        self._correction_point = None   # (kernel, coefficients, mask) it was set at
         # Newton-decrement tolerance of the Gauss-Newton solvers; None: the
         # dtype's (astro_dia._tolerances). The robust pass sets a coarse one.
         self.newton_tolerance = None
@@ -200,8 +205,16 @@ class FitProblem:
             variance = variance + self.extra_variance
         return variance
 
-    def update_reference_variance(self, kernel):
-        """Propagate the reference variance through the current ``K**2`` (fixed)."""
+    def update_reference_variance(self, kernel, coefficients=None):
+        """
+        Propagate the reference variance through the current ``K**2`` (fixed).
+
+        With ``coefficients`` the errors-in-variables correction of the
+        noisy reference is also set, from the weights at the model of
+        ``kernel, coefficients`` with the new variance
+        (`~astro_dia._errors_in_variables.correction_matrix`); both are
+        then held fixed until the next call.
+        """
         if self.reference_variance_spectrum is None:
             return
         if self.kernel_degree > 0:
@@ -209,6 +222,34 @@ class FitProblem:
         with torch.no_grad():
             self.extra_variance = torch.clamp(self._convolve_spectrum(
                 self.reference_variance_spectrum, kernel.detach() ** 2), min=0.0)
+        if coefficients is not None:
+            self._correction_point = (kernel.detach().clone(), coefficients.detach().clone(),
+                                      self.mask)
+            self._correction = self._correction_at(kernel, coefficients)
+
+    def _correction_at(self, kernel, coefficients):
+        from .uncertainty import information_weights
+        return correction_matrix(self, information_weights(self, kernel, coefficients),
+                                 previous=self._correction)
+
+    @property
+    def correction(self):
+        """
+        The errors-in-variables correction ``D_eff`` in force (float64), or None.
+
+        None without a reference variance (also for a copy of the problem
+        that dropped it, as the robust pass before clipping does). Set
+        again, at the same kernel, when the fit mask changed since (outlier
+        rejection): a correction of more pixels than the fit has could
+        exceed their ``A^T W A``.
+        """
+        if self.reference_variance_spectrum is None:
+            return None
+        point = self._correction_point
+        if point is not None and point[2] is not self.mask:
+            self._correction_point = (point[0], point[1], self.mask)
+            self._correction = self._correction_at(point[0], point[1])
+        return None if self._correction is None else self._correction.matrix
 
     # -- objective ---------------------------------------------------------
     def objective(self, kernel, coefficients):
@@ -236,6 +277,10 @@ class FitProblem:
         if self.regularization > 0:
             value = value + (self.regularization * self.n_data * laplacian_penalty(
                 self.effective_kernel(kernel)).to(torch.float64))
+        correction = self.correction
+        if correction is not None:
+            flat = kernel.reshape(-1).to(torch.float64)
+            value = value - 0.5 * flat @ (correction @ flat)
         return value
 
     def data_gradient(self, model, residuals=None):
@@ -266,6 +311,21 @@ class FitProblem:
         flat = self.effective_kernel(kernel).reshape(-1, size * size)
         product = (flat @ laplacian).reshape(kernel.shape)
         return 2 * self.regularization * self.n_data * self.effective_adjoint(product)
+
+    def quadratic_product(self, kernel):
+        """
+        Hessian of the objective's quadratic kernel terms times ``kernel``.
+
+        The penalty's `penalty_product` minus the errors-in-variables
+        correction ``D_eff kernel`` (zero when the problem has neither).
+        """
+        product = (self.penalty_product(kernel) if self.regularization > 0
+                   else torch.zeros_like(kernel))
+        correction = self.correction
+        if correction is not None:
+            product = product - (correction @ kernel.reshape(-1).to(torch.float64)).reshape(
+                kernel.shape).to(kernel.dtype)
+        return product
 
     def normalization(self):
         norm = getattr(self.loss, "normalization", None)

@@ -221,31 +221,36 @@ def _quality_cards(quality):
     """The guard's measures (``result.quality``) as cards; none for a result without them."""
     if not quality:
         return []
-    return [
-        ("DIA_ZT5", float(quality["tail_fraction"]), "fraction of fitted pixels beyond 5 sigma"),
-        ("DIA_FREJ", float(quality["rejected_star_flux"]), "star flux fraction in rejected px"),
-        ("DIA_KNEG", float(quality["kernel_negative"]), "negative share of kernel mass"),
-        ("DIA_KLOB", float(quality["kernel_lobe"]), "deepest negative lobe of kernel / peak"),
-        ("DIA_KWID", (float(quality["kernel_width"]) if np.isfinite(quality["kernel_width"])
-                      else None), "kernel rms width per axis (pixels)"),
+    cards = [
+        ("DIA_ZT5", quality["tail_fraction"], "fraction of fitted pixels beyond 5 sigma"),
+        ("DIA_FREJ", quality["rejected_star_flux"], "star flux fraction in rejected px"),
+        ("DIA_KNEG", quality["kernel_negative"], "negative share of kernel mass"),
+        ("DIA_KLOB", quality["kernel_lobe"], "deepest negative lobe of kernel / peak"),
+        ("DIA_KWID", quality["kernel_width"], "kernel rms width per axis (pixels)"),
         ("DIA_PROB", quality.get("robust_scale_factor"), "P of the robust pass"),
-        ("DIA_PSHF", float(quality.get("pass_shift", 0.0)), "shift of P between clipped fits"),
-        ("DIA_QUAL", ",".join(quality["causes"]) or "OK", "guard causes, or OK"),
+        ("DIA_PSHF", quality.get("pass_shift", 0.0), "shift of P between clipped fits"),
+        ("DIA_PBIA", quality.get("predicted_bias"), "predicted bias of P, ref. noise"),
     ]
+    finite = [(key, None if value is None or not np.isfinite(value) else float(value), comment)
+              for key, value, comment in cards]
+    return finite + [("DIA_QUAL", ",".join(quality["causes"]) or "OK", "guard causes, or OK")]
 
 
 def _quality_from_cards(info):
     """``result.quality`` back from the cards of `_quality_cards` (None without them)."""
     if "DIA_QUAL" not in info:
         return None
+
+    def number(key, missing=float("nan")):
+        value = info.get(key)
+        return missing if value is None else float(value)
+
     causes = str(info["DIA_QUAL"])
-    return dict(residual_scatter=float(info["DIA_ZSTD"]), tail_fraction=float(info["DIA_ZT5"]),
-                rejected_star_flux=float(info["DIA_FREJ"]),
-                kernel_negative=float(info["DIA_KNEG"]), kernel_lobe=float(info["DIA_KLOB"]),
-                kernel_width=float("nan") if info["DIA_KWID"] is None else float(info["DIA_KWID"]),
-                robust_scale_factor=(None if info.get("DIA_PROB") is None
-                                     else float(info["DIA_PROB"])),
-                pass_shift=float(info.get("DIA_PSHF", 0.0)),
+    return dict(residual_scatter=number("DIA_ZSTD"), tail_fraction=number("DIA_ZT5"),
+                rejected_star_flux=number("DIA_FREJ"), kernel_negative=number("DIA_KNEG"),
+                kernel_lobe=number("DIA_KLOB"), kernel_width=number("DIA_KWID"),
+                robust_scale_factor=number("DIA_PROB", None),
+                pass_shift=number("DIA_PSHF", 0.0), predicted_bias=number("DIA_PBIA", None),
                 causes=() if causes == "OK" else tuple(causes.split(",")))
 
 

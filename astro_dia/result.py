@@ -138,10 +138,13 @@ class DifferenceResult:
         for a kernel that sharpens; ``DIA_KWID``); ``robust_scale_factor``,
         P of the robust pass before clipping (``DIA_PROB``; None without
         rejection); ``pass_shift``, the largest change of P between the
-        fits on the clipped pixels, in sigma_P (``DIA_PSHF``); and
+        fits on the clipped pixels, in sigma_P (``DIA_PSHF``);
+        ``predicted_bias``, the first-order bias of P that the reference's
+        noise gives a fit without ``reference_noise`` (``DIA_PBIA``; None
+        where not predicted); and
         ``causes``, the tuple of causes warned about (``DIA_QUAL``, 'OK'
         when empty): 'SCATTER', 'TAIL', 'CLIPPED', 'STARFLUX',
-        'PSHIFT', 'DECONVOLVES'.
+        'PSHIFT', 'REFNOISE', 'DECONVOLVES'.
     n_data : int
         Number of pixels in the fit.
     n_iterations : int

@@ -133,7 +133,11 @@ def fisher_information(problem, kernel, coefficients):
     (``G`` the gain, ``sigma`` in the data unit), i.e. about 1e-3 for a sky
     of 500 adu at unit gain and less for any real CCD gain and sky; they are
     neglected. Reference noise included in the weights
-    (``reference_noise=True``) is treated as a fixed part of ``sigma**2``.
+    (``reference_noise=True``) is treated as a fixed part of ``sigma**2``
+    here, and the errors-in-variables correction ``D_eff`` is subtracted
+    (``astro_dia._normal.add_regularization``): this is the "bread"
+    ``H_c`` of the sandwich covariance the imager then forms
+    (``astro_dia._errors_in_variables``).
     """
     weights = information_weights(problem, kernel, coefficients)
     normal, _ = assemble_normal_equations(problem, weights, dtype=torch.float64)

@@ -121,7 +121,7 @@ def test_failed_solve_falls_back_to_dense(monkeypatch):
     reference, target, _ = make_image_pair(shape=(96, 96), seed=5)
     monkeypatch.setattr(assemble, "use_matrix_free", lambda problem, mode: True)
     monkeypatch.setattr(assemble, "matrix_free_errors",
-                        lambda *args, **kwargs: (1.0, np.array([1.0]), False))
+                        lambda *args, **kwargs: (1.0, np.array([1.0]), False, None))
     result = DifferenceImager(9, flat=1, sky=0).fit(reference, target)
     assert result.covariance is not None and result.kernel_error is not None
     assert result.scale_factor_error < 1.0

@@ -13,7 +13,13 @@ fit (the detector settings given, clip=5):
   left out by hand: the rejection takes out defects, not the information
   that sets P;
 - the pixels it rejects hold less than 1% of the stars' light;
-- it raises no `~astro_dia.exceptions.FitQualityWarning`.
+- its guard says nothing but what is true of these pairs: both references
+  are single exposures, as noisy as their targets, so the fit predicts the
+  bias their noise gives P (``REFNOISE``), and the pyDIA pair's D/sigma
+  scatters by the reference's noise too (``SCATTER``);
+- with ``reference_noise=True``, which corrects for that noise, P agrees
+  with the flux ratio and no `~astro_dia.exceptions.FitQualityWarning` is
+  raised.
 
 Each fit runs once per module; the warnings it raises are recorded (not
 turned into errors) so that every test reports its own numbers.
@@ -122,7 +128,10 @@ def test_rejection_does_not_move_the_scale_factor(fits_of):
     exclude[43 - margin:43 + margin + 1, 54 - margin:60 + margin + 1] = True
     clipped, _ = fits_of("properimage")
     imager = DifferenceImager(**pair.imager_settings(clip=None))
-    plain = imager.fit(pair.reference, pair.target, exclude=exclude)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "the reference's noise is predicted",
+                                FitQualityWarning)
+        plain = imager.fit(pair.reference, pair.target, exclude=exclude)
     difference = abs(clipped.scale_factor - plain.scale_factor)
     assert difference < clipped.scale_factor_error, (
         f"clip=5 P = {clipped.scale_factor:.4f} ({clipped.n_outliers} pixels rejected), "
@@ -142,8 +151,27 @@ def test_rejected_pixels_hold_little_star_light(pair, default_fit):
                              f"star light of the target")
 
 
-def test_default_fit_raises_no_fit_quality_warning(default_fit):
+#: What the guard may say of each pair's default fit: single-epoch references.
+EXPECTED_CAUSES = {"properimage": {"REFNOISE"}, "pydia": {"REFNOISE", "SCATTER"}}
+
+
+def test_default_fit_warns_only_of_its_noisy_reference(pair, default_fit):
     result, caught = default_fit
+    causes = set(result.quality["causes"])
+    assert causes <= EXPECTED_CAUSES[pair.name], (
+        f"robust std of D/sigma {result.residual_scatter:.3f}, {result.n_outliers} pixels "
+        f"rejected: {[str(m) for m in caught if isinstance(m, FitQualityWarning)]}")
+    assert "REFNOISE" in causes
+    assert result.quality["predicted_bias"] < -result.scale_factor_error
+
+
+def test_reference_noise_corrects_p_and_silences_the_guard(pair, fits_of, measured):
+    result, caught = fits_of(pair.name, reference_noise=True)
     quality = [str(message) for message in caught if isinstance(message, FitQualityWarning)]
     assert not quality, (f"robust std of D/sigma {result.residual_scatter:.3f}, "
                          f"{result.n_outliers} pixels rejected: {quality}")
+    sigma = np.hypot(measured.ratio_err, result.scale_factor_error)
+    tolerance = max(0.01 * measured.ratio, 3 * sigma)
+    assert abs(result.scale_factor - measured.ratio) < tolerance, (
+        f"P = {result.scale_factor:.4f} +- {result.scale_factor_error:.4f}, flux ratio "
+        f"{measured.ratio:.4f} +- {measured.ratio_err:.4f}; tolerance {tolerance:.4f}")

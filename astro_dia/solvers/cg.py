@@ -233,15 +233,15 @@ class ConjugateGradientMetric:
             return 0.5 * (matrix + matrix.T)
 
     def apply(self, vector):
-        """``A^T W A vector`` (plus the penalty's Hessian), matrix-free."""
+        """``A^T W A vector`` (plus the quadratic kernel terms' Hessian), matrix-free."""
         self.n_products += 1
         problem = self.problem
         with torch.no_grad():
             kernel, coefficients = unpack(problem, vector)
             image = self.weights * problem.model(kernel, coefficients)
             k_part, b_part = problem.transpose(image)
-            if problem.regularization > 0:
-                k_part = k_part + problem.penalty_product(kernel)
+            if problem.regularization > 0 or getattr(problem, "correction", None) is not None:
+                k_part = k_part + problem.quadratic_product(kernel)
             out = pack(k_part, b_part)
             # The fixed parameters (constant_scale) have a unit diagonal.
             out[problem.fixed] = vector[problem.fixed]

@@ -11,8 +11,9 @@ and its weights.
 The gradient is exact: the derivative of the data term in each model pixel
 (``problem.data_gradient``, with the loss's ``psi``) taken to the
 parameters by the adjoint of the model, ``problem.transpose`` (one
-correlation with the reference), plus the Laplacian penalty's
-``problem.penalty_product``.
+correlation with the reference), plus the quadratic kernel terms'
+``problem.quadratic_product`` (the Laplacian penalty, the noisy
+reference's correction).
 """
 
 import torch
@@ -83,8 +84,8 @@ class Evaluation:
             with torch.no_grad():
                 image = problem.data_gradient(self._model, self._residuals)
                 kernel_part, background_part = problem.transpose(image)
-                if problem.regularization > 0:
-                    kernel_part = kernel_part + problem.penalty_product(self._kernel)
+                if problem.regularization > 0 or getattr(problem, "correction", None) is not None:
+                    kernel_part = kernel_part + problem.quadratic_product(self._kernel)
             self._gradient = pack(kernel_part, background_part)
         return self._gradient
 
