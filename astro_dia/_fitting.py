@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 #: Most Gauss-Newton steps of the direct and matrix-free solvers.
 MAX_NEWTON_STEPS = 100
 
+#: After the robust pass, a pixel joins the outliers only beyond this many times ``clip``.
+ADDED_CLIP_FACTOR = 2.0
+
 #: Most Gauss-Newton (and L-BFGS) steps of the robust pass before clipping.
 MAX_ROBUST_STEPS = 10
 
@@ -141,17 +144,21 @@ def solve_clipped(problem, refinement, settings, clip, check_pixels):
     passes = [float(problem.scale_factor(robust.kernel)),
               float(problem.scale_factor(state.kernel))]
     for _ in range(MAX_CLIP_PASSES):
+        judge = dict(scale_from_residuals=estimate_scale, changed=changed)
         found, _ = find_outliers(problem, state.kernel, state.coefficients, clip,
-                                 candidates, scale_from_residuals=estimate_scale,
-                                 changed=changed)
-        found &= outliers
+                                 candidates, **judge)
+        strong, _ = find_outliers(problem, state.kernel, state.coefficients,
+                                  ADDED_CLIP_FACTOR * clip, candidates, **judge)
+        found = (found & outliers) | strong
         if torch.equal(found, outliers):
             break
         # Judged afresh at each fit: a pixel the robust pass rejected
         # comes back when the fit proper explains it (the changed sources'
-        # boxes, judged at the robust pass, stay out). None is added: a set
-        # that grew pass by pass with the reference's noise moved P by 18
-        # sigma_P (1%) on a crowded real pair with a single-epoch reference.
+        # boxes, judged at the robust pass, stay out). A pixel is added only
+        # beyond ADDED_CLIP_FACTOR times clip: a set that grew pass by pass
+        # with the tail of a single-epoch reference's noise moved P by 18
+        # sigma_P (1%) on a crowded real pair, while the cosmic rays that the
+        # robust pass's model hid are far beyond.
         outliers = found
         set_fit_mask(problem, candidates & ~outliers)
         check_pixels(to_numpy(problem.mask))
