@@ -91,14 +91,23 @@ def _stars(shape=(120, 120), n=9, flux=5e4, sigma=1.5):
     return image, centres
 
 
-def test_rejected_star_cores_are_counted():
+def _delta(size=5):
+    kernel = np.zeros((size, size))
+    kernel[size // 2, size // 2] = 1.0
+    return kernel
+
+
+def _star_field():
+    """A reference of nine stars on a sky of 100, its star model through a delta, its noise."""
     stars, centres = _stars()
     median = 100.0
-    reference = stars + median
-    delta = np.zeros((5, 5))
-    delta[2, 2] = 1.0
     star_model = stars[2:-2, 2:-2]              # R (x) delta - median, valid region
-    sigma = np.full(star_model.shape, 10.0)
+    return stars + median, star_model, np.full(star_model.shape, 10.0), median, centres
+
+
+def test_rejected_star_cores_are_counted():
+    reference, star_model, sigma, median, centres = _star_field()
+    delta = _delta()
     outliers = np.zeros(star_model.shape, bool)
     for cy, cx in centres[:5]:                  # five cores rejected (3 x 3 each)
         outliers[cy - 3:cy, cx - 3:cx] = True
@@ -120,13 +129,8 @@ def test_rejected_star_cores_are_counted():
 
 
 def test_two_stars_hit_by_cosmic_rays_and_hot_pixels_are_not_counted():
-    stars, centres = _stars()
-    median = 100.0
-    reference = stars + median
-    delta = np.zeros((5, 5))
-    delta[2, 2] = 1.0
-    star_model = stars[2:-2, 2:-2]
-    sigma = np.full(star_model.shape, 10.0)
+    reference, star_model, sigma, median, centres = _star_field()
+    delta = _delta()
     outliers = np.zeros(star_model.shape, bool)
     for cy, cx in centres[:IGNORED_STARS]:      # cosmic rays on two stars
         outliers[cy - 3:cy, cx - 3:cx] = True
@@ -147,8 +151,7 @@ def test_a_heavy_tail_behind_a_good_scatter_warns():
     rng = np.random.default_rng(1)
     z = rng.normal(size=20000)
     z[:400] = rng.choice([-1, 1], 400) * rng.uniform(6, 20, 400)   # 2% far out
-    delta = np.zeros((5, 5))
-    delta[2, 2] = 1.0
+    delta = _delta()
     empty = np.zeros((10, 10))
     with pytest.warns(FitQualityWarning, match=r"beyond 5 sigma.*robust scatter of 1\.0"):
         quality = assess_fit(z, delta, n_outliers=0, star_model=empty, sigma=empty + 1,
@@ -160,8 +163,7 @@ def test_a_heavy_tail_behind_a_good_scatter_warns():
 def test_an_untrusted_fit_is_measured_but_not_warned_about_again():
     rng = np.random.default_rng(1)
     z = 3 * rng.normal(size=20000)        # a scatter far from 1
-    delta = np.zeros((5, 5))
-    delta[2, 2] = 1.0
+    delta = _delta()
     empty = np.zeros((10, 10))
     settings = dict(n_outliers=0, star_model=empty, sigma=empty + 1,
                     outliers=empty.astype(bool), reference=empty, median=0.0)
@@ -175,8 +177,7 @@ def test_an_untrusted_fit_is_measured_but_not_warned_about_again():
 
 
 def test_p_moving_between_the_clipped_fits_warns():
-    delta = np.zeros((5, 5))
-    delta[2, 2] = 1.0
+    delta = _delta()
     empty = np.zeros((10, 10))
     settings = dict(n_outliers=0, star_model=empty, sigma=empty + 1,
                     outliers=empty.astype(bool), reference=empty, median=0.0,
