@@ -10,6 +10,8 @@ the provenance cards. `assemble_result` returns the values of a
 `~astro_dia.DifferenceResult`; the imager makes the record.
 """
 
+import warnings
+
 import numpy as np
 from astropy.nddata import CCDData, StdDevUncertainty
 from astropy.stats import mad_std
@@ -24,6 +26,7 @@ from ._package_version import version as __version__
 from ._provenance import copy_meta, stamp
 from ._torch import to_numpy
 from .background import background_basis, evaluate_background
+from .exceptions import KernelFitWarning
 from .flags import INVALID, flag_image
 from .uncertainty import (background_errors, covariance_from_information, fisher_information,
                           information_weights, scale_factor_error)
@@ -114,11 +117,22 @@ def fit_errors(problem, state, kernel_size, compute_errors=True, bias_variance=N
         solution = centred_solution(covariance, problem.reference_mean, n_kernel, n_scale)
         predicted = predicted_scale_bias(problem, information_weights(
             problem, kernel, coefficients), kernel, solution, bias_variance)
+    sigma_p = scale_factor_error(covariance, n_scale)
+    valid = values["valid"]
+    if valid and not (np.isfinite(sigma_p) and sigma_p > 0):
+        # The checks of the information passed, but the covariance gives
+        # sigma_P no positive variance (measured: the sandwich covariance of
+        # reference_noise=True on a 1024 x 682 real pair): say so.
+        warnings.warn(
+            f"sigma_P could not be computed (its variance is {sigma_p ** 2:.3g}): the "
+            f"errors of this fit are not to be trusted; compare with reference_noise=False "
+            f"or compute_errors='covariance'", KernelFitWarning)
+        valid = False
     return dict(covariance=covariance, predicted_bias=predicted,
-                scale_factor_error=scale_factor_error(covariance, n_scale),
+                scale_factor_error=sigma_p,
                 background_error=background_errors(covariance, n_kernel),
                 kernel_error=values["kernel_error"],
-                covariance_valid=values["valid"], pending_covariance=None)
+                covariance_valid=valid, pending_covariance=None)
 
 
 def rescale_errors(errors, rescale):
@@ -145,6 +159,12 @@ def rescale_errors(errors, rescale):
                         kernel_error=values["kernel_error"] * root)
         scaled["pending_covariance"] = deferred
     return scaled
+
+
+def _card_number(value):
+    """``value`` as a float for a FITS card, or None where it is not finite."""
+    value = float(value)
+    return value if np.isfinite(value) else None
 
 
 def provenance_cards(config, state, scale_factor, coefficients, terms, n_data, errors,
@@ -177,8 +197,9 @@ def provenance_cards(config, state, scale_factor, coefficients, terms, n_data, e
                       "scale factor held constant over the image"))
     if errors["scale_factor_error"] is not None:
         cards += [
-            ("DIA_PERR", errors["scale_factor_error"], "sigma_P (Fisher information)"),
-            ("DIA_B0ER", float(errors["background_error"][0].value),
+            ("DIA_PERR", _card_number(errors["scale_factor_error"]),
+             "sigma_P (Fisher information)"),
+            ("DIA_B0ER", _card_number(errors["background_error"][0].value),
              "sigma_B0 (Fisher information)"),
             ("DIA_CVOK", errors["covariance_valid"], "covariance passed validity checks"),
         ]

@@ -173,7 +173,8 @@ def read_result_fields(path):
         solver=str(info["DIA_SOLV"]),
         saturation_levels=_from_json(info["DIA_SATL"]),
         covariance=covariance,
-        scale_factor_error=float(info["DIA_PERR"]) if has_errors else None,
+        scale_factor_error=(float("nan") if has_errors and info["DIA_PERR"] is None
+                            else float(info["DIA_PERR"]) if has_errors else None),
         background_error=(u.Quantity(table["error"], unit).ravel() if has_errors else None),
         kernel_error=kernel_error,
         covariance_valid=bool(info["DIA_CVOK"]) if has_errors else None,
@@ -196,7 +197,8 @@ def _result_cards(result, unit):
         ("DIA_CSCL", bool(getattr(result, "constant_scale", False)),
          "scale factor held constant over the image"),
         ("DIA_HERR", has_errors, "errors from the Fisher information present"),
-        ("DIA_PERR", float(result.scale_factor_error) if has_errors else None,
+        ("DIA_PERR", (float(result.scale_factor_error)
+                      if has_errors and np.isfinite(result.scale_factor_error) else None),
          "sigma_P (Fisher information)"),
         ("DIA_CVOK", bool(result.covariance_valid) if has_errors else None,
          "covariance passed validity checks"),
