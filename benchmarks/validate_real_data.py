@@ -224,8 +224,10 @@ def run_pair(pair, settings, binary, n_stamps):
     info = dict(shape=list(pair.target.shape), offset=list(pair.offset),
                 shift=list(pair.shift), fwhm=list(measured.fwhm), n_bright=n_bright,
                 n_near=int((zone & common).sum()), n_common=int(common.sum()))
-    if pair.name == "properimage":
-        candidates = find_transients(outputs["default"]["result"])
+    result = outputs["default"]["result"]
+    if pair.name == "properimage" and np.isfinite(result.scale_factor_error or 0.0):
+        # detection needs a finite sigma_P (a fit whose errors failed has none)
+        candidates = find_transients(result)
         info["candidates"] = int(len(candidates))
         info["unflagged_candidates"] = int((np.asarray(candidates["flags"]) == 0).sum())
     return dict(info=info, rows=rows)
