@@ -22,6 +22,7 @@ from ._errors_in_variables import (centred_solution, has_reference_noise,
 from ._guard import assess_fit, quality_cards
 from ._matrix_free_errors import dense_is_cheap, matrix_free_errors, use_matrix_free
 from ._model import convolve_frame
+from ._outliers import reference_median
 from ._package_version import version as __version__
 from ._provenance import copy_meta, stamp
 from ._torch import to_numpy
@@ -271,7 +272,7 @@ def assemble_result(state, problem, inputs, outliers, config):
     full_fit_mask = np.zeros(shape, bool)
     full_fit_mask[valid] = fit_mask
     n_outliers, n_data = int(outliers.sum()), int(fit_mask.sum())
-    median = float(np.median(reference[valid][~inputs.reference_bad[valid]]))
+    median = reference_median(problem) + problem.reference_mean
     quality = assess_fit((difference[valid] / sigma[valid])[fit_mask], kernel,
                          n_outliers=n_outliers, outliers=outliers, sigma=sigma[valid],
                          star_model=model_valid - background[valid] - median * kernel.sum(),

@@ -144,12 +144,9 @@ def solve_clipped(problem, refinement, settings, clip, check_pixels):
     passes = [float(problem.scale_factor(robust.kernel)),
               float(problem.scale_factor(state.kernel))]
     for _ in range(MAX_CLIP_PASSES):
-        judge = dict(scale_from_residuals=estimate_scale, changed=changed)
-        found, _ = find_outliers(problem, state.kernel, state.coefficients, clip,
-                                 candidates, **judge)
-        strong, _ = find_outliers(problem, state.kernel, state.coefficients,
-                                  ADDED_CLIP_FACTOR * clip, candidates, **judge)
-        found = (found & outliers) | strong
+        found, _ = find_outliers(problem, state.kernel, state.coefficients, clip, candidates,
+                                 scale_from_residuals=estimate_scale, changed=changed,
+                                 keep=outliers, added_clip=ADDED_CLIP_FACTOR * clip)
         if torch.equal(found, outliers):
             break
         # Judged afresh at each fit: a pixel the robust pass rejected

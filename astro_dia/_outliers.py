@@ -177,7 +177,7 @@ def grow(seeds):
 
 
 def find_outliers(problem, kernel, coefficients, clip, candidates, *, scale_from_residuals=False,
-                  changed=None):
+                  changed=None, keep=None, added_clip=None):
     """
     Pixels of the fit whose residual no kernel can explain, grown by one pixel.
 
@@ -199,6 +199,10 @@ def find_outliers(problem, kernel, coefficients, clip, candidates, *, scale_from
         are judged once, at the robust pass (judged again at each fit, a
         set that grows pass by pass moved P by 19 sigma_P on a crowded real
         pair). None judges them here.
+    keep, added_clip : optional
+        Outliers judged afresh: of the pixels found at ``clip`` only those
+        in ``keep`` (the outliers so far) stay, and pixels found at
+        ``added_clip`` join them; from the same model, in one call.
 
     Returns
     -------
@@ -223,11 +227,20 @@ def find_outliers(problem, kernel, coefficients, clip, candidates, *, scale_from
         z = torch.abs(residual) / sigma
         threshold = torch.as_tensor(clip * scatter_scale(z, candidates) * sigma,
                                     dtype=residual.dtype, device=residual.device).expand_as(residual)
-        significant = (torch.abs(residual) > threshold) & candidates
-        seeds = sharp_residuals(residual, problem.target, model, significant, threshold)
         stars = star_signal(problem, kernel, convolved)
-        if STAR_RESIDUAL_FRACTION:
-            seeds &= torch.abs(residual) > STAR_RESIDUAL_FRACTION * stars
+
+        def defects(limit):
+            significant = (torch.abs(residual) > limit) & candidates
+            found = sharp_residuals(residual, problem.target, model, significant, limit)
+            if STAR_RESIDUAL_FRACTION:
+                found &= torch.abs(residual) > STAR_RESIDUAL_FRACTION * stars
+            return found, significant
+
+        seeds, significant = defects(threshold)
+        if added_clip is not None:
+            grown = (grow(seeds) & candidates & keep) | grow(defects(
+                threshold * (added_clip / clip))[0]) & candidates
+            return grown | changed, changed
         if changed is None:
             # The reference's noise reaches a box's sum through the whole
             # kernel, correlated over its width: about P times its own.
