@@ -141,8 +141,12 @@ def matrix_free_errors(problem, kernel, coefficients, *, n_scale, rtol=RTOL, met
             problem, weights, metric.factor, rtol=rtol, max_cg_iter=MAX_CG_ITER)
     else:
         metric = ConjugateGradientMetric(problem, weights, rtol=rtol, max_cg_iter=MAX_CG_ITER)
-    variances, valid = [], metric.factor is not None
     noisy_reference = has_reference_noise(problem)
+    # Without a factor the preconditioner failed; the dense route then says
+    # why. The corrected information of a noisy reference may have no
+    # Toeplitz factor while its solves converge to positive variances (the
+    # full 1024 x 682 ProperImage pair): those are kept.
+    variances, valid = [], metric.factor is not None or noisy_reference
     predicted_bias = None
     for index, direction in enumerate(error_directions(problem, n_scale)):
         solution = metric.solve(direction)
