@@ -71,6 +71,7 @@ import numpy as np
 from astropy.stats import mad_std
 from scipy import ndimage
 
+from ._outliers import STAR_SIGMA
 from .exceptions import FitQualityWarning
 
 __all__ = []
@@ -98,9 +99,6 @@ STAR_FLUX_EXCESS = 3.0
 
 #: Rejected pixels whose star signal is computed at once (bounds the memory).
 STAR_PATCH_CHUNK = 256
-
-#: Significance (in the target's sigma) above which a model pixel belongs to a star.
-STAR_SIGMA = 3.0
 
 #: Share of the kernel's mass beyond its noise that is negative, above which it deconvolves
 #: (0.3: a negative mass of 0.75 P; a kernel that blurs has about none, the

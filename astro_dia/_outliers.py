@@ -50,7 +50,7 @@ CHANGED_FRACTION = 0.25
 #: A change this fraction of all the stars' signal moves P by about as much: it leaves the fit.
 DOMINANT_FRACTION = 0.01
 
-#: Pixels whose star signal is this many sigma count as stars, for the total.
+#: Pixels whose star signal is this many sigma count as stars (here and in the guard).
 STAR_SIGMA = 3.0
 
 #: Bright boxes needed to take their median share of the residual as P's common error.
