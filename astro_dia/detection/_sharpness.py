@@ -32,6 +32,16 @@ makes the flag a matter of significance, so that noise does not mark faint
 real sources, and ``SHARP_RELATIVE`` a matter of shape, so that a PSF model
 slightly too broad in the core does not mark bright ones (a Gaussian fitted
 to a Moffat star of beta 1.5, FWHM 2 pixels, leaves 0.18).
+
+`star_flux` measures the flux of the star the model (``R (x) K + B``)
+holds at each candidate's position, in an aperture of twice the FWHM less
+the sky of an annulus. A candidate is a STAR_RESIDUAL when it sits on a star of the
+model more than ``1 / STAR_RESIDUAL_FRACTION`` times brighter than itself
+and its peak is sharper than the PSF (``peak_excess > SHARP_RELATIVE``,
+``peak_excess_snr > STAR_RESIDUAL_SIGMA``): the core of a bright star that
+the kernel matched imperfectly (a PSF that varies over the field, a core
+undersampled or mismatched), not a change of its flux, which would have
+the PSF's shape.
 """
 
 import numpy as np
@@ -42,6 +52,10 @@ __all__ = []
 SHARP_SIGMA = 5.0
 #: ... and least excess in units of the PSF fit's brightest pixel.
 SHARP_RELATIVE = 0.5
+#: Largest |candidate flux| / model star flux of a STAR_RESIDUAL.
+STAR_RESIDUAL_FRACTION = 0.2
+#: Least significance (sigma) of the peak excess of a STAR_RESIDUAL (a real source: 1.2% beyond).
+STAR_RESIDUAL_SIGMA = 3.0
 
 
 def _one_candidate(data, variance, good, psf, x, y, sign, half):
@@ -117,3 +131,47 @@ def is_sharp(excess, excess_snr):
     """Whether a candidate's peak excess makes it SHARP (NaN never does)."""
     with np.errstate(invalid="ignore"):
         return (excess_snr > SHARP_SIGMA) & (excess > SHARP_RELATIVE)
+
+
+def star_flux(model, good, x, y, fwhm):
+    """
+    Flux of the model's star at each candidate's position.
+
+    Parameters
+    ----------
+    model : (M, N) ndarray
+        The model ``R (x) K + B`` (NaN where undefined).
+    good : (M, N) bool ndarray
+        Pixels to use.
+    x, y : (n,) ndarray
+        0-based pixel positions of the candidates.
+    fwhm : float
+        FWHM of the target PSF (pixels).
+
+    Returns
+    -------
+    flux : (n,) ndarray
+        The model's sum in a circle of radius ``2 fwhm`` less the median
+        of an annulus of radii 3 and 4 ``fwhm`` (photutils apertures), in
+        the model's unit; NaN where undefined.
+    """
+    from photutils.aperture import ApertureStats, CircularAnnulus, CircularAperture
+
+    model = np.asarray(model, dtype=float)
+    bad = ~good | ~np.isfinite(model)
+    flux = np.full(len(x), np.nan)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if not ok.any():
+        return flux
+    positions = np.column_stack([x[ok], y[ok]])
+    inner = ApertureStats(model, CircularAperture(positions, 2.0 * fwhm), mask=bad)
+    sky = ApertureStats(model, CircularAnnulus(positions, 3.0 * fwhm, 4.0 * fwhm), mask=bad)
+    flux[ok] = np.atleast_1d(inner.sum - sky.median * inner.sum_aper_area.value)
+    return flux
+
+
+def is_star_residual(excess, excess_snr, flux, model_flux):
+    """Whether a candidate is the sharp residual of a much brighter star (NaN never is)."""
+    with np.errstate(invalid="ignore"):
+        return ((excess > SHARP_RELATIVE) & (excess_snr > STAR_RESIDUAL_SIGMA)
+                & (np.abs(flux) < STAR_RESIDUAL_FRACTION * model_flux))

@@ -14,6 +14,7 @@ target's and the reference's photometric scale. Each row gets the flags of
 import warnings
 
 import numpy as np
+from astropy import units as u
 from astropy.stats import mad_std
 from astropy.table import QTable
 from astropy.utils.exceptions import AstropyUserWarning
@@ -21,7 +22,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 from .. import flags as pixel_flags
 from ..photometry.measure import _fit_shape, differential_photometry
 from ..photometry.psf import gaussian_psf, render_psf
-from ._sharpness import is_sharp, peak_excess
+from ._sharpness import is_sharp, is_star_residual, peak_excess, star_flux
 from .flags import DETECTION_FLAGS
 from .significance import compute_significance, matched_filter
 
@@ -219,7 +220,10 @@ def find_transients(result, threshold=5.0, *, reference_psf=None, box_size=None,
     MASKED (the fit box reaches the border or a masked pixel), DIPOLE (an
     opposite-sign lobe of at least 0.3 ``|snr|`` within two FWHM),
     SATURATED (a saturated pixel in the fit box), EXTENDED (a filter twice
-    the PSF's area finds more signal than a point source gives) and SHARP.
+    the PSF's area finds more signal than a point source gives), SHARP and
+    STAR_RESIDUAL (a sharp residual on a star of the model more than 5
+    times brighter: a core matched imperfectly, not a change; only when
+    ``result`` is a fit, which holds the model).
 
     SHARP marks a candidate sharper than the target PSF, which a transient
     or a variable star cannot be: a cosmic ray, a hot pixel, another
@@ -278,6 +282,12 @@ def find_transients(result, threshold=5.0, *, reference_psf=None, box_size=None,
                                      _fit_shape(None, psf_filter.psf)[0] // 2,
                                      scatter if calibrate else 1.0)
     flags[is_sharp(excess, excess_snr)] |= DETECTION_FLAGS["SHARP"]
+    model = getattr(getattr(fit, "model", None), "data", None)
+    if model is not None and len(x):
+        model_flux = star_flux(model, arrays[2], x, y, psf_filter.fwhm)
+        flux = np.asarray(u.Quantity(fitted["flux"]).value, float)
+        flags[is_star_residual(excess, excess_snr, flux, model_flux)] |= DETECTION_FLAGS[
+            "STAR_RESIDUAL"]
     table = QTable()
     table["id"] = np.arange(1, len(x) + 1)
     table["x"] = x

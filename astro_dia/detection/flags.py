@@ -18,6 +18,9 @@ EXTENDED        16 a broader filter finds it more significant than a point sourc
 SHARP           32 the brightest pixel exceeds a PSF fit by 5 sigma and by half the fit's
                    own peak: sharper than the target PSF, a cosmic ray, a hot pixel or
                    another defect, not a transient
+STAR_RESIDUAL   64 it sits on a star of the model more than 5 times brighter and its peak
+                   is sharper than the PSF (by 3 sigma and half the fit's peak): the core
+                   of a bright star imperfectly matched, not a change of its flux
 ============ ===== ====================================================================
 """
 
@@ -27,7 +30,7 @@ __all__ = ["DETECTION_FLAGS", "decode_detection_flags"]
 
 #: Flag names and their bit values.
 DETECTION_FLAGS = {"EDGE": 1, "MASKED": 2, "DIPOLE": 4, "SATURATED": 8, "EXTENDED": 16,
-                   "SHARP": 32}
+                   "SHARP": 32, "STAR_RESIDUAL": 64}
 
 
 def decode_detection_flags(value):
