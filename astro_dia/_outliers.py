@@ -10,7 +10,9 @@ pass:
    a model-dependent variance cannot be inflated to absorb the outliers;
 2. pixels whose normalised residual at that model exceeds ``clip`` *and*
    whose residual is sharper than any star (`sharp_residuals`) are
-   rejected, together with their eight neighbours (`find_outliers`);
+   rejected, together with their eight neighbours and every pixel beyond
+   ``CONNECTED_CLIP_FACTOR`` times ``clip`` connected to them (`spread`:
+   the inside of a cosmic ray a few pixels wide is flat, not sharp);
 3. the fit proper runs on the remaining pixels; the outliers are then
    judged afresh at its model (a pixel the robust pass rejected comes back
    when the fit explains it; none is added) and the fit resumed, until the
@@ -55,6 +57,9 @@ STAR_SIGMA = 3.0
 
 #: Bright boxes needed to take their median share of the residual as P's common error.
 MIN_COMMON_STARS = 5
+
+#: Pixels beyond this many times clip that touch an outlier join it.
+CONNECTED_CLIP_FACTOR = 2.0
 
 #: Most clipping passes after the robust one.
 MAX_CLIP_PASSES = 3
@@ -176,6 +181,25 @@ def grow(seeds):
     return grown
 
 
+def spread(outliers, strong, steps=8):
+    """
+    ``outliers`` grown, one pixel at a time, over the ``strong`` pixels they touch.
+
+    A cosmic ray two or three pixels wide is flat inside: only its edges are
+    sharper than a star, and growing those by one pixel may not reach the
+    whole hit (a 2 x 3 hit at the border of the valid region moved P by
+    5 sigma_P). Pixels far beyond the threshold connected to an outlier
+    join it; a hit longer than ``steps`` pixels from its sharp edges is
+    left to the next pass.
+    """
+    for _ in range(steps):
+        grown = outliers | (grow(outliers) & strong)
+        if torch.equal(grown, outliers):
+            break
+        outliers = grown
+    return outliers
+
+
 def find_outliers(problem, kernel, coefficients, clip, candidates, *, scale_from_residuals=False,
                   changed=None, keep=None, added_clip=None):
     """
@@ -237,17 +261,18 @@ def find_outliers(problem, kernel, coefficients, clip, candidates, *, scale_from
             return found, significant
 
         seeds, significant = defects(threshold)
+        strong = (torch.abs(residual) > CONNECTED_CLIP_FACTOR * threshold) & candidates
         if added_clip is not None:
             grown = (grow(seeds) & candidates & keep) | grow(defects(
                 threshold * (added_clip / clip))[0]) & candidates
-            return grown | changed, changed
+            return spread(grown, strong) | changed, changed
         if changed is None:
             # The reference's noise reaches a box's sum through the whole
             # kernel, correlated over its width: about P times its own.
             scale = max(1.0, abs(float(problem.scale_factor(kernel))))
             changed = changed_sources(residual, stars, scale * threshold / clip,
                                       significant & ~seeds, clip, problem.half) & candidates
-        return (grow(seeds) & candidates) | changed, changed
+        return spread(grow(seeds) & candidates, strong) | changed, changed
 
 
 def neighbourhoods(image, ys, xs, radius):
