@@ -29,7 +29,8 @@ def add_detect_command(commands):
                     "'astro-dia subtract' or DifferenceResult.write), the peaks of the "
                     "matched-filter significance image above the threshold, of either "
                     "sign, measure them by PSF photometry, flag edge, masked, dipole, "
-                    "saturated, extended and sharp ones (cosmic rays, hot pixels), and "
+                    "saturated, extended and sharp ones (cosmic rays, hot pixels) and the "
+                    "residuals of bright stars' cores, and "
                     "write one long table: a row per candidate and file, with the "
                     "observation time from DATE-OBS or MJD-OBS when the header has it.",
         epilog="Example: astro-dia detect diffs/*_diff.fits --threshold 5 --out "
