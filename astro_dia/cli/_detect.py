@@ -15,8 +15,8 @@ candidates are written to ``DIR/<file>_cutouts.fits``.
 
 import os
 
-from ._cli_tables import add_file_and_time, check_out
-from ._package_version import version as __version__
+from ._tables import add_file_and_time, check_out
+from .._package_version import version as __version__
 
 __all__ = []
 
@@ -59,7 +59,7 @@ def add_detect_command(commands):
 
 
 def _reference_psf(arguments):
-    from .photometry import gaussian_psf, moffat_psf
+    from ..photometry import gaussian_psf, moffat_psf
 
     if arguments.fwhm is None:
         if arguments.moffat_beta is not None:
@@ -79,8 +79,8 @@ def run_detect_command(arguments):
     """Run ``astro-dia detect``: returns the exit status."""
     from astropy.table import vstack
 
-    from .detection import candidate_cutouts, find_transients, write_cutouts
-    from .io import read_result
+    from ..detection import candidate_cutouts, find_transients, write_cutouts
+    from ..result.io import read_result
 
     out = check_out(arguments.out, arguments.results, arguments.overwrite)
     if arguments.cutouts:

@@ -15,8 +15,8 @@ whole fit. The fit options are those of `astro_dia._cli_options`.
 
 import os
 
-from ._cli_options import add_fit_options, make_imager
-from ._package_version import version as __version__
+from ._fit_options import add_fit_options, make_imager
+from .._package_version import version as __version__
 
 __all__ = []
 

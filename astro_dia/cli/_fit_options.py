@@ -13,8 +13,8 @@ import inspect
 import math
 import os
 
-from ._validation import check_clip, check_saturation
-from .core import DifferenceImager
+from ..fitting._validation import check_clip, check_saturation
+from ..core import DifferenceImager
 
 __all__ = []
 

@@ -43,12 +43,12 @@ import traceback
 
 from astropy.units import UnitsError
 
-from ._cli_detect import add_detect_command
-from ._cli_diff import add_diff_command
-from ._cli_options import add_fit_options, make_imager
-from ._cli_tables import add_file_and_time, check_out
-from ._package_version import version as __version__
-from .demo import DEFAULT_SEED, run_demo
+from ._detect import add_detect_command
+from ._diff import add_diff_command
+from ._fit_options import add_fit_options, make_imager
+from ._tables import add_file_and_time, check_out
+from .._package_version import version as __version__
+from ..demo import DEFAULT_SEED, run_demo
 
 __all__ = ["main", "run", "build_parser", "format_report"]
 
@@ -216,7 +216,7 @@ def _run_demo_command(arguments):
 
 
 def _run_subtract_command(arguments):
-    from .batch import fit_many
+    from ..batch import fit_many
 
     for path in [arguments.reference] + arguments.targets:
         if not os.path.isfile(path):
@@ -270,9 +270,9 @@ def _read_positions(path):
 def _run_photometry_command(arguments):
     from astropy.table import vstack
 
-    from .io import read_result
-    from .photometry import (aperture_photometry_difference, differential_photometry,
-                             gaussian_psf, moffat_psf)
+    from ..result.io import read_result
+    from ..photometry import (aperture_photometry_difference, differential_photometry,
+                              gaussian_psf, moffat_psf)
 
     out = check_out(arguments.out, [path for path in arguments.results + [arguments.positions]
                                     if os.path.exists(path)], arguments.overwrite)

@@ -61,7 +61,7 @@ def add_file_and_time(table, path, result):
         observation time of its difference image's header (DATE-OBS or
         MJD-OBS), left out when the header has neither.
     """
-    from .photometry import observation_time
+    from ..photometry import observation_time
 
     table.add_column(os.path.basename(path), name="file", index=0)
     try:

@@ -21,8 +21,8 @@ import torch
 from ._normal import add_regularization, assemble_normal_equations, cholesky
 from ._outliers import MAX_CLIP_PASSES, find_outliers, robust_twin, set_fit_mask
 from ._tolerances import passes_converged
-from ._torch import flush_denormals, to_numpy, to_tensor
-from .exceptions import ConvergenceWarning, DIAError
+from ..model._torch import flush_denormals, to_numpy, to_tensor
+from ..exceptions import ConvergenceWarning, DIAError
 from .solvers import choose_solver, solve_cg, solve_direct, solve_iterative
 from .solvers.cg import continue_fit, start_factor
 from .solvers.gauss_newton import pack, resume

@@ -72,7 +72,7 @@ from astropy.stats import mad_std
 from scipy import ndimage
 
 from ._outliers import STAR_SIGMA
-from .exceptions import FitQualityWarning
+from ..exceptions import FitQualityWarning
 
 __all__ = []
 

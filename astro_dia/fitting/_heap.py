@@ -28,8 +28,8 @@ import ctypes
 import threading
 from contextlib import contextmanager
 
-from ._model import fft_shape
-from ._torch import resolve_dtype
+from ..model._model import fft_shape
+from ..model._torch import resolve_dtype
 
 __all__ = []
 

@@ -17,13 +17,13 @@ import numpy as np
 from astropy import units as u
 from astropy.stats import mad_std
 
-from ._header import SATURATION_KEYWORDS, header_float, keyword_list
-from ._saturation import warn_if_saturated
+from ..noise._header import SATURATION_KEYWORDS, header_float, keyword_list
+from ..noise._saturation import warn_if_saturated
 from ._validation import as_image, check_exclude, check_pair, footprint_touches
-from .background import polynomial_terms
-from .exceptions import DIAError, NoiseModelWarning
-from .kernels import check_kernel_size
-from .noise import uncertainty_variance
+from ..background import polynomial_terms
+from ..exceptions import DIAError, NoiseModelWarning
+from ..kernels import check_kernel_size
+from ..noise import uncertainty_variance
 
 __all__ = []
 

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .losses import laplacian_matrix
+from ..losses import laplacian_matrix
 
 __all__ = []
 

@@ -34,7 +34,7 @@ import copy
 
 import torch
 
-from .losses import HuberLoss
+from ..losses import HuberLoss
 
 __all__ = []
 

@@ -12,11 +12,10 @@ import numpy as np
 import torch
 
 from ._errors_in_variables import correction_matrix
-from ._model import (fft_shape, lag_values, valid_convolution, variance_at,
-                     variance_slope_at)
-from ._torch import resolve_device, resolve_dtype, to_tensor
-from .background import background_basis, polynomial_terms
-from .losses import laplacian_matrix, laplacian_penalty, loss_psi
+from ..model._model import fft_shape, lag_values, valid_convolution, variance_at, variance_slope_at
+from ..model._torch import resolve_device, resolve_dtype, to_tensor
+from ..background import background_basis, polynomial_terms
+from ..losses import laplacian_matrix, laplacian_penalty, loss_psi
 
 __all__ = []
 

@@ -8,7 +8,7 @@ from astropy import units as u
 from astropy.nddata import NDData
 from astropy.utils.exceptions import AstropyUserWarning
 
-from .exceptions import DIAError
+from ..exceptions import DIAError
 
 __all__ = []
 

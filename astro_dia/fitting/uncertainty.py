@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from ._normal import add_regularization, assemble_normal_equations
-from ._torch import to_tensor
-from .exceptions import KernelFitWarning
+from ..model._torch import to_tensor
+from ..exceptions import KernelFitWarning
 
 # fisher_information acts on the private fit problem; it is the imager's.
 __all__ = ["covariance_from_information", "scale_factor_error",

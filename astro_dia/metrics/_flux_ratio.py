@@ -18,9 +18,9 @@ from astropy.stats import SigmaClip, mad_std, sigma_clipped_stats
 from astropy.table import QTable
 from astropy.utils.exceptions import AstropyUserWarning
 
-from ._detector import uncertainty_variance
-from ._header import SATURATION_KEYWORDS, header_float
-from ._validation import as_image, check_pair
+from ..noise._detector import uncertainty_variance
+from ..noise._header import SATURATION_KEYWORDS, header_float
+from ..fitting._validation import as_image, check_pair
 
 __all__ = []
 

@@ -31,7 +31,7 @@ from astropy.stats import sigma_clipped_stats
 
 from ._header import (EM_GAIN_KEYWORDS, GAIN_KEYWORDS, READ_NOISE_KEYWORDS, SKY_KEYWORDS,
                       find_keyword, header_float, keyword_list)
-from .exceptions import NoiseModelWarning
+from ..exceptions import NoiseModelWarning
 
 __all__ = []
 

@@ -20,7 +20,7 @@ import numpy as np
 from astropy.stats import mad_std
 
 from ._header import SATURATION_KEYWORDS, keyword_list
-from .exceptions import SaturationWarning
+from ..exceptions import SaturationWarning
 
 __all__ = []
 

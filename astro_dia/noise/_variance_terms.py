@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._model import variance_at
+from ..model._model import variance_at
 
 __all__ = ["VarianceTerms", "refine_sky"]
 

@@ -17,7 +17,7 @@ from astropy.nddata import NDData, StdDevUncertainty
 from astropy.table import QTable
 from astropy.utils.exceptions import AstropyUserWarning
 
-from .._kernel_header import kernel_from_header
+from ..result._kernel_header import kernel_from_header
 from .flags import PHOTOMETRY_FLAGS
 from ._positions import position_table
 from .psf import _check_psf_model, _natural_size, render_psf, target_psf

@@ -123,7 +123,7 @@ def subtract_reference(ccd, reference, *, imager=None, add_keyword=True, **setti
     >>> difference.header["DIA_KNUM"]    # the 7 x 7 kernel, in DIAK0001 ... DIAK0049
     49
     """
-    from .core import DifferenceImager
+    from ..core import DifferenceImager
 
     if imager is None:
         imager = DifferenceImager(**settings, add_keyword=bool(add_keyword))

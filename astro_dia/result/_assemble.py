@@ -16,21 +16,21 @@ import numpy as np
 from astropy.nddata import CCDData, StdDevUncertainty
 from astropy.stats import mad_std
 
-from ._errors_in_variables import (centred_solution, has_reference_noise,
-                                   predicted_scale_bias, reference_noise_information,
-                                   sandwich_covariance)
-from ._guard import assess_fit, quality_cards
-from ._matrix_free_errors import dense_is_cheap, matrix_free_errors, use_matrix_free
-from ._model import convolve_frame
-from ._outliers import reference_median
-from ._package_version import version as __version__
+from ..fitting._errors_in_variables import (centred_solution, has_reference_noise,
+                                            predicted_scale_bias, reference_noise_information,
+                                            sandwich_covariance)
+from ..fitting._guard import assess_fit, quality_cards
+from ..fitting._matrix_free_errors import dense_is_cheap, matrix_free_errors, use_matrix_free
+from ..model._model import convolve_frame
+from ..fitting._outliers import reference_median
+from .._package_version import version as __version__
 from ._provenance import copy_meta, stamp
-from ._torch import to_numpy
-from .background import background_basis, evaluate_background
-from .exceptions import KernelFitWarning
-from .flags import INVALID, flag_image
-from .uncertainty import (background_errors, covariance_from_information, fisher_information,
-                          information_weights, scale_factor_error)
+from ..model._torch import to_numpy
+from ..background import background_basis, evaluate_background
+from ..exceptions import KernelFitWarning
+from ..flags import INVALID, flag_image
+from ..fitting.uncertainty import (background_errors, covariance_from_information,
+                                   fisher_information, information_weights, scale_factor_error)
 
 __all__ = []
 

@@ -19,7 +19,7 @@ from astropy.io import fits
 from astropy.nddata import CCDData
 from astropy.table import QTable
 
-from .background import background_basis, polynomial_terms
+from ..background import background_basis, polynomial_terms
 
 __all__ = ["RESULT_FORMAT_VERSION", "write_result_file", "result_hdulist",
            "read_result_fields"]

@@ -37,7 +37,7 @@ import numpy as np
 from astropy.io import fits
 
 from . import _varying_kernel as varying_kernel
-from .background import basis_at, polynomial_terms
+from ..background import basis_at, polynomial_terms
 
 __all__ = []
 

@@ -18,10 +18,10 @@ import numpy as np
 from astropy import units as u
 from astropy.nddata import CCDData
 
-from ._result_fits import read_result_fields, write_result_file
+from ._fits_layout import read_result_fields, write_result_file
 from . import _varying_kernel as varying_kernel
-from .background import basis_at
-from .plotting import plot_result
+from ..background import basis_at
+from ..plotting import plot_result
 
 __all__ = ["DifferenceResult"]
 

@@ -6,7 +6,7 @@ difference image's header, so that both answer from one formula.
 
 import numpy as np
 
-from .background import basis_at
+from ..background import basis_at
 
 __all__ = []
 

@@ -29,8 +29,8 @@ import os
 from astropy.io import fits
 from astropy.nddata import CCDData
 
-from ._result_fits import RESULT_FORMAT_VERSION, write_result_file
-from .result import DifferenceResult
+from ._fits_layout import RESULT_FORMAT_VERSION, write_result_file
+from ._record import DifferenceResult
 
 __all__ = ["write_result", "read_result", "read_image", "RESULT_FORMAT_VERSION"]
 

@@ -27,9 +27,9 @@ from astropy.nddata import CCDData, StdDevUncertainty
 from astropy.table import QTable
 
 from ._injection import expected_snr, inject_point_sources
-from ._simulate_series import VariableSeriesTruth, make_variable_series
+from ._series import VariableSeriesTruth, make_variable_series
 from ._star_field import make_star_field, render_stars
-from .kernels import check_kernel_size, delta_kernel, gaussian_kernel
+from ..kernels import check_kernel_size, delta_kernel, gaussian_kernel
 
 __all__ = ["inject_point_sources", "expected_snr", "SimulationTruth", "make_star_field", "make_image_pair", "make_bias_test",
            "draw_s10_parameters", "VariableSeriesTruth", "make_variable_series"]

@@ -7,7 +7,7 @@ from astropy.table import Table
 from astro_dia.cli import main
 from astro_dia.detection import decode_detection_flags, read_cutouts
 
-from .helpers import fitted_pair
+from ..detection.helpers import fitted_pair
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from astropy.nddata import CCDData
 from astropy.table import Table
 
 from astro_dia import cli
-from astro_dia._cli_options import make_imager
+from astro_dia.cli._fit_options import make_imager
 from astro_dia.exceptions import FitQualityWarning, SaturationWarning
 from astro_dia.flags import OUTLIER, SATURATED
 from astro_dia.io import read_result

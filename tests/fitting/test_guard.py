@@ -7,16 +7,17 @@ import pytest
 from scipy import ndimage
 
 from astro_dia import DifferenceImager
-from astro_dia._guard import (DECONVOLUTION_WIDTH, IGNORED_STARS, REJECTED_STAR_FLUX_WARNING,
-                              STAR_FLUX_EXCESS, TAIL_FRACTION_WARNING, assess_fit,
-                              kernel_lobe_depth, kernel_negative_fraction, kernel_width,
-                              rejected_flux_fraction)
+from astro_dia.fitting._guard import (DECONVOLUTION_WIDTH, IGNORED_STARS,
+                                      REJECTED_STAR_FLUX_WARNING, STAR_FLUX_EXCESS,
+                                      TAIL_FRACTION_WARNING, assess_fit, kernel_lobe_depth,
+                                      kernel_negative_fraction, kernel_width,
+                                      rejected_flux_fraction)
 from astro_dia.exceptions import FitQualityWarning
 from astro_dia.io import read_result
 from astro_dia.kernels import gaussian_kernel
 from astro_dia.simulate import make_image_pair
 
-from .real_data import PAIRS
+from ..real_data import PAIRS
 
 SETTINGS = dict(kernel_size=11, flat=1, sky=0)
 

@@ -1,11 +1,12 @@
-"""glibc's reuse of large freed blocks during fits of large frames (astro_dia._heap)."""
+"""glibc's reuse of large freed blocks during fits of large frames (astro_dia.fitting._heap)."""
 
 import threading
 
 import numpy as np
 import pytest
 
-from astro_dia import DifferenceImager, _heap
+from astro_dia import DifferenceImager
+from astro_dia.fitting import _heap
 from astro_dia.simulate import make_image_pair
 
 

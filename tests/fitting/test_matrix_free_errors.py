@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-import astro_dia._assemble as assemble
+import astro_dia.result._assemble as assemble
 from astro_dia import DifferenceImager
-from astro_dia._matrix_free_errors import RTOL, dense_is_cheap, use_matrix_free
+from astro_dia.fitting._matrix_free_errors import RTOL, dense_is_cheap, use_matrix_free
 from astro_dia.simulate import make_image_pair
 
 

@@ -8,13 +8,13 @@ import torch
 from numpy.testing import assert_allclose
 
 from astro_dia import DifferenceImager
-from astro_dia._errors_in_variables import (correction_matrix, kernel_information,
-                                            noise_diagonal, pair_matrix, pair_weight,
-                                            sandwich_terms)
-from astro_dia._inputs import reference_variance_estimate
-from astro_dia._model import valid_convolution
-from astro_dia._problem import FitProblem
-from astro_dia._validation import as_image
+from astro_dia.fitting._errors_in_variables import (correction_matrix, kernel_information,
+                                                    noise_diagonal, pair_matrix, pair_weight,
+                                                    sandwich_terms)
+from astro_dia.fitting._inputs import reference_variance_estimate
+from astro_dia.model._model import valid_convolution
+from astro_dia.fitting._problem import FitProblem
+from astro_dia.fitting._validation import as_image
 from astro_dia.background import background_basis
 from astro_dia.exceptions import FitQualityWarning, NoiseModelWarning
 from astro_dia.losses import get_loss

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = (Path(__file__).resolve().parent.parent / "benchmarks"
+SCRIPT = (Path(__file__).resolve().parents[2] / "benchmarks"
           / "validate_noisy_reference.py")
 
 pytestmark = pytest.mark.slow

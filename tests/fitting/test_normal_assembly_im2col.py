@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from astro_dia._normal import im2col
+from astro_dia.fitting._normal import im2col
 
 
 @pytest.mark.parametrize("shape, size", [((9, 12), 3), ((20, 20), 5), ((7, 7), 7), ((30, 11), 1)])

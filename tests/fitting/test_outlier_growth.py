@@ -5,8 +5,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from astro_dia import _outliers
-from astro_dia._outliers import grow, reference_median, sampled_median, scatter_scale
+from astro_dia.fitting import _outliers
+from astro_dia.fitting._outliers import grow, reference_median, sampled_median, scatter_scale
 
 
 def test_grow_is_a_binary_dilation_with_the_3x3_square():

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from astro_dia import ConvergenceWarning, DifferenceImager
 from astro_dia.exceptions import FitQualityWarning
-from astro_dia._validation import footprint_touches
+from astro_dia.fitting._validation import footprint_touches
 from astro_dia.simulate import make_image_pair
 
 SETTINGS = settings(max_examples=10, deadline=None, derandomize=True, database=None,
@@ -148,8 +148,8 @@ def test_chunked_normal_equations_do_not_depend_on_the_strip_size(ny, nx, kernel
     """Big images are assembled strip by strip: any strip size gives the same matrix."""
     import torch
 
-    from astro_dia._normal import assemble_normal_equations
-    from astro_dia._problem import FitProblem
+    from astro_dia.fitting._normal import assemble_normal_equations
+    from astro_dia.fitting._problem import FitProblem
     from astro_dia.background import background_basis
     from astro_dia.losses import get_loss
     from astro_dia.noise import VarianceTerms

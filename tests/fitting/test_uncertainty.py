@@ -14,8 +14,8 @@ from astro_dia.simulate import make_image_pair
 from astro_dia.uncertainty import (background_errors, covariance_from_information,
                                    loss_curvature, scale_factor_error)
 
-from . import reference_solver as rs
-from .conftest import assert_unchanged, snapshot
+from .. import reference_solver as rs
+from ..conftest import assert_unchanged, snapshot
 
 
 def _without(image, *keywords):

@@ -34,7 +34,7 @@ from astro_dia.cli import main
 from astro_dia.exceptions import FitQualityWarning
 from astro_dia.simulate import make_image_pair
 
-from .conftest import simple_wcs
+from ..conftest import simple_wcs
 
 SHAPE = (40, 40)
 KERNEL = 7

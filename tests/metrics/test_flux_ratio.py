@@ -9,7 +9,7 @@ from numpy.testing import assert_allclose
 from astro_dia.metrics import FluxRatio, flux_ratio
 from astro_dia.simulate import inject_point_sources, make_image_pair
 
-from .conftest import assert_unchanged, snapshot
+from ..conftest import assert_unchanged, snapshot
 
 #: Simulated pairs with enough bright isolated stars (five or more) for a ratio.
 PAIR = dict(shape=(400, 400), density=30, target_sky=100.0)

@@ -9,7 +9,7 @@ from numpy.testing import assert_allclose
 
 import astro_dia.core
 from astro_dia import DifferenceImager
-from astro_dia._problem import FitProblem
+from astro_dia.fitting._problem import FitProblem
 from astro_dia.background import background_basis
 from astro_dia.exceptions import DIAError
 from astro_dia.losses import GaussianLoss

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from astro_dia._model import fft_shape, kernel_spectrum, lag_values, valid_convolution
-from astro_dia._problem import FitProblem
-from astro_dia._variance_terms import VarianceTerms
+from astro_dia.model._model import fft_shape, kernel_spectrum, lag_values, valid_convolution
+from astro_dia.fitting._problem import FitProblem
+from astro_dia.noise._variance_terms import VarianceTerms
 from astro_dia.losses import GaussianLoss
 
 # Frames with even and odd FFT lengths (an odd length has no Nyquist column).

@@ -1,4 +1,4 @@
-"""Tests of astro_dia._detector: units, gain, read noise, EM gain and sky of an image."""
+"""Tests of astro_dia.noise._detector: units, gain, read noise, EM gain and sky of an image."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ from numpy.testing import assert_allclose
 from astro_dia.exceptions import NoiseModelWarning
 from astro_dia.noise import CCDNoiseModel, EMCCDNoiseModel
 
-from .noise_helpers import SHAPE, image
+from .helpers import SHAPE, image
 
 
 def test_missing_gain_lists_every_keyword():

@@ -1,4 +1,4 @@
-"""Tests of astro_dia._flat: the master flat of eq. 6/7, loaded or recovered."""
+"""Tests of astro_dia.noise._flat: the master flat of eq. 6/7, loaded or recovered."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ from numpy.testing import assert_allclose
 
 from astro_dia.noise import CCDNoiseModel
 
-from .noise_helpers import SHAPE, image, random_flat, random_model
+from .helpers import SHAPE, image, random_flat, random_model
 
 
 @pytest.mark.parametrize("meta", [{}, {"FLAT": True}, {"FLATFILE": 3.0}])

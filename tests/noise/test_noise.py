@@ -13,8 +13,8 @@ from astro_dia.noise import (CCDNoiseModel, EMCCDNoiseModel, NoiseModel, Uncerta
                              UniformNoiseModel, VarianceTerms, make_noise_model, refine_sky,
                              uncertainty_variance)
 
-from .conftest import assert_unchanged, snapshot
-from .noise_helpers import SHAPE, image, random_flat, random_model
+from ..conftest import assert_unchanged, snapshot
+from .helpers import SHAPE, image, random_flat, random_model
 
 
 # --------------------------------------------------------------------------

@@ -10,15 +10,15 @@ from astropy.io import fits
 from astropy.nddata import CCDData
 
 from astro_dia import DifferenceImager
-from astro_dia._header import SATURATION_KEYWORDS
-from astro_dia._saturation import (MIN_PLATEAU_PIXELS, find_plateau, storage_maximum)
+from astro_dia.noise._header import SATURATION_KEYWORDS
+from astro_dia.noise._saturation import MIN_PLATEAU_PIXELS, find_plateau, storage_maximum
 from astro_dia.exceptions import FitQualityWarning, SaturationWarning
 from astro_dia.flags import SATURATED
 from astro_dia.simulate import inject_point_sources, make_image_pair
 
-from .conftest import assert_unchanged, snapshot
+from ..conftest import assert_unchanged, snapshot
 
-REAL = os.path.join(os.path.dirname(__file__), "data")
+REAL = os.path.join(os.path.dirname(__file__), os.pardir, "data")
 # Bright stars, off pixel centres: three star cores saturate in both images.
 BRIGHT_X, BRIGHT_Y = [20.3, 50.6, 74.2], [25.4, 70.1, 40.7]
 PSF_SIGMA = 1.5   # make_image_pair's reference PSF; its target's is hypot(1.5, 1.5)

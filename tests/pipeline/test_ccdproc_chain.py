@@ -14,7 +14,7 @@ from astro_dia.ccdproc_step import subtract_reference  # noqa: E402
 from astro_dia.exceptions import FitQualityWarning, NoiseModelWarning  # noqa: E402
 from astro_dia.simulate import make_image_pair  # noqa: E402
 
-from .conftest import assert_unchanged, snapshot  # noqa: E402
+from ..conftest import assert_unchanged, snapshot  # noqa: E402
 
 SHAPE = (64, 64)
 GAIN = 2.0            # electron / adu

@@ -9,13 +9,13 @@ from astropy.nddata import CCDData
 from astropy.utils.exceptions import AstropyUserWarning
 
 from astro_dia import DifferenceImager, subtract_reference
-from astro_dia._kernel_header import kernel_cards, kernel_from_header
-from astro_dia._provenance import stamp
+from astro_dia.result._kernel_header import kernel_cards, kernel_from_header
+from astro_dia.result._provenance import stamp
 from astro_dia.photometry import (aperture_photometry_difference, differential_photometry,
                                   gaussian_psf)
 from astro_dia.simulate import make_image_pair, make_variable_series
 
-from .conftest import assert_unchanged, simple_wcs, snapshot
+from ..conftest import assert_unchanged, simple_wcs, snapshot
 
 PSF_SIGMA = 1.5
 FWHM = PSF_SIGMA * 2 * np.sqrt(2 * np.log(2))

@@ -10,7 +10,7 @@ from astro_dia import DifferenceImager, DifferenceResult
 from astro_dia.io import RESULT_FORMAT_VERSION, read_image, read_result, write_result
 from astro_dia.simulate import make_image_pair
 
-from .conftest import assert_unchanged, simple_wcs, snapshot
+from ..conftest import assert_unchanged, simple_wcs, snapshot
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ more than one product.
 import torch
 from scipy.fft import next_fast_len
 
-from .._model import lag_values
+from ...model._model import lag_values
 from .._normal import add_regularization, cholesky
 from .gauss_newton import (gauss_newton, irls_weights, linear_start, pack, polish_if_stalled,
                            start_weights, unpack)

@@ -1,6 +1,6 @@
 """``solver='auto'``: which solver to use for a problem, from measured crossovers."""
 
-from ..losses import GaussianLoss, HuberLoss, StudentTLoss
+from ...losses import GaussianLoss, HuberLoss, StudentTLoss
 
 __all__ = ["choose_solver", "DIRECT_MAX_WORK_CPU", "DIRECT_MAX_WORK_GPU"]
 

@@ -18,7 +18,7 @@ reference's correction).
 
 import torch
 
-from ..losses import loss_irls_weight
+from ...losses import loss_irls_weight
 
 __all__ = []
 

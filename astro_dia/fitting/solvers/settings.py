@@ -14,7 +14,7 @@ and ``astro_dia.solvers.iterative``.
 import numpy as np
 
 from .._validation import parse_memory
-from ..kernels import delta_kernel, gaussian_kernel
+from ...kernels import delta_kernel, gaussian_kernel
 
 __all__ = ["Solver", "AutoSolver", "DirectSolver", "ConjugateGradientSolver",
            "IterativeSolver", "get_solver"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from astro_dia._problem import FitProblem
+from astro_dia.fitting._problem import FitProblem
 from astro_dia.background import background_basis
 from astro_dia.losses import GaussianLoss, HuberLoss
 from astro_dia.noise import make_noise_model

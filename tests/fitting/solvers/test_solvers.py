@@ -7,10 +7,10 @@ from astropy import units as u
 from numpy.testing import assert_allclose
 
 from astro_dia import DIAError, DifferenceImager
-from astro_dia._normal import assemble_normal_equations, strip_bytes
+from astro_dia.fitting._normal import assemble_normal_equations, strip_bytes
 from astro_dia.solvers import choose_solver
 
-from .. import reference_solver as rs
+from ... import reference_solver as rs
 
 SOLVERS = ["direct", "cg"]
 
@@ -155,7 +155,7 @@ def test_errors_do_not_depend_on_the_solver(noisy_pair):
             for s in ("iterative", "direct", "cg")]
     # sigma_P, sigma_B0 are matrix-free solves, each preconditioned by what its
     # solver left: equal to their accuracy, RTOL**2 relative.
-    from astro_dia._matrix_free_errors import RTOL
+    from astro_dia.fitting._matrix_free_errors import RTOL
     for result in fits[1:]:
         assert_allclose(result.scale_factor_error, fits[0].scale_factor_error, rtol=RTOL ** 2)
         assert_allclose(result.background_error.value, fits[0].background_error.value,
@@ -169,7 +169,7 @@ def test_errors_do_not_depend_on_the_solver(noisy_pair):
 # -- the normal matrix ------------------------------------------------------------------
 def _problem(pair, dtype):
     """A FitProblem of the pair, as DifferenceImager builds it."""
-    from astro_dia._problem import FitProblem
+    from astro_dia.fitting._problem import FitProblem
     from astro_dia.background import background_basis
     from astro_dia.losses import GaussianLoss
     from astro_dia.noise import make_noise_model
@@ -213,7 +213,7 @@ def test_normal_matrix_matches_the_design_matrix(noisy_pair):
 
 
 def test_strips_stay_within_the_memory_budget(noisy_pair, monkeypatch):
-    from astro_dia import _normal
+    from astro_dia.fitting import _normal
     problem = _problem(noisy_pair, torch.float64)
     budget = 4 * strip_bytes(problem, 1, torch.float64)
     largest = []
