@@ -10,7 +10,7 @@ subtract`` does for each target: its primary HDU is the difference image
 with its MASK and UNCERT extensions, so ``CCDData.read`` reads it as
 before, and the kernel, background coefficients, model and fit results
 follow, so that ``astro-dia detect`` and ``astro-dia photometry`` read the
-whole fit. The fit options are those of `astro_dia._cli_options`.
+whole fit. The fit options are those of `astro_dia.cli._fit_options`.
 """
 
 import os
