@@ -9,7 +9,10 @@ with its outlier rejection (``_outliers``) and the correction for a noisy
 reference (``_errors_in_variables``), the errors from the Fisher information
 (``uncertainty``, public as `astro_dia.uncertainty`; ``_matrix_free_errors``),
 the guard's fit-quality checks (``_guard``), and glibc's reuse of freed
-blocks during fits of large frames (``_heap``).
+blocks during fits of large frames (``_heap``), a process-wide setting that
+`heap_reuse` and the ``ASTRO_DIA_HEAP`` environment variable turn off.
 """
 
-__all__ = []
+from ._heap import HEAP_ENVIRONMENT_VARIABLE, heap_reuse
+
+__all__ = ["heap_reuse", "HEAP_ENVIRONMENT_VARIABLE"]

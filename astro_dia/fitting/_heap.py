@@ -17,6 +17,14 @@ memory grows by about a fifth. Concurrent fits (threads) share one
 setting, restored when the last of them ends. Elsewhere (another C
 library, a frame below the ceiling) nothing is changed.
 
+Since these settings belong to the whole process, a host program can turn
+them off: for the process with the environment variable ``ASTRO_DIA_HEAP=0``
+(also ``off``, ``false`` or ``no``; it is read at each fit, and reaches the
+workers of a local dask cluster), or for the fits run inside a block with
+`heap_reuse` (``with heap_reuse(False): imager.fit(...)``), which takes
+precedence over the variable in its thread or task. The fit is then the
+same, only slower on large frames.
+
 Any ``mallopt`` call ends glibc's own adaptation of its thresholds for the
 rest of the process, so the settings left behind are those that adaptation
 reaches with large arrays: blocks above 32 MiB mapped (``M_MMAP_THRESHOLD``,
@@ -24,14 +32,24 @@ reaches with large arrays: blocks above 32 MiB mapped (``M_MMAP_THRESHOLD``,
 memory at its top.
 """
 
+import contextvars
 import ctypes
+import os
 import threading
 from contextlib import contextmanager
 
 from ..model._model import fft_shape
 from ..model._torch import resolve_dtype
 
-__all__ = []
+__all__ = ["heap_reuse", "HEAP_ENVIRONMENT_VARIABLE"]
+
+#: Environment variable that turns the reuse off for the process (``ASTRO_DIA_HEAP=0``).
+HEAP_ENVIRONMENT_VARIABLE = "ASTRO_DIA_HEAP"
+
+_OFF_VALUES = ("0", "off", "false", "no")
+
+# The setting of `heap_reuse` in the current thread or task; None: the environment decides.
+_heap_reuse_setting = contextvars.ContextVar("astro_dia_heap_reuse", default=None)
 
 #: glibc's largest mmap threshold on 64-bit systems: blocks above it are
 #: always mapped afresh (``DEFAULT_MMAP_THRESHOLD_MAX``).
@@ -58,6 +76,50 @@ def _glibc():
     return libc
 
 
+@contextmanager
+def heap_reuse(enabled=True):
+    """
+    Turn glibc's reuse of freed blocks during fits of large frames on or off for a block.
+
+    On frames above about 2900 x 2900 pixels the fit asks glibc, for its
+    duration, to serve its large blocks from the heap and reuse them
+    (``mallopt``), instead of mapping and faulting in every block afresh;
+    it is twice as fast there, and its peak memory grows by about a fifth.
+    These settings are the process's, so a host program may prefer to keep
+    its own: ``with heap_reuse(False):`` leaves glibc alone during the fits
+    run inside it, in this thread or asyncio task.
+
+    Parameters
+    ----------
+    enabled : bool, optional
+        Whether fits inside the block may change glibc's settings (the
+        default, also when the ``ASTRO_DIA_HEAP`` environment variable is
+        not set). This takes precedence over ``ASTRO_DIA_HEAP``, which turns
+        the reuse off for the whole process when set to ``0``, ``off``,
+        ``false`` or ``no``.
+
+    Examples
+    --------
+    >>> from astro_dia.fitting import heap_reuse
+    >>> with heap_reuse(False):
+    ...     pass   # imager.fit(reference, target) here leaves malloc's settings alone
+    """
+    token = _heap_reuse_setting.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _heap_reuse_setting.reset(token)
+
+
+def heap_reuse_enabled():
+    """Whether a fit may change glibc's settings now: `heap_reuse`, else ``ASTRO_DIA_HEAP``."""
+    setting = _heap_reuse_setting.get()
+    if setting is not None:
+        return setting
+    value = os.environ.get(HEAP_ENVIRONMENT_VARIABLE, "1")
+    return value.strip().lower() not in _OFF_VALUES
+
+
 def _set(libc, settings):
     for parameter, value in settings:
         libc.mallopt(parameter, ctypes.c_int(value))
@@ -73,10 +135,11 @@ def reused_large_blocks(block_bytes):
     block_bytes : int
         The largest frame-sized block the fit allocates (its half spectrum,
         `spectrum_bytes`); below `MMAP_CEILING` glibc already reuses such
-        blocks, and nothing is changed.
+        blocks, and nothing is changed. Nothing is changed either when
+        `heap_reuse_enabled` says no.
     """
     global _active
-    libc = _glibc() if block_bytes > MMAP_CEILING else None
+    libc = _glibc() if block_bytes > MMAP_CEILING and heap_reuse_enabled() else None
     if libc is None:
         yield
         return

@@ -103,3 +103,72 @@ def test_a_fit_with_the_real_setting_in_a_thread_is_the_same_fit(monkeypatch):
     np.testing.assert_allclose(results[0].difference.data, expected.difference.data,
                                rtol=0, atol=1e-3 * sigma)
     assert _heap._active == 0
+
+
+# -- the off switch: heap_reuse and ASTRO_DIA_HEAP --------------------------------------
+
+@pytest.mark.parametrize("value", ["0", "off", "False", " no "])
+def test_the_environment_variable_turns_the_reuse_off(glibc, monkeypatch, value):
+    monkeypatch.setenv("ASTRO_DIA_HEAP", value)
+    with _heap.reused_large_blocks(2 * _heap.MMAP_CEILING):
+        pass
+    assert glibc.calls == []
+
+
+@pytest.mark.parametrize("value", ["1", "on", ""])
+def test_other_values_of_the_environment_variable_leave_it_on(glibc, monkeypatch, value):
+    monkeypatch.setenv("ASTRO_DIA_HEAP", value)
+    with _heap.reused_large_blocks(2 * _heap.MMAP_CEILING):
+        pass
+    assert glibc.calls == SET + RESTORE
+
+
+def test_heap_reuse_false_turns_it_off_inside_the_block_only(glibc):
+    from astro_dia.fitting import heap_reuse
+
+    with heap_reuse(False):
+        with _heap.reused_large_blocks(2 * _heap.MMAP_CEILING):
+            pass
+        assert glibc.calls == []
+    with _heap.reused_large_blocks(2 * _heap.MMAP_CEILING):
+        pass
+    assert glibc.calls == SET + RESTORE
+
+
+def test_heap_reuse_takes_precedence_over_the_environment(glibc, monkeypatch):
+    from astro_dia.fitting import heap_reuse
+
+    monkeypatch.setenv("ASTRO_DIA_HEAP", "0")
+    with heap_reuse(True):
+        with _heap.reused_large_blocks(2 * _heap.MMAP_CEILING):
+            pass
+    assert glibc.calls == SET + RESTORE
+
+
+def test_heap_reuse_is_scoped_to_its_thread(glibc):
+    from astro_dia.fitting import heap_reuse
+
+    def fit():
+        with _heap.reused_large_blocks(2 * _heap.MMAP_CEILING):
+            pass
+
+    with heap_reuse(False):
+        thread = threading.Thread(target=fit)
+        thread.start()
+        thread.join()
+        fit()
+    assert glibc.calls == SET + RESTORE     # the other thread's fit only
+
+
+def test_a_fit_inside_heap_reuse_false_changes_nothing(glibc, monkeypatch):
+    from astro_dia.fitting import heap_reuse
+
+    # Every frame counts as large, so the fit would set glibc's options.
+    monkeypatch.setattr(_heap, "MMAP_CEILING", 0)
+    reference, target, _ = make_image_pair(shape=(64, 64), seed=4)
+    imager = DifferenceImager(5, flat=1, sky=0)
+    with heap_reuse(False):
+        imager.fit(reference, target)
+    assert glibc.calls == []
+    imager.fit(reference, target)
+    assert glibc.calls == SET + RESTORE
