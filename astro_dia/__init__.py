@@ -35,7 +35,7 @@ def _keep_public_name(public_name, module):
             _sys.modules[__name__ + "." + public_name + name[len(home):]] = loaded
 
 
-# Public name -> module, whose home is a subpackage (astro_dia.solvers is astro_dia.fitting.solvers).
+# Public name -> module whose home is a subpackage (astro_dia.solvers: astro_dia.fitting.solvers).
 for _public_name, _module in (("io", io), ("uncertainty", uncertainty), ("solvers", solvers),
                               ("ccdproc_step", ccdproc_step)):
     _keep_public_name(_public_name, _module)

@@ -4,7 +4,7 @@ The fitting engine: a prepared pair solved for the kernel and the background.
 Owns the inputs of a fit prepared and checked (``_inputs``, ``_validation``),
 the fit problem on its device (``_problem``) with its normal equations
 (``_normal``) and tolerances per data type (``_tolerances``), the solvers
-(``solvers``, public as `astro_dia.solvers`), the fit loop (``_fitting``)
+(``solvers``, public as ``astro_dia.solvers``), the fit loop (``_fitting``)
 with its outlier rejection (``_outliers``) and the correction for a noisy
 reference (``_errors_in_variables``), the errors from the Fisher information
 (``uncertainty``, public as `astro_dia.uncertainty`; ``_matrix_free_errors``),

@@ -118,7 +118,7 @@ def kernel_information(problem, weights):
     """
     The kernel block of ``A^T W A`` given the background (its Schur complement), float64.
 
-    Assembled exactly (``astro_dia._normal``): a Toeplitz approximation
+    Assembled exactly (``astro_dia.fitting._normal``): a Toeplitz approximation
     (the ``cg`` preconditioner's) misjudges the signal of kernel directions
     when a bright star lies within half a kernel of the edge (measured:
     diagonal 3.3e5 against 6.2e5), and a noise direction taken for a
@@ -180,7 +180,7 @@ def correction_matrix(problem, weights, previous=None):
 
     Parameters
     ----------
-    problem : ``astro_dia._problem.FitProblem``
+    problem : ``astro_dia.fitting._problem.FitProblem``
         With a reference variance.
     weights : (ny', nx') tensor
         The fit's weights on the valid region (zero off the fit mask).
@@ -324,7 +324,7 @@ def sandwich_terms(problem, weights, kernel, solution):
 
     Parameters
     ----------
-    problem : ``astro_dia._problem.FitProblem``
+    problem : ``astro_dia.fitting._problem.FitProblem``
         With a reference variance (its ``extra_variance`` is ``s (x) K**2``).
     weights : (ny', nx') tensor
         The information weights (zero off the fit mask).
@@ -405,7 +405,7 @@ def predicted_scale_bias(problem, weights, kernel, solution, variance):
 
     Parameters
     ----------
-    problem : ``astro_dia._problem.FitProblem``
+    problem : ``astro_dia.fitting._problem.FitProblem``
     weights : (ny', nx') tensor
         The information weights.
     kernel : (K, K) tensor

@@ -14,7 +14,7 @@ factorised normal matrix.
 With a reference variance (``reference_noise=True``) the solves are of the
 corrected ``H_c = A^T W A - D_eff`` and each quadratic form becomes the
 sandwich ``x^T V x`` of the noisy reference
-(``astro_dia._errors_in_variables``): two correlations more per direction.
+(``astro_dia.fitting._errors_in_variables``): two correlations more per direction.
 
 Owns `matrix_free_errors`, the rule `use_matrix_free` by which the imager
 chooses this route and `dense_is_cheap`, where the dense covariance is
@@ -98,7 +98,7 @@ def matrix_free_errors(problem, kernel, coefficients, *, n_scale, rtol=RTOL, met
 
     Parameters
     ----------
-    problem : ``astro_dia._problem.FitProblem``
+    problem : ``astro_dia.fitting._problem.FitProblem``
         The fitted problem.
     kernel, coefficients : tensor
         The fit, in the problem's centred parametrisation.
@@ -117,7 +117,7 @@ def matrix_free_errors(problem, kernel, coefficients, *, n_scale, rtol=RTOL, met
     bias_variance : (ny, nx) ndarray, optional
         A reference variance for which to predict the bias of P of this
         (uncorrected) fit from the solution for P
-        (``astro_dia._errors_in_variables.predicted_scale_bias``).
+        (``astro_dia.fitting._errors_in_variables.predicted_scale_bias``).
 
     Returns
     -------

@@ -72,7 +72,7 @@ def assemble_normal_equations(problem, weights, *, max_bytes=DEFAULT_CHUNK_BYTES
 
     Parameters
     ----------
-    problem : ``astro_dia._problem.FitProblem``
+    problem : ``astro_dia.fitting._problem.FitProblem``
     weights : (ny', nx') tensor
         Per-pixel weights on the valid region.
     max_bytes : int
@@ -144,7 +144,7 @@ def add_regularization(normal, problem, rhs=None):
     Adds the Hessian ``2 lambda N_data L`` of the Laplacian penalty (eq. 20)
     to every term's kernel block, subtracts the noisy reference's
     errors-in-variables correction ``D_eff`` (``problem.correction``, see
-    ``astro_dia._errors_in_variables``) from the kernel block, then, under
+    ``astro_dia.fitting._errors_in_variables``) from the kernel block, then, under
     ``constant_scale``, maps the matrix (and ``rhs`` when given) to the free
     parameters (see `constrain_normal`).
     """

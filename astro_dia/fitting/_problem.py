@@ -128,11 +128,11 @@ class FitProblem:
             else torch.fft.rfft2(to_tensor(reference_variance, **tensor), s=self.fft_shape))
         self.extra_variance = None  # reference noise through K**2, held fixed per pass
         # The errors-in-variables correction D_eff (K**2, K**2) of the noisy
-        # reference, held fixed per pass (astro_dia._errors_in_variables).
+        # reference, held fixed per pass (astro_dia.fitting._errors_in_variables).
         self._correction = None
         self._correction_point = None   # (kernel, coefficients, mask) it was set at
         # Newton-decrement tolerance of the Gauss-Newton solvers; None: the
-        # dtype's (astro_dia._tolerances). The robust pass sets a coarse one.
+        # dtype's (astro_dia.fitting._tolerances). The robust pass sets a coarse one.
         self.newton_tolerance = None
 
     def set_noise_terms(self, terms):
@@ -211,7 +211,7 @@ class FitProblem:
         With ``coefficients`` the errors-in-variables correction of the
         noisy reference is also set, from the weights at the model of
         ``kernel, coefficients`` with the new variance
-        (`~astro_dia._errors_in_variables.correction_matrix`); both are
+        (`~astro_dia.fitting._errors_in_variables.correction_matrix`); both are
         then held fixed until the next call.
         """
         if self.reference_variance_spectrum is None:

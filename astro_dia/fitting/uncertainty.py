@@ -17,7 +17,7 @@ covariance: at once with ``compute_errors='covariance'`` or a spatially
 varying kernel, and on small frames when ``result.covariance`` or
 ``kernel_error`` is first read; with the default ``compute_errors=True``
 sigma_P and sigma_B0 come from matrix-free solves with the same weights
-(``astro_dia._matrix_free_errors``).
+(``astro_dia.fitting._matrix_free_errors``).
 """
 
 import math
@@ -104,7 +104,7 @@ def fisher_information(problem, kernel, coefficients):
 
     Parameters
     ----------
-    problem : ``astro_dia._problem.FitProblem``
+    problem : ``astro_dia.fitting._problem.FitProblem``
         The fitted problem (its noise terms, mask, loss and penalty).
     kernel : (K, K) ndarray or tensor
         Fitted kernel.
@@ -135,9 +135,9 @@ def fisher_information(problem, kernel, coefficients):
     neglected. Reference noise included in the weights
     (``reference_noise=True``) is treated as a fixed part of ``sigma**2``
     here, and the errors-in-variables correction ``D_eff`` is subtracted
-    (``astro_dia._normal.add_regularization``): this is the "bread"
+    (``astro_dia.fitting._normal.add_regularization``): this is the "bread"
     ``H_c`` of the sandwich covariance the imager then forms
-    (``astro_dia._errors_in_variables``).
+    (``astro_dia.fitting._errors_in_variables``).
     """
     weights = information_weights(problem, kernel, coefficients)
     normal, _ = assemble_normal_equations(problem, weights, dtype=torch.float64)
@@ -153,7 +153,7 @@ def information_weights(problem, kernel, coefficients):
     Evaluated at the model of ``kernel, coefficients`` (tensors or arrays,
     centred parametrisation); zero outside the fit mask. The dense
     `fisher_information` and the matrix-free errors
-    (``astro_dia._matrix_free_errors``) use the same weights.
+    (``astro_dia.fitting._matrix_free_errors``) use the same weights.
     """
     tensor = dict(device=problem.device, dtype=problem.dtype)
     if not isinstance(kernel, torch.Tensor):

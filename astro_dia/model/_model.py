@@ -5,9 +5,9 @@ Owns the FFT length of a frame (`fft_shape`), the spectrum of a kernel
 correlation needs (`lag_values`), the valid-region convolution of a
 reference's spectrum with a kernel or with the terms of a spatially varying
 kernel (`valid_convolution`), and the variance of the target at a model
-(`variance_at`) with its derivative (`variance_slope_at`). The fit problem (`astro_dia._problem`,
+(`variance_at`) with its derivative (`variance_slope_at`). The fit problem (`astro_dia.fitting._problem`,
 float32 or float64 tensors on the fit's device, a centred reference) and
-the result (`astro_dia._assemble`: float64 on the same device, the
+the result (`astro_dia.result._assemble`: float64 on the same device, the
 un-centred reference, then numpy) both call these functions, so that the
 model and the noise the fit optimised are those the difference image and
 its uncertainty are made of.

@@ -6,7 +6,7 @@ image before it can give a variance:
 
 - the data unit, which must be a count (`require_count_unit`);
 - the gain, the read noise and the EM gain, given as arguments or read from
-  the header keywords of `astro_dia._header` (`resolve_gain`,
+  the header keywords of `astro_dia.noise._header` (`resolve_gain`,
   `resolve_read_noise`, `resolve_em_gain`);
 - the sky level an earlier pipeline subtracted: an argument, a header
   keyword, or an estimate from the scatter of the sky pixels
@@ -19,7 +19,7 @@ Each explicit setting has one validator (`validate_gain`,
 `validate_read_noise`, `validate_em_gain`, `validate_sky`), called both when
 a noise model is constructed and when it is resolved for an image, so that
 the checks and their messages exist once. The variance models live in
-`astro_dia.noise`, the master flat in `astro_dia._flat`.
+`astro_dia.noise`, the master flat in `astro_dia.noise._flat`.
 """
 
 import warnings

@@ -18,10 +18,10 @@ resolution into `VarianceTerms`, their refinement during a fit
 (`NoiseModel.refine`: the 'uniform' constant, the refit of a subtracted sky
 from the residuals) and the choice of a model by name (`make_noise_model`).
 `VarianceTerms` itself and the sky refit `refine_sky` are defined in
-`astro_dia._variance_terms`. The detector parameters the models need (data
+`astro_dia.noise._variance_terms`. The detector parameters the models need (data
 unit, gain, read noise, EM gain, subtracted sky, the image's own
-uncertainty) are validated and resolved in `astro_dia._detector`, the
-master flat is loaded or recovered in `astro_dia._flat`. `VarianceTerms`,
+uncertainty) are validated and resolved in `astro_dia.noise._detector`, the
+master flat is loaded or recovered in `astro_dia.noise._flat`. `VarianceTerms`,
 `refine_sky`, `uncertainty_variance` and `flat_from_uncertainty` are
 importable from here.
 """

@@ -9,7 +9,7 @@ an unsaturated frame carry noise, so its maximum is one pixel, or at most a
 few of an integer frame.
 
 `find_plateau` finds such a plateau from the values alone; `warn_if_saturated`
-is what `astro_dia._inputs.prepare_inputs` calls for an image whose level is
+is what `astro_dia.fitting._inputs.prepare_inputs` calls for an image whose level is
 unknown.
 """
 
@@ -146,7 +146,7 @@ def warn_if_saturated(image, name, unit):
 
     Parameters
     ----------
-    image : `astro_dia._validation.Image`
+    image : `astro_dia.fitting._validation.Image`
         The prepared image; its ``data`` are in ``unit`` (the target's).
     name : str
         ``'reference'`` or ``'target'``, for the message.

@@ -6,7 +6,7 @@ data unit (the affine variance of `astro_dia.noise` with its floor, masked
 pixels and provenance settings), and `refine_sky`, the re-estimate of a
 subtracted sky level from a fit's residuals. Both are public through
 `astro_dia.noise`, which defines the models that produce and refine them.
-The variance formula itself is `astro_dia._model.variance_at`, the one the
+The variance formula itself is `astro_dia.model._model.variance_at`, the one the
 fit uses.
 """
 

@@ -2,10 +2,10 @@
 
 Owns what happens after the solver: the final model ``R (x) K + B`` in
 float64 on the un-centred reference (on the fit's device, by the fit's own
-functions in `astro_dia._model`), its variance (with the reference
+functions in `astro_dia.model._model`), its variance (with the reference
 noise through ``K**2`` and the 'uniform' constant from the final
 residuals), the difference, its uncertainty, flags and mask, the
-guard's fit-quality checks (`astro_dia._guard`), the errors from the Fisher information and
+guard's fit-quality checks (`astro_dia.fitting._guard`), the errors from the Fisher information and
 the provenance cards. `assemble_result` returns the values of a
 `~astro_dia.DifferenceResult`; the imager makes the record.
 """
@@ -48,7 +48,7 @@ def final_model(reference, kernel_terms, coefficients, shape, valid, *, kernel_d
         Un-centred background coefficients.
     device : str or `torch.device`
         The fit's device, where the convolution is made
-        (`astro_dia._model.convolve_frame`, the fit's own function).
+        (`astro_dia.model._model.convolve_frame`, the fit's own function).
     """
     basis = (None if kernel_degree == 0
              else background_basis(shape, kernel_degree, region=valid))
@@ -63,7 +63,7 @@ def fit_errors(problem, state, kernel_size, compute_errors=True, bias_variance=N
 
     With ``compute_errors=True`` and a constant kernel, sigma_P and the
     background errors come from matrix-free solves
-    (``astro_dia._matrix_free_errors``); on frames where the dense
+    (``astro_dia.fitting._matrix_free_errors``); on frames where the dense
     information is cheap (`dense_is_cheap`), the covariance and the kernel
     errors are left to ``pending_covariance``, a function that computes
     them when the result is first asked for them. ``'covariance'``, a
@@ -77,7 +77,7 @@ def fit_errors(problem, state, kernel_size, compute_errors=True, bias_variance=N
 
     With ``bias_variance`` (a reference variance, for a fit without
     ``reference_noise``), ``predicted_bias`` is the first-order bias of P
-    that reference noise gives (``astro_dia._errors_in_variables``), else None.
+    that reference noise gives (``astro_dia.fitting._errors_in_variables``), else None.
     """
     n_kernel, n_scale = problem.n_kernel, kernel_size ** 2
     kernel, coefficients = state.kernel, state.coefficients
@@ -219,8 +219,8 @@ def assemble_result(state, problem, inputs, outliers, config):
     ----------
     state : FitState
         The solver's final state.
-    problem : `~astro_dia._problem.FitProblem`
-    inputs : `~astro_dia._inputs.FitInputs`
+    problem : `~astro_dia.fitting._problem.FitProblem`
+    inputs : `~astro_dia.fitting._inputs.FitInputs`
     outliers : (M', N') bool ndarray
         Pixels of the valid region rejected from the fit.
     config : dict

@@ -60,7 +60,7 @@ def kernel_cards(result):
     Returns
     -------
     cards : list of (str, object, str)
-        ``(keyword, value, comment)``, for `astro_dia._provenance.stamp`.
+        ``(keyword, value, comment)``, for `astro_dia.result._provenance.stamp`.
     """
     degree = int(getattr(result, "kernel_degree", 0) or 0)
     varying = degree > 0 and getattr(result, "kernel_terms", None) is not None

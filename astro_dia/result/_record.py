@@ -4,7 +4,7 @@ The record of one fit: `DifferenceResult`.
 This module owns the result of `~astro_dia.DifferenceImager.fit`: its
 fields (named and typed in the class), the kernel and scale factor at any
 position of a spatially varying fit, and the hooks that write, read and
-plot it. The FITS layout itself lives in ``astro_dia._result_fits`` (public
+plot it. The FITS layout itself lives in ``astro_dia.result._fits_layout`` (public
 as `astro_dia.io.write_result` and `astro_dia.io.read_result`), the figure
 in `astro_dia.plotting`; neither imports this module, so the imager, `io`,
 `plotting` and `batch` all depend on the result and never the other way

@@ -14,7 +14,7 @@ stars, for light curves.
 
 This module owns the reference/target pairs and their truth
 (`SimulationTruth`); star fields and their rendering live in
-`astro_dia._star_field`, the time series in `astro_dia._simulate_series`.
+`astro_dia.simulate._star_field`, the time series in `astro_dia.simulate._series`.
 All the public names are importable from here.
 """
 

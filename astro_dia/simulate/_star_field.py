@@ -4,7 +4,7 @@ Simulated star fields (private): positions and fluxes, and their images.
 This module owns the star field of paper section 3.1 (`make_star_field`,
 re-exported by `astro_dia.simulate`) and its rendering with
 pixel-integrated Gaussian PSFs (`render_stars`), shared by the image pairs
-of `astro_dia.simulate` and the time series of `astro_dia._simulate_series`.
+of `astro_dia.simulate` and the time series of `astro_dia.simulate._series`.
 """
 
 import numpy as np

@@ -74,7 +74,7 @@ class ConjugateGradientMetric:
 
     Parameters
     ----------
-    problem : ``astro_dia._problem.FitProblem``
+    problem : ``astro_dia.fitting._problem.FitProblem``
     weights : tensor
         Per-pixel weights on the valid region.
     rtol : float
@@ -316,7 +316,7 @@ def solve_cg(problem, *, max_iter=50, max_reweight=50, rtol=1e-2, max_cg_iter=50
 
     Parameters
     ----------
-    problem : ``astro_dia._problem.FitProblem``
+    problem : ``astro_dia.fitting._problem.FitProblem``
     max_iter : int
         Maximum number of Gauss-Newton steps after the first solution.
     max_reweight : int
@@ -341,7 +341,7 @@ def solve_cg(problem, *, max_iter=50, max_reweight=50, rtol=1e-2, max_cg_iter=50
 
     Returns
     -------
-    state : ``astro_dia._problem.FitState``
+    state : ``astro_dia.fitting._problem.FitState``
         With ``metric`` (the `ConjugateGradientMetric`) attached.
     """
     metric = ConjugateGradientMetric(problem, start_weights(problem, start), rtol=rtol,
@@ -380,7 +380,7 @@ def continue_fit(problem, start, *, max_iter, max_polish_iter):
 
     Returns
     -------
-    state : ``astro_dia._problem.FitState``
+    state : ``astro_dia.fitting._problem.FitState``
         With ``metric`` (the preconditioned metric) attached.
     """
     theta = pack(start.kernel, start.coefficients)

@@ -3,7 +3,7 @@ The direct solver: Bramich (2008) normal equations, then exact Gauss-Newton step
 
 The normal matrix ``A^T W A`` (one row and column per kernel pixel and per
 background coefficient) is assembled by chunked matrix products over an
-im2col of the reference (see ``astro_dia._normal``), factorised by
+im2col of the reference (see ``astro_dia.fitting._normal``), factorised by
 Cholesky, and the weighted least-squares solution with the weights at the
 data is the first estimate. For fixed weights and the Gaussian loss that
 is the answer. Otherwise (model-dependent CCD/EMCCD variance, robust
@@ -17,7 +17,7 @@ outlier rejection, from the robust pass) need not assemble at all:
 its steps with the earlier factor.
 
 Precision: the matrix products run in float32 (twice as fast as float64 on
-a CPU) on strips of at most ``astro_dia._normal.FLOAT32_STRIP_PIXELS``
+a CPU) on strips of at most ``astro_dia.fitting._normal.FLOAT32_STRIP_PIXELS``
 pixels, and are summed over strips in float64, so that float32 rounding
 stays at the level of one strip; the matrix is factorised in float64.
 Because every step uses the exact gradient in the fit's dtype, rounding in
@@ -98,7 +98,7 @@ def solve_direct(problem, *, max_iter=50, max_reweight=10, max_bytes=None, gemm_
 
     Parameters
     ----------
-    problem : ``astro_dia._problem.FitProblem``
+    problem : ``astro_dia.fitting._problem.FitProblem``
     max_iter : int
         Maximum number of Gauss-Newton steps after the first solution.
     max_reweight : int
@@ -120,7 +120,7 @@ def solve_direct(problem, *, max_iter=50, max_reweight=10, max_bytes=None, gemm_
 
     Returns
     -------
-    state : ``astro_dia._problem.FitState``
+    state : ``astro_dia.fitting._problem.FitState``
         With ``metric`` (the last `NormalMatrixMetric`) attached.
     """
     metric = NormalMatrixMetric(problem, start_weights(problem, start),

@@ -55,7 +55,7 @@ class Evaluation:
 
     Parameters
     ----------
-    problem : ``astro_dia._problem.FitProblem``
+    problem : ``astro_dia.fitting._problem.FitProblem``
     theta : float64 tensor
         Packed parameters (`pack`).
 

@@ -67,7 +67,7 @@ _RESOLVED = 10
 
 
 def tolerance(dtype):
-    """Newton-decrement tolerance for a data type (from `astro_dia._tolerances`)."""
+    """Newton-decrement tolerance for a data type (from `astro_dia.fitting._tolerances`)."""
     return _tolerance(dtype, "newton")
 
 
@@ -142,7 +142,7 @@ def gauss_newton(problem, theta, metric, *, max_iter, max_reweight, contraction=
 
     Parameters
     ----------
-    problem : ``astro_dia._problem.FitProblem``
+    problem : ``astro_dia.fitting._problem.FitProblem``
     theta : float64 tensor
         Starting parameters (kernel pixels, then background coefficients).
     metric : object
@@ -160,7 +160,7 @@ def gauss_newton(problem, theta, metric, *, max_iter, max_reweight, contraction=
 
     Returns
     -------
-    state : ``astro_dia._problem.FitState``
+    state : ``astro_dia.fitting._problem.FitState``
         With ``contraction``, the last ratio of decrements measured (or
         the one given), for a fit that resumes this one.
     """

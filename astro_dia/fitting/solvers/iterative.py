@@ -80,7 +80,7 @@ def solve_iterative(problem, kernel, coefficients, *, max_iter=2000, adam_tol=1e
 
     Parameters
     ----------
-    problem : ``astro_dia._problem.FitProblem``
+    problem : ``astro_dia.fitting._problem.FitProblem``
     kernel : (K, K) tensor
         Starting kernel.
     coefficients : (n_terms,) tensor
@@ -100,7 +100,7 @@ def solve_iterative(problem, kernel, coefficients, *, max_iter=2000, adam_tol=1e
 
     Returns
     -------
-    state : ``astro_dia._problem.FitState``
+    state : ``astro_dia.fitting._problem.FitState``
     """
     kernel = kernel.detach().clone()
     coefficients = coefficients.detach().clone()
