@@ -27,7 +27,7 @@ from astropy.nddata import NDData
 from astropy.table import QTable
 from astropy.utils.console import ProgressBar
 
-from .io import read_image, write_result
+from .result.io import read_image, write_result
 
 __all__ = ["FrameOutcome", "fit_many", "summary_table", "RESULT_SUFFIX", "PLOT_SUFFIX"]
 
@@ -325,7 +325,7 @@ def _stem(name):
 
 def _validate_reference(reference):
     """Fail before the first frame if the reference itself is unusable."""
-    from ._validation import as_image
+    from .fitting._validation import as_image
 
     as_image(reference, "reference")
 

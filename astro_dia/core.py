@@ -5,21 +5,21 @@ from dataclasses import replace
 
 import numpy as np
 
-from ._assemble import assemble_result
-from ._fitting import run_fit
-from ._heap import reused_large_blocks, spectrum_bytes
-from ._inputs import check_enough_pixels, prepare_inputs, reference_variance_estimate
-from ._kernel_header import kernel_cards, remove_kernel_cards
-from ._problem import FitProblem
-from ._provenance import stamp
-from ._torch import device_name, dtype_name, exact_float32, out_of_memory_as_error
-from ._validation import check_clip, check_saturation
+from .result._assemble import assemble_result
+from .fitting._fitting import run_fit
+from .fitting._heap import reused_large_blocks, spectrum_bytes
+from .fitting._inputs import check_enough_pixels, prepare_inputs, reference_variance_estimate
+from .result._kernel_header import kernel_cards, remove_kernel_cards
+from .fitting._problem import FitProblem
+from .result._provenance import stamp
+from .model._torch import device_name, dtype_name, exact_float32, out_of_memory_as_error
+from .fitting._validation import check_clip, check_saturation
 from .background import background_basis, polynomial_terms
 from .exceptions import DIAError
 from .kernels import check_kernel_size
 from .losses import get_loss
 from .noise import make_noise_model
-from .solvers.settings import check_kernel_init, get_solver
+from .fitting.solvers.settings import check_kernel_init, get_solver
 from .result import DifferenceResult
 
 __all__ = ["DifferenceImager"]

@@ -44,7 +44,7 @@ All astro_dia fits except ``default+errors`` and ``diff CLI`` use the CCD
 noise model with the Gaussian likelihood of eq. 8 (a model-dependent
 variance) to full convergence, with ``compute_errors=False`` (the errors
 are the same for every solver: sigma_P and sigma_B0 from matrix-free solves
-preconditioned by what the solver left, ``astro_dia._matrix_free_errors``,
+preconditioned by what the solver left, ``astro_dia.fitting._matrix_free_errors``,
 timed in ``direct+errors f32`` and ``default+errors``).
 
 Columns: ``seconds`` (the median of ``--repeat N`` runs made round-robin,

@@ -7,7 +7,7 @@ from astropy.nddata import StdDevUncertainty
 from numpy.testing import assert_allclose
 
 from astro_dia import DifferenceImager
-from astro_dia._normal import add_regularization, assemble_normal_equations
+from astro_dia.fitting._normal import add_regularization, assemble_normal_equations
 from astro_dia.io import read_result
 from astro_dia.simulate import make_image_pair
 from astro_dia.solvers import choose_solver
@@ -166,7 +166,7 @@ def test_constant_field_gives_no_significant_variation(constant_pair):
 
 # -- assembly, constraint and matrix-free products -----------------------------------
 def _problem(pair, *, degree, constant, regularization=0.0):
-    from astro_dia._problem import FitProblem
+    from astro_dia.fitting._problem import FitProblem
     from astro_dia.background import background_basis
     from astro_dia.losses import GaussianLoss
     from astro_dia.noise import make_noise_model

@@ -10,9 +10,10 @@ photometric scale factor P puts them on the reference's scale.
 measures the same positions in each.
 """
 
+from .aperture import aperture_photometry_difference
 from .flags import PHOTOMETRY_FLAGS, decode_flags
 from .lightcurve import light_curve, observation_time
-from .measure import aperture_photometry_difference, differential_photometry
+from .measure import differential_photometry
 from .psf import build_reference_psf, gaussian_psf, moffat_psf, render_psf, target_psf
 
 __all__ = ["gaussian_psf", "moffat_psf", "build_reference_psf", "render_psf", "target_psf",

@@ -14,7 +14,8 @@ from astropy.utils.exceptions import AstropyUserWarning
 from ..exceptions import DIAError
 from .flags import PHOTOMETRY_FLAGS
 from ._positions import position_table
-from .measure import aperture_photometry_difference, differential_photometry
+from .aperture import aperture_photometry_difference
+from .measure import differential_photometry
 
 __all__ = ["light_curve", "observation_time"]
 

@@ -1,0 +1,62 @@
+"""``solver='auto'``: which solver to use for a problem, from measured crossovers."""
+
+from ...losses import GaussianLoss, HuberLoss, StudentTLoss
+
+__all__ = ["choose_solver", "DIRECT_MAX_WORK_CPU", "DIRECT_MAX_WORK_GPU"]
+
+#: Largest ``N_pixels * K**4`` (the cost of the direct solver's matrix
+#: products) for which ``direct`` is chosen on a CPU; above it the matrix-free
+#: solver, whose FFT products do not grow with ``K``, is faster. Measured with
+#: ``benchmarks/bench_solvers.py`` on a 2-core x86_64 CPU (docs/performance.rst):
+#: direct is faster at 142 x 142 with 19 x 19 and 25 x 25 kernels
+#: (N K^4 = 2.6e9 and 7.9e9), the matrix-free solver at 512 x 512 and above
+#: with either kernel (N K^4 >= 3.4e10).
+DIRECT_MAX_WORK_CPU = 1.5e10
+
+#: The same on a GPU, where matrix products are relatively cheaper. Not
+#: measured (no GPU was available): an assumption, ten times the CPU value.
+DIRECT_MAX_WORK_GPU = 1.5e11
+
+#: Losses whose Gauss-Newton (IRLS) weights ``psi(z) / z`` are known to be
+#: non-negative, so that the direct and matrix-free steps are well defined.
+_NEWTON_LOSSES = (GaussianLoss, HuberLoss, StudentTLoss)
+
+
+def choose_solver(shape, kernel_size, device, loss=None, *, kernel_terms=1):
+    """
+    The solver ``solver='auto'`` uses.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Image shape.
+    kernel_size : int
+        Kernel side.
+    device : `torch.device`
+        Where the fit runs.
+    loss : callable, optional
+        The loss; a user-supplied callable (not one of astro_dia's losses)
+        gets the ``iterative`` solver, which needs only its gradient.
+    kernel_terms : int, optional
+        Number of polynomial terms of a spatially varying kernel
+        (``(d + 1)(d + 2) / 2`` for ``kernel_degree=d``); the direct
+        solver's matrix products grow as its square.
+
+    Returns
+    -------
+    name : {'direct', 'cg', 'iterative'}
+
+    Examples
+    --------
+    >>> import torch
+    >>> choose_solver((142, 142), 19, torch.device("cpu"))
+    'direct'
+    >>> choose_solver((2048, 2048), 19, torch.device("cpu"))
+    'cg'
+    """
+    if loss is not None and not isinstance(loss, _NEWTON_LOSSES):
+        return "iterative"
+    n_pixels = shape[0] * shape[1]
+    limit = DIRECT_MAX_WORK_GPU if device.type == "cuda" else DIRECT_MAX_WORK_CPU
+    work = n_pixels * (kernel_terms * kernel_size ** 2) ** 2
+    return "direct" if work <= limit else "cg"

@@ -1,0 +1,163 @@
+"""Tests of `astro_dia.io`: the multi-extension FITS result file and `read_image`."""
+
+import numpy as np
+import pytest
+from astropy import units as u
+from astropy.io import fits
+from astropy.nddata import CCDData, StdDevUncertainty
+
+from astro_dia import DifferenceImager, DifferenceResult
+from astro_dia.io import RESULT_FORMAT_VERSION, read_image, read_result, write_result
+from astro_dia.simulate import make_image_pair
+
+from ..conftest import assert_unchanged, simple_wcs, snapshot
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """A fit with a WCS, a masked pixel, a first-degree background and errors."""
+    reference, target, truth = make_image_pair(shape=(48, 48), density=100, seed=8,
+                                               scale_factor=0.9)
+    target.wcs = simple_wcs((24.0, 24.0))
+    target.mask = np.zeros(target.shape, bool)
+    target.mask[30, 12] = True
+    imager = DifferenceImager(kernel_size=7, flat=1, sky=0, background_degree=1)
+    return imager.fit(reference, target)
+
+
+@pytest.fixture(scope="module")
+def fitted_without_errors():
+    reference, target, _ = make_image_pair(shape=(48, 48), density=100, seed=9)
+    return DifferenceImager(kernel_size=7, flat=1, sky=0, compute_errors=False).fit(
+        reference, target)
+
+
+def assert_same_image(actual, expected):
+    np.testing.assert_array_equal(actual.data, expected.data)
+    np.testing.assert_array_equal(actual.mask, expected.mask)
+    assert type(actual.uncertainty) is type(expected.uncertainty)
+    np.testing.assert_array_equal(actual.uncertainty.array, expected.uncertainty.array)
+    assert actual.unit == expected.unit
+
+
+def test_difference_reads_back_with_ccddata(fitted, tmp_path):
+    path = tmp_path / "result.fits"
+    before = snapshot(fitted.difference)
+    write_result(fitted, path)
+    assert_unchanged(fitted.difference, before)
+    difference = CCDData.read(path)
+    assert_same_image(difference, fitted.difference)
+    assert difference.mask[30, 12]
+    # Every provenance keyword comes back with its value.
+    # (floats to the 14-17 digits that a 20-character FITS value keeps)
+    for key, value in fitted.difference.meta.items():
+        if isinstance(value, float):
+            assert difference.header[key] == pytest.approx(value, rel=1e-12), key
+        else:
+            assert difference.header[key] == value, key
+    assert difference.header["DIA_P"] == pytest.approx(fitted.scale_factor, rel=1e-12)
+    assert difference.wcs.wcs.compare(fitted.difference.wcs.wcs)
+    with fits.open(path) as hdus:
+        names = [hdu.name for hdu in hdus]
+    assert names == ["PRIMARY", "MASK", "UNCERT", "KERNEL", "KERNERR", "BKGCOEF", "MODEL",
+                     "FITMASK", "FLAGS", "COVAR"]
+
+
+def test_result_round_trip(fitted, tmp_path):
+    path = tmp_path / "result.fits"
+    write_result(fitted, path)
+    result = read_result(path)
+    assert isinstance(result, DifferenceResult)
+    assert_same_image(result.difference, fitted.difference)
+    np.testing.assert_array_equal(result.kernel, fitted.kernel)
+    np.testing.assert_array_equal(result.kernel_error, fitted.kernel_error)
+    np.testing.assert_array_equal(result.covariance, fitted.covariance)
+    np.testing.assert_array_equal(result.fit_mask, fitted.fit_mask)
+    np.testing.assert_array_equal(result.flags, fitted.flags)
+    np.testing.assert_array_equal(result.difference.flags, fitted.flags)
+    assert (result.n_outliers, result.clip) == (fitted.n_outliers, fitted.clip)
+    assert result.residual_scatter == pytest.approx(fitted.residual_scatter, rel=1e-12)
+    np.testing.assert_array_equal(result.model.data, fitted.model.data)
+    assert result.model.unit == fitted.model.unit
+    # Header floats keep 14 to 17 significant digits (a card has 20 characters
+    # for the value), so compare them to that precision.
+    assert result.scale_factor == pytest.approx(fitted.scale_factor, rel=1e-12)
+    assert result.scale_factor_error == pytest.approx(fitted.scale_factor_error, rel=1e-12)
+    assert len(result.background_coefficients) == 3
+    assert result.background_coefficients.unit == fitted.background_coefficients.unit
+    np.testing.assert_array_equal(result.background_coefficients.value,
+                                  fitted.background_coefficients.value)
+    np.testing.assert_array_equal(result.background_error.value, fitted.background_error.value)
+    assert u.allclose(result.background_offset, fitted.background_offset, rtol=1e-12)
+    # The background image is rebuilt from the coefficients.
+    assert u.allclose(result.background, fitted.background, rtol=1e-12)
+    for name in ("background_degree", "n_data", "n_iterations", "converged", "solver",
+                 "noise_settings", "saturation_levels", "covariance_valid"):
+        assert getattr(result, name) == getattr(fitted, name), name
+    for name in ("loss_value", "fit_time"):
+        assert getattr(result, name) == pytest.approx(getattr(fitted, name), rel=1e-12), name
+    # Methods work on the loaded result.
+    np.testing.assert_array_equal(result.normalized_residuals(), fitted.normalized_residuals())
+    assert repr(result) == repr(fitted)
+
+
+def test_optional_parts(fitted, fitted_without_errors, tmp_path):
+    path = tmp_path / "small.fits"
+    write_result(fitted, path, include_model=False, include_covariance=False)
+    result = read_result(path)
+    assert result.model is None and result.covariance is None
+    assert result.kernel_error is not None
+    path = tmp_path / "no_errors.fits"
+    write_result(fitted_without_errors, path)
+    result = read_result(path)
+    assert result.scale_factor_error is None and result.background_error is None
+    assert result.kernel_error is None and result.covariance_valid is None
+    assert result.scale_factor == fitted_without_errors.scale_factor
+
+
+def test_write_refuses_to_overwrite_and_bad_objects(fitted, tmp_path):
+    path = tmp_path / "result.fits"
+    write_result(fitted, path)
+    with pytest.raises(OSError, match="already exists"):
+        write_result(fitted, path)
+    write_result(fitted, path, overwrite=True)
+    with pytest.raises(TypeError, match="result must be a DifferenceResult"):
+        write_result(fitted.difference, tmp_path / "other.fits")
+
+
+def test_read_result_errors(fitted, tmp_path):
+    with pytest.raises(OSError, match="does not exist"):
+        read_result(tmp_path / "missing.fits")
+    plain = tmp_path / "plain.fits"
+    fitted.difference.write(plain)
+    with pytest.raises(ValueError, match="not an astro_dia result file"):
+        read_result(plain)
+    path = tmp_path / "future.fits"
+    write_result(fitted, path)
+    with fits.open(path, mode="update") as hdus:
+        hdus["KERNEL"].header["DIAFMT"] = RESULT_FORMAT_VERSION + 1
+    with pytest.raises(ValueError, match="format version"):
+        read_result(path)
+
+
+def test_read_image(tmp_path):
+    image = CCDData(np.arange(12.0).reshape(3, 4), unit="electron",
+                    uncertainty=StdDevUncertainty(np.ones((3, 4))))
+    path = tmp_path / "image.fits"
+    image.write(path)
+    again = read_image(path)
+    np.testing.assert_array_equal(again.data, image.data)
+    assert again.unit == u.electron and again.uncertainty is not None
+
+    fits.PrimaryHDU(np.zeros((3, 4))).writeto(tmp_path / "nounit.fits")
+    with pytest.raises(ValueError, match="no BUNIT keyword"):
+        read_image(tmp_path / "nounit.fits", what="target")
+    assert read_image(tmp_path / "nounit.fits", unit="adu").unit == u.adu
+    with pytest.raises(OSError, match="the reference file .* does not exist"):
+        read_image(tmp_path / "missing.fits", what="reference")
+    (tmp_path / "corrupt.fits").write_bytes(b"SIMPLE  = T" + b"\0" * 100)
+    with pytest.raises(OSError, match="not a readable FITS file"):
+        read_image(tmp_path / "corrupt.fits")
+    fits.PrimaryHDU(np.zeros(5)).writeto(tmp_path / "spectrum.fits")
+    with pytest.raises(ValueError, match="no 2-D image"):
+        read_image(tmp_path / "spectrum.fits", unit="adu")
