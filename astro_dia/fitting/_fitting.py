@@ -83,7 +83,7 @@ def run_fit(problem, noise_model, terms, valid, settings, *, clip, check_pixels)
 
     Parameters
     ----------
-    problem : `~astro_dia._problem.FitProblem`
+    problem : `~astro_dia.fitting._problem.FitProblem`
     noise_model : `~astro_dia.noise.NoiseModel`
         The model that resolved ``terms``; it refines them (`Refinement`).
     terms : VarianceTerms
@@ -129,7 +129,7 @@ def solve_clipped(problem, refinement, settings, clip, check_pixels):
     Returns the final state and the rejected pixels (a bool ndarray on
     the valid region, all False with ``clip=None``). The state's
     ``pass_scale_factors`` are P of the robust pass and of each fit on the
-    clipped pixels, for the guard (`astro_dia._guard`).
+    clipped pixels, for the guard (`astro_dia.fitting._guard`).
     """
     candidates = problem.mask
     if clip is None:
@@ -170,7 +170,7 @@ def solve_robust(problem, settings):
     The robust pass before clipping: Huber loss, variance fixed at the data.
 
     Its influence function is bounded, so outliers of any amplitude
-    cannot drag it (see ``astro_dia._outliers``).
+    cannot drag it (see ``astro_dia.fitting._outliers``).
     """
     twin = robust_twin(problem)
     solver = settings.name

@@ -42,7 +42,7 @@ issues one `~astro_dia.exceptions.FitQualityWarning` per cause found:
 ``REFNOISE``
     Without ``reference_noise=True``, the reference's noise is predicted to
     bias P by more than sigma_P (first order, an attenuation: see
-    `astro_dia._errors_in_variables`): a single-epoch reference as noisy as
+    `astro_dia.fitting._errors_in_variables`): a single-epoch reference as noisy as
     the target makes least squares regress on its noise, and sigma_P
     leaves that out. Only a prediction that is a shrinkage towards zero by
     less than P itself, for a P `SIGNIFICANT_SCALE` sigma_P from zero, is

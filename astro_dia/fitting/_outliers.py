@@ -95,11 +95,11 @@ def robust_twin(problem):
 
     Parameters
     ----------
-    problem : ``astro_dia._problem.FitProblem``
+    problem : ``astro_dia.fitting._problem.FitProblem``
 
     Returns
     -------
-    twin : ``astro_dia._problem.FitProblem``
+    twin : ``astro_dia.fitting._problem.FitProblem``
     """
     twin = copy.copy(problem)
     with torch.no_grad():
@@ -207,7 +207,7 @@ def find_outliers(problem, kernel, coefficients, clip, candidates, *, scale_from
 
     Parameters
     ----------
-    problem : ``astro_dia._problem.FitProblem``
+    problem : ``astro_dia.fitting._problem.FitProblem``
     kernel, coefficients : tensor
         The model to judge the residuals against.
     clip : float
