@@ -34,7 +34,7 @@ def _values(image):
     return data, mask | ~np.isfinite(data)
 
 
-def bright_isolated(reference, fwhm, *, saturation=None, n_stars=40, isolation=3.0):
+def bright_isolated(reference, fwhm, *, saturation=None, n_stars=40, isolation=3.0, min_peak=30.0):
     """``(n, 2)`` x, y of bright isolated unsaturated stars of ``reference``."""
     data, mask = _values(reference)
     _, sky, std = sigma_clipped_stats(data, mask=mask)
@@ -48,7 +48,7 @@ def bright_isolated(reference, fwhm, *, saturation=None, n_stars=40, isolation=3
     edge = 4 * fwhm
     ny, nx = data.shape
     ok = ((distance[:, 1] > isolation * fwhm) & (x > edge) & (x < nx - 1 - edge)
-          & (y > edge) & (y < ny - 1 - edge) & (peak > 30 * std))
+          & (y > edge) & (y < ny - 1 - edge) & (peak > min_peak * std))
     if saturation is not None:
         ok &= peak + sky < 0.7 * saturation
     index = np.flatnonzero(ok)
@@ -107,6 +107,7 @@ def sky_noise_ratio(image, *, box=32):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyUserWarning)
         background = Background2D(data, box, mask=mask, bkg_estimator=MedianBackground(),
+                                  exclude_percentile=80.0,
                                   sigma_clip=SigmaClip(3.0))
     residual = data - background.background
     _, _, std = sigma_clipped_stats(residual, mask=mask)
