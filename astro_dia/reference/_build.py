@@ -6,6 +6,7 @@ import time
 import warnings
 
 import numpy as np
+from astropy import units as u
 from astropy.nddata import CCDData, StdDevUncertainty
 
 from ..registration import RegistrationError, RegistrationWarning, register
@@ -220,6 +221,6 @@ def build_reference(frames, *, n_frames=None, max_fwhm_ratio=1.25, max_backgroun
     header.add_history(f"astro_dia.reference: {len(used)} frames registered to "
                        f"{names_used[0]}, background '{background}', clipped weighted mean")
     uncertainty = None if var is None else StdDevUncertainty(np.sqrt(var))
-    unit = best.unit if best.unit is not None else "adu"
+    unit = best.unit if best.unit is not None else u.dimensionless_unscaled
     return CCDData(mean, unit=unit, uncertainty=uncertainty, mask=mask, meta=header,
                    wcs=best.wcs)

@@ -16,8 +16,9 @@ would favour frames whose stars fluctuate low and bias the stars' fluxes.
 Before it, each value is compared with the median of the pixel's stack and
 rejected beyond ``sigma`` times ``sqrt(variance + (1.4826 MAD)**2)`` (its
 own noise and the stack's scatter, which grows at star cores where the
-frames' PSFs differ); with fewer than three frames nothing can be
-rejected. The variance of the mean is ``sum w**2 v / (sum w)**2`` over the
+frames' PSFs differ), after whole rows and columns that stand out from
+the stack (`line_defects`) are masked in their frame; with fewer than
+three frames nothing can be rejected. The variance of the mean is ``sum w**2 v / (sum w)**2`` over the
 values kept: propagated from the inputs' variances, not from the scatter.
 """
 
@@ -63,6 +64,40 @@ def sky_offset(best, frame, scale):
     return float(sigma_clipped_stats(bd[good] - scale * fd[good], sigma=3.0, maxiters=10)[1])
 
 
+def line_defects(data, mask, centre, sigma):
+    """
+    Bad rows and columns of each frame, as a mask of the stack's shape.
+
+    A bad column of one frame is not always rejected pixel by pixel: at a
+    bright star's core the stack's scatter (from the frames' different
+    PSFs) can exceed it. Along a whole column, though, it stands out: the
+    median over the column of ``frame - centre`` is far from those of the
+    other columns (a star adds to a few pixels of a column, not to its
+    median). Columns (rows) whose median departs from the median of all
+    by more than ``max(sigma, 5)`` robust standard deviations of those
+    medians are masked in that frame.
+    """
+    bad = np.zeros(data.shape, bool)
+    limit = max(float(sigma), 5.0)
+    residual = np.where(mask, np.nan, data - centre)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN lines
+        for k in range(data.shape[0]):
+            for axis in (0, 1):   # 0: medians of columns, 1: of rows
+                line = np.nanmedian(residual[k], axis=axis)
+                good = np.isfinite(line)
+                if good.sum() < 5:
+                    continue
+                level = np.median(line[good])
+                spread = 1.4826 * np.median(np.abs(line[good] - level))
+                flagged = good & (np.abs(line - level) > limit * max(spread, 1e-30))
+                if axis == 0:
+                    bad[k][:, flagged] = True
+                else:
+                    bad[k][flagged, :] = True
+    return bad
+
+
 def clipped_mean(data, variance, mask, weights, sigma):
     """
     Weighted mean of a stack with outliers rejected.
@@ -90,6 +125,9 @@ def clipped_mean(data, variance, mask, weights, sigma):
     if sigma is not None and n >= 3:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN stacks
+            centre = np.nanmedian(values, axis=0)
+            keep &= ~line_defects(data, mask, centre, sigma)
+            values = np.where(keep, data, np.nan)
             centre = np.nanmedian(values, axis=0)
             mad = 1.4826 * np.nanmedian(np.abs(values - centre), axis=0)
         noise2 = mad ** 2 + (variance if variance is not None else 0.0)
