@@ -95,7 +95,8 @@ def register_series(folder, names, reference):
 
 def print_registration(rows):
     head = (f"{'frame':>5} {'PFWHM':>5} {'stars':>5} {'model':>11} {'dx':>8} {'dy':>7} "
-            f"{'rot deg':>8} {'rms':>5} | {'n':>2} {'lost':>4} {'med dx':>6} {'med dy':>6} {'rms':>5} "
+            f"{'rot deg':>8} {'rms':>5} | {'n':>2} {'lost':>4} {'med dx':>6} {'med dy':>6} "
+            f"{'rms':>5} "
             f"{'flux':>6} {'noise in':>8} {'noise out':>9} {'time s':>6}")
     print(head)
     print("-" * len(head))

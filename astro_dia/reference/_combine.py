@@ -18,8 +18,9 @@ rejected beyond ``sigma`` times ``sqrt(variance + (1.4826 MAD)**2)`` (its
 own noise and the stack's scatter, which grows at star cores where the
 frames' PSFs differ), after whole rows and columns that stand out from
 the stack (`line_defects`) are masked in their frame; with fewer than
-three frames nothing can be rejected. The variance of the mean is ``sum w**2 v / (sum w)**2`` over the
-values kept: propagated from the inputs' variances, not from the scatter.
+three frames nothing can be rejected. The variance of the mean is
+``sum w**2 v / (sum w)**2`` over the values kept: propagated from the
+inputs' variances, not from the scatter.
 """
 
 import warnings

@@ -215,7 +215,6 @@ def triangle_match(image_xy, reference_xy):
         "no common pattern of stars found between the image and the reference "
         f"(astroalign: {errors[-1]}); check that the frames overlap and show the same field, "
         "lower `threshold`, or give both frames a WCS and use method='wcs'")
-    return transform
 
 
 def wcs_transform(image_wcs, reference_wcs, shape, n_grid=11):

@@ -10,7 +10,6 @@ import numpy as np
 from astropy import units as u
 from astropy.nddata import CCDData
 from astropy.utils.exceptions import AstropyUserWarning
-from skimage.transform import EuclideanTransform
 
 from . import _match
 from ._inputs import RegistrationError, celestial_wcs, output_header, read_frame, \
@@ -43,7 +42,7 @@ class Alignment:
 
     Attributes
     ----------
-    transform : `skimage.transform.ProjectiveTransform`
+    transform : ``skimage.transform.ProjectiveTransform``
         Maps 0-based image pixel ``(x, y)`` to reference pixel ``(x, y)``.
     model : str
         ``'translation'``, ``'euclidean'``, ``'similarity'`` or ``'affine'``.
@@ -82,7 +81,7 @@ class Alignment:
 
     @property
     def translation(self):
-        """``(dx, dy)`` (pixels) of the image's centre-less origin: the matrix's last column."""
+        """``(dx, dy)`` (pixels): where the image's pixel (0, 0) lands, the matrix's last column."""
         return self.matrix[:2, 2].copy()
 
     @property
@@ -301,7 +300,7 @@ def register(image, reference, *, method="auto", resample=True, model=None, fwhm
         The frame to register. Its unit, mask and uncertainty (standard
         deviation, variance or inverse variance) are carried; NaN or
         infinite pixels must be masked. Without an uncertainty the result
-        has none (attach one first, e.g. with `ccdproc.create_deviation`).
+        has none (attach one first, e.g. with ``ccdproc.create_deviation``).
     reference : `~astropy.nddata.CCDData`, `~astropy.nddata.NDData` or 2-D array
         The frame whose grid (shape, WCS) the image is carried onto.
     method : {'auto', 'wcs', 'stars'}, optional

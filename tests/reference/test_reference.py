@@ -9,7 +9,6 @@ truth is how they were drawn.
 import numpy as np
 import pytest
 from astropy.nddata import CCDData, StdDevUncertainty
-from skimage.transform import EuclideanTransform
 
 from astro_dia.reference import ReferenceWarning, build_reference, frame_statistics
 from astro_dia.registration import RegistrationError
