@@ -1,0 +1,75 @@
+"""
+`astro_dia.registration` on real pixels: two cutouts of pyDIA's crowded field.
+
+``pydia_reg_img.fits`` (PFWHM 5.37 px) sits about 30 px in x and 9 px in y
+from ``pydia_reg_ref.fits`` (PFWHM 4.73 px) and neither has a WCS (see
+tests/data/real/README.rst). The truth is independent of the registration:
+photutils' 2-D Gaussian centroids and aperture fluxes of the reference's
+bright isolated stars. After registration, with star matching alone and
+with a WCS off by a pixel, the centroids must agree with the reference's to
+|median| <= 0.05 px and rms <= 0.1 px, and the aperture fluxes with the
+original frame's to 0.5%.
+"""
+
+import numpy as np
+import pytest
+from astropy.nddata import CCDData, StdDevUncertainty
+
+from astro_dia.registration import find_transform, register
+
+from ..real_data import read_cutout
+from . import checks
+from .simulated import image_wcs, tan_wcs
+
+SATURATION = 65300.0
+GAIN, READ_NOISE = 1.9, 5.0
+
+
+@pytest.fixture(scope="module")
+def frames():
+    reference, image = read_cutout("pydia_reg_ref.fits"), read_cutout("pydia_reg_img.fits")
+    sigma = np.sqrt(np.maximum(image.data, 0) / GAIN + (READ_NOISE / GAIN) ** 2)
+    image = CCDData(image.data, unit=image.unit, meta=image.meta,
+                    uncertainty=StdDevUncertainty(sigma))
+    stars = checks.bright_isolated(reference, 4.7, saturation=SATURATION, isolation=2.5,
+                                   min_peak=10.0)
+    return image, reference, stars
+
+
+def in_image(transform, xy, shape, margin=15):
+    image_xy = transform.inverse(xy)
+    return ((image_xy[:, 0] > margin) & (image_xy[:, 0] < shape[1] - 1 - margin)
+            & (image_xy[:, 1] > margin) & (image_xy[:, 1] < shape[0] - 1 - margin))
+
+
+def check(registered, image, reference, stars, transform):
+    offsets = checks.centroid_offsets(registered, reference, stars, 5.0)
+    assert len(offsets) >= 8
+    assert np.all(np.abs(np.median(offsets, axis=0)) <= 0.05)
+    assert np.sqrt(np.mean(np.sum(offsets ** 2, axis=1))) <= 0.1
+    inside = stars[in_image(transform, stars, image.shape)]
+    assert len(inside) >= 5
+    ratio, _ = checks.flux_ratio(registered, image, inside, transform, 10.0)
+    assert abs(ratio - 1) <= 0.005
+
+
+def test_star_matching_alone(frames):
+    image, reference, stars = frames
+    alignment = find_transform(image, reference)
+    assert alignment.method == "stars" and alignment.n_stars >= 15
+    assert abs(alignment.translation[0] + 29.9) < 0.3 and abs(alignment.translation[1] - 8.85) < 0.3
+    registered = register(image, reference, alignment=alignment)
+    check(registered, image, reference, stars, alignment.transform)
+    assert isinstance(registered.uncertainty, StdDevUncertainty)
+
+
+def test_wcs_off_by_a_pixel(frames):
+    image, reference, stars = frames
+    # A WCS pair built from the star solution, then the image's moved by ~1 px.
+    truth = find_transform(image, reference).transform
+    reference = CCDData(reference, wcs=tan_wcs(reference.shape))
+    image = CCDData(image, wcs=image_wcs(reference.wcs, truth, offset=(0.7, 0.7)))
+    registered = register(image, reference)
+    assert registered.header["REGMETH"] == "wcs+stars"
+    alignment = find_transform(image, reference)
+    check(registered, image, reference, stars, alignment.transform)
