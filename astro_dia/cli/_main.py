@@ -19,6 +19,9 @@ The ``astro-dia`` command.
                    [--overwrite]
     astro-dia [-v] detect RESULT [RESULT ...] [--threshold T] [--fwhm F] [--out FILE]
                    [--cutouts DIR] [--size N] [--overwrite]
+    astro-dia [-v] series FRAME [FRAME ...] --out DIR [--reference FILE]
+                   [--reference-frames N] [--registration M] [--workers N] [--threshold T]
+                   [--max-stars N] [--no-plots] [--overwrite] [the fit options of diff]
 
 Errors in the input are reported on one line, ``astro-dia: error:
 <message>``, on standard error, with exit status 2 (with ``--verbose``,
@@ -50,6 +53,7 @@ from ._demo import add_demo_command
 from ._detect import add_detect_command
 from ._diff import add_diff_command
 from ._photometry import add_photometry_command
+from ._series import add_series_command
 from ._status import EXIT_INTERRUPTED, EXIT_USAGE, PROG
 from ._subtract import add_subtract_command
 from .._package_version import version as __version__
@@ -104,6 +108,7 @@ def build_parser():
     add_subtract_command(commands)
     add_photometry_command(commands)
     add_detect_command(commands)
+    add_series_command(commands)
     return parser
 
 

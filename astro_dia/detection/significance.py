@@ -102,7 +102,13 @@ def _measured_fwhm(fit):
 
 
 def moment_fwhm(image):
-    """FWHM (pixels) of the Gaussian with the second moment of a centred PSF image."""
+    """
+    FWHM (pixels) of the Gaussian with the second moment of a centred PSF image.
+
+    Only the positive part counts: an empirical PSF's noisy negative wings,
+    weighted by the squared radius, could make the moment negative.
+    """
+    image = np.clip(np.asarray(image, float), 0.0, None)
     half = image.shape[0] // 2
     y, x = np.mgrid[-half:half + 1, -half:half + 1]
     return float(2.3548 * np.sqrt((image * (x ** 2 + y ** 2)).sum() / (2 * image.sum())))

@@ -69,18 +69,23 @@ def frame_statistics(frames, *, names=None, threshold=5.0, saturation=None):
     return QTable(rows=rows, names=names_) if rows else QTable(names=names_)
 
 
+#: Fewest stars a frame needs to be chosen (the fewest `register` matches by default).
+MIN_STARS = 5
+
+
 def choose_frames(table, n_frames, max_fwhm_ratio, max_background_ratio):
     """
     Indices of the frames to combine, best (sharpest) first.
 
-    Frames whose sky exceeds ``max_background_ratio`` times the median sky
+    Frames with fewer than ``MIN_STARS`` stars (clouds, a blank or
+    defocused frame: their FWHM means nothing) are left out. Frames whose sky exceeds ``max_background_ratio`` times the median sky
     (when that is positive) are left out, then the rest are ranked by FWHM: the ``n_frames``
     sharpest, or (``n_frames`` None) all within ``max_fwhm_ratio`` of the
     sharpest.
     """
     fwhm = np.asarray(table["fwhm"], float)
     sky = np.asarray(table["sky"], float)
-    usable = np.isfinite(fwhm)
+    usable = np.isfinite(fwhm) & (np.asarray(table["n_stars"]) >= MIN_STARS)
     # The cut needs a sky level; sky-subtracted frames (median near 0) skip it.
     if np.any(usable) and np.median(sky[usable]) > 0:
         usable &= sky <= max_background_ratio * np.median(sky[usable])

@@ -118,3 +118,18 @@ def test_inputs_untouched(frames):
     for frame, data in zip(frames[:3], copies):
         np.testing.assert_array_equal(frame.data, data)
         assert frame.mask is None and isinstance(frame.uncertainty, StdDevUncertainty)
+
+
+def test_a_frame_without_stars_is_never_chosen(frames):
+    # A blank (clouded-out) frame: its star finder finds nothing, and a FWHM
+    # measured on nothing must not make it the "sharpest" frame.
+    rng = np.random.default_rng(3)
+    blank = CCDData(rng.normal(300.0, 17.0, SHAPE), unit=frames[0].unit,
+                    uncertainty=StdDevUncertainty(np.full(SHAPE, 17.0)))
+    table = frame_statistics([blank] + list(frames[:2]))
+    assert table["n_stars"][0] < 5
+    with pytest.warns(ReferenceWarning, match="only 2 frame"):
+        reference = build_reference([blank] + list(frames[:2]), names=["blank", "f0", "f1"])
+    assert reference.header["REFBEST"] == "f0"
+    assert "blank" not in [reference.header[f"REFFR{k:03d}"]
+                           for k in range(1, reference.header["NCOMBINE"] + 1)]

@@ -1,0 +1,302 @@
+"""
+A night of frames, from calibrated frames to light curves: `process_series`.
+
+The frames are registered to a reference (built from the sharpest of them
+with `~astro_dia.reference.build_reference`, or given), differenced
+against it (`~astro_dia.batch.fit_many`, on dask with ``workers``),
+searched for what changed (`~astro_dia.detection.find_transients`, grouped
+across epochs, with a stacked significance), and measured by PSF
+photometry with the reference's effective PSF at the reference's stars and
+at the candidates. Everything is written to one folder; `SeriesResult`
+holds the tables. See :ref:`night`.
+"""
+
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from astropy.table import QTable, vstack
+from astropy.utils.exceptions import AstropyUserWarning
+
+from ..batch import fit_many
+from ..exceptions import KernelFitWarning, NoiseModelWarning, SaturationWarning
+from ..detection import find_transients, significance_image
+from ..photometry import differential_photometry
+from ..reference import build_reference
+from ..result.io import read_result
+from ._across_epochs import StackedSignificance, group_candidates
+from ._epochs import read_frames, register_frames
+from ._light_curves import reference_fluxes, reference_sources, series_psf, variability
+
+__all__ = ["process_series", "SeriesResult"]
+
+
+@dataclass
+class SeriesResult:
+    """
+    What `process_series` made, and where it wrote it.
+
+    Attributes
+    ----------
+    output_dir : str
+        The folder of the outputs.
+    reference : `~astropy.nddata.CCDData`
+        The reference (``reference.fits``).
+    frames : `~astropy.table.QTable`
+        One row per frame (``frames.ecsv``): ``epoch``, ``name``, ``time``
+        (MJD), the registration (``reg_nstars``, ``reg_rms``, ``shift_x``,
+        ``shift_y``), the fit (``scale_factor``, ``scale_factor_err``,
+        ``output``), ``quality`` (the fit-quality causes the guard found,
+        see :ref:`fit_quality`; their warnings are not repeated per frame)
+        and ``error`` (empty for a frame that went through).
+    candidates : `~astropy.table.QTable`
+        The sources of change (``candidates.ecsv``), one row per source:
+        see ``astro_dia.pipeline._across_epochs.group_candidates``, plus
+        ``id`` (the light curve's) and ``on_star``.
+    light_curves : `~astropy.table.QTable`
+        One row per source and epoch (``light_curves.ecsv``): ``id``,
+        ``kind`` (``'star'`` or ``'candidate'``), ``x``, ``y`` (reference
+        pixels), ``epoch``, ``time`` (MJD), ``flux``, ``flux_err``
+        (differential, on the reference's photometric scale), ``flags``
+        (`~astro_dia.photometry.PHOTOMETRY_FLAGS`), ``reference_flux``,
+        ``reference_flux_err`` (the source in the reference, by the same
+        PSF): total flux = ``reference_flux + flux``.
+    variability : `~astropy.table.QTable`
+        Per source (``variability.ecsv``): ``id``, ``kind``,
+        ``n_good``, ``mean_flux``, ``chi2_dof`` (about the weighted mean)
+        and ``amplitude``, most variable first.
+    psf_kind : str
+        ``'epsf'`` (built from the reference) or ``'gaussian'``.
+    """
+
+    output_dir: str
+    reference: object = field(repr=False)
+    frames: object = field(repr=False)
+    candidates: object = field(repr=False)
+    light_curves: object = field(repr=False)
+    variability: object = field(repr=False)
+    psf_kind: str = "epsf"
+
+
+def _detect(outcomes, psf, threshold, shape, frames):
+    """Candidates of every differenced epoch and their stacked significance.
+
+    Also copies each fit's fit-quality causes into ``frames['quality']``.
+    """
+    stack = StackedSignificance(shape)
+    tables = []
+    for epoch, outcome in outcomes:
+        result = read_result(outcome.output)
+        causes = (getattr(result, "quality", None) or {}).get("causes", ())
+        frames["quality"][epoch] = ",".join(causes)
+        with warnings.catch_warnings():
+            # The scatter of S is said once for the series (frames.ecsv), not per frame.
+            warnings.simplefilter("ignore", AstropyUserWarning)
+            snr = significance_image(result, psf)
+            table = find_transients(result, threshold, reference_psf=psf)
+        stack.add(np.where(snr.mask, np.nan, snr.data) if snr.mask is not None else snr.data)
+        keep = [name for name in ("x", "y", "snr", "flags", "sign") if name in table.colnames]
+        table = QTable(table[keep])
+        table["epoch"] = np.full(len(table), epoch)
+        tables.append(table)
+    detections = (vstack(tables, metadata_conflicts="silent") if tables
+                  else QTable({"x": [], "y": [], "snr": [], "flags": [], "epoch": []}))
+    return detections, stack
+
+
+def _sources(stars, candidates, radius):
+    """Light-curve sources: the stars, then the candidates that are on no star."""
+    x = list(np.asarray(stars["x"], float))
+    y = list(np.asarray(stars["y"], float))
+    kind = ["star"] * len(x)
+    ids, on_star = [], []
+    for cx, cy in zip(np.asarray(candidates["x"], float), np.asarray(candidates["y"], float)):
+        distance = np.hypot(np.asarray(stars["x"], float) - cx, np.asarray(stars["y"], float) - cy)
+        if len(distance) and distance.min() <= radius:
+            ids.append(int(np.argmin(distance)) + 1)
+            on_star.append(True)
+        else:
+            x.append(cx)
+            y.append(cy)
+            kind.append("candidate")
+            ids.append(len(x))
+            on_star.append(False)
+    sources = QTable({"id": np.arange(1, len(x) + 1), "x": np.array(x), "y": np.array(y),
+                      "kind": kind})
+    return sources, np.array(ids, int), np.array(on_star, bool)
+
+
+def _measure(outcomes, frames, sources, psf, reference_flux, reference_flux_err):
+    """PSF photometry of every source on every differenced epoch, one long table."""
+    rows = []
+    for epoch, outcome in outcomes:
+        result = read_result(outcome.output)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AstropyUserWarning)
+            table = differential_photometry(result, sources[["id", "x", "y"]], psf)
+        out = QTable()
+        out["id"] = np.asarray(sources["id"])
+        out["kind"] = sources["kind"]
+        out["x"] = np.asarray(sources["x"])
+        out["y"] = np.asarray(sources["y"])
+        out["epoch"] = np.full(len(sources), epoch)
+        out["time"] = np.full(len(sources), frames["time"][epoch])
+        out["flux"] = np.asarray(getattr(table["flux_ref"], "value", table["flux_ref"]), float)
+        out["flux_err"] = np.asarray(getattr(table["flux_ref_err"], "value",
+                                             table["flux_ref_err"]), float)
+        out["flags"] = np.asarray(table["flags"], np.int64)
+        out["reference_flux"] = reference_flux
+        out["reference_flux_err"] = reference_flux_err
+        rows.append(out)
+    if not rows:
+        return QTable({"id": [], "kind": [], "x": [], "y": [], "epoch": [], "time": [],
+                       "flux": [], "flux_err": [], "flags": [], "reference_flux": [],
+                       "reference_flux_err": []})
+    table = vstack(rows, metadata_conflicts="silent")
+    table.sort(["id", "epoch"])
+    return table
+
+
+def process_series(frames, output_dir, *, reference=None, imager=None, unit=None,
+                   n_reference_frames=None, registration="auto", saturation=None,
+                   workers=None, threshold=5.0, max_sources=300, match_radius=None,
+                   plots=True, n_plots=6, overwrite=False, progress=True):
+    """
+    From a series of calibrated frames to a reference, difference images and light curves.
+
+    Parameters
+    ----------
+    frames : sequence of `~astropy.nddata.CCDData` or FITS paths
+        Calibrated frames of one field, each with an observation time
+        (``DATE-OBS`` or ``MJD-OBS``); they need not be aligned.
+    output_dir : str or path-like
+        Folder for the outputs (created): ``reference.fits``,
+        ``registered/`` (the frames on the reference's grid),
+        ``differences/`` (one result file per frame),
+        ``frames.ecsv``, ``candidates.ecsv``, ``light_curves.ecsv``,
+        ``variability.ecsv`` and, with ``plots``, ``light_curves.png``.
+    reference : `~astropy.nddata.CCDData` or path, optional
+        The reference; by default built from the frames with
+        `~astro_dia.reference.build_reference` (``n_reference_frames``).
+    imager : `~astro_dia.DifferenceImager`, optional
+        The configured imager (default ``DifferenceImager()``: gain and read
+        noise from the headers).
+    unit : str or `~astropy.units.Unit`, optional
+        Unit of FITS files without BUNIT.
+    n_reference_frames : int, optional
+        Frames combined into the reference (see ``build_reference``).
+    registration : {'auto', 'wcs', 'stars'}, optional
+        Registration method (`~astro_dia.registration.register`). A frame
+        that is a translation of the reference is shifted by whole pixels
+        (the rest is left to the kernel); others are resampled.
+    saturation : float, optional
+        Saturation level in the frames' unit, for star selection and the
+        reference (the imager has its own ``saturation``).
+    workers : int, optional
+        Difference on a local dask cluster of this many workers.
+    threshold : float, optional
+        Detection threshold on ``|S/N|`` at each epoch.
+    max_sources : int, optional
+        Reference stars measured (the brightest).
+    match_radius : float, optional
+        Detections closer than this (pixels) are one source; by default the
+        reference's FWHM.
+    plots : bool, optional
+        Plot the ``n_plots`` most variable light curves (needs matplotlib).
+    overwrite : bool, optional
+        Replace the outputs of an earlier run.
+    progress : bool, optional
+        Show progress bars.
+
+    Returns
+    -------
+    `SeriesResult`
+
+    Raises
+    ------
+    ValueError
+        For no frames, a frame without an observation time, or no frame
+        left after registration.
+    """
+    from ..core import DifferenceImager
+
+    output_dir = os.fspath(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    imager = DifferenceImager() if imager is None else imager
+    epochs = read_frames(frames, unit)
+    reference_path = os.path.join(output_dir, "reference.fits")
+    if reference is None:
+        reference = build_reference([epoch.image for epoch in epochs],
+                                    n_frames=n_reference_frames, method=registration,
+                                    names=[epoch.name for epoch in epochs],
+                                    saturation=saturation)
+    elif not hasattr(reference, "data"):
+        from ..result.io import read_image
+        reference = read_image(reference, unit=unit, what="reference")
+    reference.write(reference_path, overwrite=overwrite)
+    table = register_frames(epochs, reference, os.path.join(output_dir, "registered"),
+                            method=registration, overwrite=overwrite, progress=progress)
+    registered = [epoch for epoch in epochs if epoch.error is None]
+    if not registered:
+        table.write(os.path.join(output_dir, "frames.ecsv"), overwrite=True)
+        raise ValueError("no frame could be registered to the reference: see the errors in "
+                         f"{os.path.join(output_dir, 'frames.ecsv')}")
+    with warnings.catch_warnings():
+        # Said once per series, not per frame: each result file records the
+        # guard's causes (DIA_QUAL), copied into the frames table below.
+        warnings.simplefilter("ignore", KernelFitWarning)
+        warnings.simplefilter("ignore", NoiseModelWarning)
+        warnings.simplefilter("ignore", SaturationWarning)
+        outcomes = fit_many(imager, reference_path,
+                            [epoch.registered for epoch in registered],
+                            output_dir=os.path.join(output_dir, "differences"),
+                            overwrite=overwrite, unit=unit, keep_results=False,
+                            progress=progress, workers=workers)
+    done = []
+    for epoch, outcome in zip(registered, outcomes):
+        row = epoch.index
+        table["scale_factor"][row] = outcome.scale_factor
+        table["scale_factor_err"][row] = outcome.scale_factor_err
+        table["output"][row] = outcome.output or ""
+        if outcome.ok:
+            done.append((row, outcome))
+        else:
+            table["error"][row] = outcome.error
+    table.write(os.path.join(output_dir, "frames.ecsv"), overwrite=True)
+
+    fwhm = float(reference.header.get("REFFWHM", 0) or 0) or _measured_fwhm(reference)
+    stars = reference_sources(reference, fwhm, max_sources=max_sources, saturation=saturation)
+    psf, psf_kind = series_psf(reference, stars, fwhm)
+    table["quality"] = np.array([""] * len(table), dtype=object)
+    detections, stack = _detect(done, psf, threshold, reference.shape, table)
+    table.write(os.path.join(output_dir, "frames.ecsv"), overwrite=True)
+    candidates = group_candidates(detections, fwhm if match_radius is None else match_radius,
+                                  stack)
+    sources, candidate_ids, on_star = _sources(stars, candidates, fwhm)
+    candidates["id"] = candidate_ids
+    candidates["on_star"] = on_star
+    flux, flux_err = reference_fluxes(reference, sources["x"], sources["y"], psf, fwhm)
+    light_curves = _measure(done, table, sources, psf, flux, flux_err)
+    summary = variability(light_curves, np.asarray(sources["id"]))
+    summary["kind"] = sources["kind"]
+    chi2 = np.asarray(summary["chi2_dof"], float)
+    summary = summary[np.argsort(-np.where(np.isfinite(chi2), chi2, -np.inf), kind="stable")]
+    for name, output in (("candidates", candidates), ("light_curves", light_curves),
+                         ("variability", summary)):
+        output.meta["psf"] = psf_kind
+        output.write(os.path.join(output_dir, f"{name}.ecsv"), overwrite=True)
+    if plots:
+        from ._series_plots import plot_light_curves
+
+        plot_light_curves(light_curves, summary, os.path.join(output_dir, "light_curves.png"),
+                          n_plots=n_plots)
+    return SeriesResult(output_dir=output_dir, reference=reference, frames=table,
+                        candidates=candidates, light_curves=light_curves,
+                        variability=summary, psf_kind=psf_kind)
+
+
+def _measured_fwhm(reference):
+    from ..reference import frame_statistics
+
+    return float(frame_statistics([reference])["fwhm"][0])
