@@ -4,7 +4,7 @@ The ``astro-dia photometry`` command: differential fluxes on result files.
 ::
 
     astro-dia photometry RESULT [RESULT ...] --positions TABLE --fwhm F
-                         [--moffat-beta B] [--aperture R] [--free-positions] [--out FILE]
+                         [--moffat-beta B | --epsf REFERENCE [--unit U] [--saturation L]] [--aperture R] [--free-positions] [--out FILE]
                          [--overwrite]
 
 PSF photometry with the target PSF, or aperture sums, of the sources of a
@@ -46,6 +46,15 @@ def add_photometry_command(commands):
     photometry.add_argument("--moffat-beta", metavar="B", type=float,
                             help="use a Moffat reference PSF with this beta instead of a "
                                  "Gaussian")
+    photometry.add_argument("--epsf", metavar="REFERENCE",
+                            help="use an effective PSF built (photutils EPSFBuilder) from the "
+                                 "bright isolated stars of this reference FITS file (found with "
+                                 "--fwhm) instead of a Gaussian or Moffat")
+    photometry.add_argument("--unit", metavar="U",
+                            help="unit of the --epsf reference when its header has no BUNIT")
+    photometry.add_argument("--saturation", metavar="L", type=float,
+                            help="with --epsf, leave out stars peaking above 90%% of this "
+                                 "level")
     photometry.add_argument("--aperture", metavar="R", type=float,
                             help="aperture photometry of radius R pixels (corrected to the "
                                  "total flux with the target PSF) instead of PSF photometry")
@@ -78,18 +87,37 @@ def _read_positions(path):
     return table
 
 
+def _reference_psf(arguments):
+    """The reference PSF the options ask for: an ePSF, a Moffat or a Gaussian."""
+    from ..photometry import build_reference_psf, find_psf_stars, gaussian_psf, moffat_psf
+    from ..result.io import read_image
+
+    if arguments.epsf is None:
+        return (gaussian_psf(arguments.fwhm) if arguments.moffat_beta is None
+                else moffat_psf(arguments.fwhm, arguments.moffat_beta))
+    if arguments.moffat_beta is not None:
+        raise ValueError("--epsf and --moffat-beta exclude each other: the ePSF has its own "
+                         "profile")
+    reference = read_image(arguments.epsf, unit=arguments.unit, what="--epsf reference")
+    stars = find_psf_stars(reference, arguments.fwhm, saturation=arguments.saturation)
+    if len(stars) < 5:
+        raise ValueError(f"only {len(stars)} bright isolated unsaturated stars found in "
+                         f"{arguments.epsf!r} for the ePSF (5 or more needed); check --fwhm "
+                         "and --saturation, or use a Gaussian (no --epsf)")
+    size = int(2 * (2.5 * arguments.fwhm // 1) + 1)
+    return build_reference_psf(reference, stars, size=size)
+
+
 def _run_photometry_command(arguments):
     from astropy.table import vstack
 
     from ..result.io import read_result
-    from ..photometry import (aperture_photometry_difference, differential_photometry,
-                              gaussian_psf, moffat_psf)
+    from ..photometry import aperture_photometry_difference, differential_photometry
 
     out = check_out(arguments.out, [path for path in arguments.results + [arguments.positions]
                                     if os.path.exists(path)], arguments.overwrite)
     positions = _read_positions(arguments.positions)
-    psf = (gaussian_psf(arguments.fwhm) if arguments.moffat_beta is None
-           else moffat_psf(arguments.fwhm, arguments.moffat_beta))
+    psf = _reference_psf(arguments)
     tables = []
     for path in arguments.results:
         try:

@@ -14,8 +14,9 @@ from .aperture import aperture_photometry_difference
 from .flags import PHOTOMETRY_FLAGS, decode_flags
 from .lightcurve import light_curve, observation_time
 from .measure import differential_photometry
+from ._psf_stars import find_psf_stars
 from .psf import build_reference_psf, gaussian_psf, moffat_psf, render_psf, target_psf
 
-__all__ = ["gaussian_psf", "moffat_psf", "build_reference_psf", "render_psf", "target_psf",
-           "differential_photometry", "aperture_photometry_difference", "light_curve",
+__all__ = ["gaussian_psf", "moffat_psf", "build_reference_psf", "find_psf_stars",
+           "render_psf", "target_psf", "differential_photometry", "aperture_photometry_difference", "light_curve",
            "observation_time", "PHOTOMETRY_FLAGS", "decode_flags"]

@@ -1,8 +1,8 @@
 """
 Light curves of a series (private): the sources, their PSF and reference fluxes.
 
-`reference_sources` lists the reference's stars (photutils
-`~photutils.detection.DAOStarFinder`), `series_psf` builds the effective
+``reference_sources`` (of `astro_dia.photometry`) lists the reference's
+stars, `series_psf` builds the effective
 PSF of the reference from its bright isolated stars
 (`~astro_dia.photometry.build_reference_psf`), `reference_fluxes` measures
 the sources on the reference with it, and `variability` sums each light
@@ -16,7 +16,6 @@ from astropy.nddata import StdDevUncertainty
 from astropy.stats import sigma_clipped_stats
 from astropy.table import QTable
 from astropy.utils.exceptions import AstropyUserWarning
-from scipy.spatial import cKDTree
 
 from ..photometry import build_reference_psf, gaussian_psf
 
@@ -26,66 +25,6 @@ __all__ = []
 N_PSF_STARS = 40
 #: Fewest stars for an ePSF; with fewer a Gaussian of the measured FWHM is used.
 MIN_PSF_STARS = 8
-
-
-def _finder_table(data, fwhm, threshold):
-    from photutils.detection import DAOStarFinder
-
-    _, median, std = sigma_clipped_stats(data, maxiters=5)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", AstropyUserWarning)   # no sources is not an error here
-        found = DAOStarFinder(threshold * std, fwhm, exclude_border=True)(data - median)
-    return found, median, std
-
-
-def reference_sources(reference, fwhm, *, threshold=10.0, max_sources=500, saturation=None):
-    """
-    The reference's stars, brightest first.
-
-    Parameters
-    ----------
-    reference : `~astropy.nddata.CCDData`
-    fwhm : float
-        FWHM of the reference PSF (pixels).
-    threshold : float, optional
-        Detection threshold in sky standard deviations.
-    max_sources : int, optional
-        Keep at most this many (the brightest).
-    saturation : float, optional
-        Stars peaking above 90% of it are flagged ``saturated``.
-
-    Returns
-    -------
-    sources : `~astropy.table.QTable`
-        ``x``, ``y`` (0-based), ``peak`` (above the sky), ``isolated``
-        (no brighter-than-a-tenth neighbour within 3 FWHM) and
-        ``saturated``.
-    """
-    data = np.asarray(reference.data, float)
-    bad = ~np.isfinite(data)
-    if reference.mask is not None:
-        bad |= np.asarray(reference.mask, bool)
-    data = np.where(bad, np.nanmedian(data[~bad]), data)
-    found, median, _ = _finder_table(data, fwhm, threshold)
-    if found is None or len(found) == 0:
-        return QTable({"x": np.zeros(0), "y": np.zeros(0), "peak": np.zeros(0),
-                       "isolated": np.zeros(0, bool), "saturated": np.zeros(0, bool)})
-    order = np.argsort(-np.asarray(found["peak"], float))
-    found = found[order]
-    x = np.asarray(found["x_centroid"], float)
-    y = np.asarray(found["y_centroid"], float)
-    peak = np.asarray(found["peak"], float)
-    tree = cKDTree(np.column_stack([x, y]))
-    isolated = np.ones(len(x), bool)
-    for i, neighbours in enumerate(tree.query_ball_point(np.column_stack([x, y]), 3 * fwhm)):
-        others = [j for j in neighbours if j != i]
-        isolated[i] = not any(peak[j] > 0.1 * peak[i] for j in others)
-    saturated = np.zeros(len(x), bool)
-    if saturation is not None:
-        saturated = peak + median >= 0.9 * float(saturation)
-    table = QTable({"x": x, "y": y, "peak": peak, "isolated": isolated,
-                    "saturated": saturated})
-    return table[:int(max_sources)]
 
 
 def series_psf(reference, sources, fwhm):

@@ -27,7 +27,8 @@ from ..reference import build_reference
 from ..result.io import read_result
 from ._across_epochs import StackedSignificance, group_candidates
 from ._epochs import read_frames, register_frames
-from ._light_curves import reference_fluxes, reference_sources, series_psf, variability
+from ..photometry._psf_stars import reference_sources
+from ._light_curves import reference_fluxes, series_psf, variability
 
 __all__ = ["process_series", "SeriesResult"]
 

@@ -422,6 +422,49 @@ def test_photometry_apertures(night_results, tmp_path, capsys):
     assert np.all(table["aperture_correction"] < 1)
 
 
+def test_photometry_with_an_epsf_of_the_reference(tmp_path, capsys):
+    # The ePSF built from the reference's stars fits constant stars as well as the
+    # true (Gaussian) PSF: fluxes consistent with zero, and the same fluxes as with
+    # the true PSF within their errors.
+    from astropy.table import QTable
+
+    from astro_dia.simulate import make_image_pair
+
+    reference, target, truth = make_image_pair((200, 200), density=40, seed=8)
+    reference.write(tmp_path / "ref.fits")
+    target.write(tmp_path / "tgt.fits")
+    assert cli.main(["diff", str(tmp_path / "ref.fits"), str(tmp_path / "tgt.fits"),
+                     "--out", str(tmp_path / "d.fits"), "--kernel-size", "9",
+                     "--flat", "1"]) == 0
+    stars = truth.stars[np.argsort(np.asarray(truth.stars["flux"]))[-8:]]
+    QTable({"id": np.arange(1, 9), "x": stars["x"], "y": stars["y"]}).write(
+        tmp_path / "stars.ecsv")
+    fwhm = f"{2.3548 * truth.settings['psf_sigma']:.3f}"
+    tables = []
+    for name, extra in (("gauss", []), ("epsf", ["--epsf", str(tmp_path / "ref.fits")])):
+        path = tmp_path / f"{name}.ecsv"
+        status, stdout, err = run_main(capsys, "photometry", str(tmp_path / "d.fits"),
+                                       "--positions", str(tmp_path / "stars.ecsv"), "--fwhm",
+                                       fwhm, "--out", str(path), *extra)
+        assert status == 0, err
+        tables.append(QTable.read(path))
+    gauss, epsf = tables
+    z = epsf["flux"].value / epsf["flux_err"].value
+    assert np.all(np.isfinite(z)) and np.all(np.abs(z) < 5)
+    difference = np.abs(epsf["flux"].value - gauss["flux"].value)
+    assert np.all(difference < 2 * gauss["flux_err"].value)
+
+
+def test_photometry_epsf_excludes_moffat(fits_night, night_results, tmp_path, capsys):
+    directory, _ = fits_night
+    out, positions = night_results
+    status, stdout, err = run_main(capsys, "photometry", str(out / "t0_diff.fits"),
+                                   "--positions", str(positions), "--fwhm", "3.5",
+                                   "--epsf", str(directory / "ref.fits"), "--moffat-beta", "3",
+                                   "--out", str(tmp_path / "x.ecsv"))
+    assert_one_line_error(status, stdout, err, "--epsf and --moffat-beta")
+
+
 @pytest.mark.parametrize("case, fragments", [
     ("missing positions", ["positions file", "does not exist"]),
     ("bad positions", ["cannot read the positions file"]),
