@@ -241,8 +241,8 @@ def process_series(frames, output_dir, *, reference=None, imager=None, unit=None
     registered = [epoch for epoch in epochs if epoch.error is None]
     if not registered:
         table.write(os.path.join(output_dir, "frames.ecsv"), overwrite=True)
-        raise ValueError("no frame could be registered to the reference: see the errors in "
-                         f"{os.path.join(output_dir, 'frames.ecsv')}")
+        raise ValueError(f"no frame could be registered to the reference (the first error: "
+                         f"{table['error'][0]}); see {os.path.join(output_dir, 'frames.ecsv')}")
     with warnings.catch_warnings():
         # Said once per series, not per frame: each result file records the
         # guard's causes (DIA_QUAL), copied into the frames table below.
@@ -265,6 +265,10 @@ def process_series(frames, output_dir, *, reference=None, imager=None, unit=None
         else:
             table["error"][row] = outcome.error
     table.write(os.path.join(output_dir, "frames.ecsv"), overwrite=True)
+    if not done:
+        first = next(error for error in table["error"] if error)
+        raise ValueError(f"no frame could be differenced (the first error: {first}); see "
+                         f"{os.path.join(output_dir, 'frames.ecsv')}")
 
     fwhm = float(reference.header.get("REFFWHM", 0) or 0) or _measured_fwhm(reference)
     stars = reference_sources(reference, fwhm, max_sources=max_sources, saturation=saturation)

@@ -132,3 +132,14 @@ def test_variability_is_the_chi2_about_the_weighted_mean():
     np.testing.assert_allclose(table["mean_flux"], [2.0, 5.0])
     np.testing.assert_allclose(table["chi2_dof"][0], 2.0 / 2)
     assert table["n_good"][1] == 1 and np.isnan(table["chi2_dof"][1])
+
+
+def test_a_series_whose_every_fit_fails_says_why(tmp_path):
+    # noise_model='ccd' without a flat: every fit fails the same way; the series
+    # stops with the first error instead of writing empty light curves.
+    reference, targets, _ = make_variable_series(2, shape=(150, 150), density=40, seed=7)
+    with pytest.raises(ValueError, match="no frame could be differenced.*flat"):
+        process_series(targets, tmp_path, reference=reference,
+                       imager=DifferenceImager(kernel_size=7), progress=False, plots=False)
+    frames = QTable.read(tmp_path / "frames.ecsv")
+    assert all("flat" in error for error in frames["error"])
