@@ -87,8 +87,8 @@ def _run_series_command(arguments):
           f"curves ({result.psf_kind} PSF); outputs in {result.output_dir}")
     print("most variable:")
     for row in result.variability[:5]:
-        print(f"  {row['kind']:<9} {row['id']:5d}  chi2/dof {row['chi2_dof']:9.1f}  "
-              f"{row['n_good']} epochs")
+        print(f"  {row['kind']:<9} {row['id']:5d}  chi2/dof {row['chi2_dof']:9.1f} "
+              f"({row['chi2_robust']:.1f} without its worst epoch)  {row['n_good']} epochs")
     for row in failed:
         print(f"{PROG}: error: {row['name']}: {row['error']}", file=sys.stderr)
     return EXIT_FRAMES_FAILED if failed else 0

@@ -102,8 +102,9 @@ def variability(light_curves, ids):
     -------
     summary : `~astropy.table.QTable`
         ``id``, ``n_good`` (epochs used), ``mean_flux`` (weighted),
-        ``chi2_dof`` (about the weighted mean; NaN below two epochs) and
-        ``amplitude`` (range of the good fluxes).
+        ``chi2_dof`` (about the weighted mean; NaN below two epochs),
+        ``chi2_robust`` (the same without the epoch farthest from the mean;
+        NaN below three) and ``amplitude`` (range of the good fluxes).
     """
     source = np.asarray(light_curves["id"])
     flux = np.asarray(getattr(light_curves["flux"], "value", light_curves["flux"]), float)
@@ -115,10 +116,25 @@ def variability(light_curves, ids):
         use = good & (source == i)
         n = int(use.sum())
         if n == 0:
-            rows.append((i, 0, np.nan, np.nan, np.nan))
+            rows.append((i, 0, np.nan, np.nan, np.nan, np.nan))
             continue
-        w = 1.0 / err[use] ** 2
-        mean = float(np.sum(w * flux[use]) / np.sum(w))
-        chi2 = float(np.sum(w * (flux[use] - mean) ** 2) / (n - 1)) if n > 1 else np.nan
-        rows.append((i, n, mean, chi2, float(np.ptp(flux[use]))))
-    return QTable(rows=rows, names=("id", "n_good", "mean_flux", "chi2_dof", "amplitude"))
+        chi2, mean = _chi2_dof(flux[use], err[use])
+        if n > 2:
+            # without the epoch farthest from the mean (in sigma)
+            worst = np.argmax(np.abs(flux[use] - mean) / err[use])
+            keep = np.arange(n) != worst
+            robust = _chi2_dof(flux[use][keep], err[use][keep])[0]
+        else:
+            robust = np.nan
+        rows.append((i, n, mean, chi2, robust, float(np.ptp(flux[use]))))
+    return QTable(rows=rows, names=("id", "n_good", "mean_flux", "chi2_dof", "chi2_robust",
+                                    "amplitude"))
+
+
+def _chi2_dof(flux, err):
+    """chi^2 per degree of freedom about the weighted mean (NaN below two points), and the mean."""
+    weight = 1.0 / err ** 2
+    mean = float(np.sum(weight * flux) / np.sum(weight))
+    if len(flux) < 2:
+        return np.nan, mean
+    return float(np.sum(weight * (flux - mean) ** 2) / (len(flux) - 1)), mean

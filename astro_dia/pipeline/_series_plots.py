@@ -9,6 +9,9 @@ def plot_light_curves(light_curves, summary, path, *, n_plots=6):
     """
     Plot the ``n_plots`` most variable light curves into one PNG.
 
+    The order is the summary's (``chi2_robust``); sources near a saturated
+    star are left out.
+
     Each panel shows the differential flux (reference scale) against time,
     with its error bars; flagged epochs are drawn hollow.
     """
@@ -16,7 +19,8 @@ def plot_light_curves(light_curves, summary, path, *, n_plots=6):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    chosen = [row for row in summary if np.isfinite(row["chi2_dof"])][:int(n_plots)]
+    chosen = [row for row in summary
+              if np.isfinite(row["chi2_robust"]) and not row["near_saturated"]][:int(n_plots)]
     n = max(len(chosen), 1)
     columns = 2 if n > 1 else 1
     rows = int(np.ceil(n / columns))
@@ -34,7 +38,8 @@ def plot_light_curves(light_curves, summary, path, *, n_plots=6):
         axis.errorbar(time[~good], flux[~good], error[~good], fmt="o", ms=3, mfc="none",
                       color="0.5")
         axis.set_title(f"{row['kind']} {row['id']} at ({curve['x'][0]:.1f}, "
-                       f"{curve['y'][0]:.1f}), chi2/dof {row['chi2_dof']:.1f}", fontsize=9)
+                       f"{curve['y'][0]:.1f}), chi2/dof {row['chi2_dof']:.1f} "
+                       f"({row['chi2_robust']:.1f} robust)", fontsize=9)
         axis.set_xlabel("MJD")
         axis.set_ylabel("differential flux")
     figure.tight_layout()

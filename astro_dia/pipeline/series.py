@@ -32,6 +32,11 @@ from ._light_curves import reference_fluxes, series_psf, variability
 
 __all__ = ["process_series", "SeriesResult"]
 
+#: Fewest epochs without a defect flag for a candidate to get a light curve.
+MIN_CLEAN_EPOCHS = 2
+#: Sources within this many FWHM of a star saturated in the reference are near_saturated.
+SATURATED_RADIUS = 4.0
+
 
 @dataclass
 class SeriesResult:
@@ -54,19 +59,25 @@ class SeriesResult:
     candidates : `~astropy.table.QTable`
         The sources of change (``candidates.ecsv``), one row per source:
         see ``astro_dia.pipeline._across_epochs.group_candidates``, plus
-        ``id`` (the light curve's) and ``on_star``.
+        ``id`` (the light curve's: a reference star's when it is on one;
+        0, no light curve, for a candidate seen at fewer than two epochs
+        without a defect flag) and ``on_star``.
     light_curves : `~astropy.table.QTable`
         One row per source and epoch (``light_curves.ecsv``): ``id``,
         ``kind`` (``'star'`` or ``'candidate'``), ``x``, ``y`` (reference
         pixels), ``epoch``, ``time`` (MJD), ``flux``, ``flux_err``
         (differential, on the reference's photometric scale), ``flags``
-        (`~astro_dia.photometry.PHOTOMETRY_FLAGS`), ``reference_flux``,
+        (``astro_dia.photometry.PHOTOMETRY_FLAGS``), ``reference_flux``,
         ``reference_flux_err`` (the source in the reference, by the same
         PSF): total flux = ``reference_flux + flux``.
     variability : `~astropy.table.QTable`
         Per source (``variability.ecsv``): ``id``, ``kind``,
-        ``n_good``, ``mean_flux``, ``chi2_dof`` (about the weighted mean)
-        and ``amplitude``, most variable first.
+        ``n_good``, ``mean_flux``, ``chi2_dof`` (about the weighted mean),
+        ``chi2_robust`` (without the most deviant epoch), ``amplitude`` and
+        ``near_saturated`` (within 4 FWHM of a star saturated in the
+        reference: its light curve holds that star's residuals), most
+        variable (by ``chi2_robust``) first, those near saturated stars
+        last.
     psf_kind : str
         ``'epsf'`` (built from the reference) or ``'gaussian'``.
     """
@@ -106,25 +117,44 @@ def _detect(outcomes, psf, threshold, shape, frames):
     return detections, stack
 
 
-def _sources(stars, candidates, radius):
-    """Light-curve sources: the stars, then the candidates that are on no star."""
-    x = list(np.asarray(stars["x"], float))
-    y = list(np.asarray(stars["y"], float))
+def _sources(stars, candidates, radius, saturated_radius):
+    """
+    Light-curve sources: the stars, then the candidates seen at two clean epochs on no star.
+
+    A candidate within ``radius`` of a star is that star. A candidate seen
+    at fewer than ``MIN_CLEAN_EPOCHS`` epochs without a defect flag gets no
+    light curve of its own (``id`` 0): one cosmic ray, one satellite. A
+    source within ``saturated_radius`` of a star saturated in the reference
+    is marked ``near_saturated``: its light curve holds the saturated
+    star's residuals.
+    """
+    star_x, star_y = np.asarray(stars["x"], float), np.asarray(stars["y"], float)
+    saturated = np.asarray(stars["saturated"], bool)
+    x, y = list(star_x), list(star_y)
     kind = ["star"] * len(x)
     ids, on_star = [], []
-    for cx, cy in zip(np.asarray(candidates["x"], float), np.asarray(candidates["y"], float)):
-        distance = np.hypot(np.asarray(stars["x"], float) - cx, np.asarray(stars["y"], float) - cy)
+    for cx, cy, clean in zip(np.asarray(candidates["x"], float),
+                             np.asarray(candidates["y"], float),
+                             np.asarray(candidates["n_clean"], int)):
+        distance = np.hypot(star_x - cx, star_y - cy)
         if len(distance) and distance.min() <= radius:
             ids.append(int(np.argmin(distance)) + 1)
             on_star.append(True)
-        else:
+        elif clean >= MIN_CLEAN_EPOCHS:
             x.append(cx)
             y.append(cy)
             kind.append("candidate")
             ids.append(len(x))
             on_star.append(False)
-    sources = QTable({"id": np.arange(1, len(x) + 1), "x": np.array(x), "y": np.array(y),
-                      "kind": kind})
+        else:
+            ids.append(0)
+            on_star.append(False)
+    x, y = np.array(x), np.array(y)
+    near = np.zeros(len(x), bool)
+    for sx, sy in zip(star_x[saturated], star_y[saturated]):
+        near |= np.hypot(x - sx, y - sy) <= saturated_radius
+    sources = QTable({"id": np.arange(1, len(x) + 1), "x": x, "y": y, "kind": kind,
+                      "near_saturated": near})
     return sources, np.array(ids, int), np.array(on_star, bool)
 
 
@@ -278,15 +308,20 @@ def process_series(frames, output_dir, *, reference=None, imager=None, unit=None
     table.write(os.path.join(output_dir, "frames.ecsv"), overwrite=True)
     candidates = group_candidates(detections, fwhm if match_radius is None else match_radius,
                                   stack)
-    sources, candidate_ids, on_star = _sources(stars, candidates, fwhm)
+    sources, candidate_ids, on_star = _sources(stars, candidates, fwhm,
+                                               SATURATED_RADIUS * fwhm)
     candidates["id"] = candidate_ids
     candidates["on_star"] = on_star
     flux, flux_err = reference_fluxes(reference, sources["x"], sources["y"], psf, fwhm)
     light_curves = _measure(done, table, sources, psf, flux, flux_err)
     summary = variability(light_curves, np.asarray(sources["id"]))
     summary["kind"] = sources["kind"]
-    chi2 = np.asarray(summary["chi2_dof"], float)
-    summary = summary[np.argsort(-np.where(np.isfinite(chi2), chi2, -np.inf), kind="stable")]
+    summary["near_saturated"] = sources["near_saturated"]
+    # Most variable first, by the chi^2 without the most deviant epoch (one
+    # cosmic ray does not make a variable); saturated surroundings last.
+    chi2 = np.asarray(summary["chi2_robust"], float)
+    rank = np.where(np.isfinite(chi2), chi2, -np.inf)
+    summary = summary[np.lexsort((-rank, np.asarray(summary["near_saturated"])))]
     for name, output in (("candidates", candidates), ("light_curves", light_curves),
                          ("variability", summary)):
         output.meta["psf"] = psf_kind

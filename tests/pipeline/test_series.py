@@ -132,6 +132,29 @@ def test_variability_is_the_chi2_about_the_weighted_mean():
     np.testing.assert_allclose(table["mean_flux"], [2.0, 5.0])
     np.testing.assert_allclose(table["chi2_dof"][0], 2.0 / 2)
     assert table["n_good"][1] == 1 and np.isnan(table["chi2_dof"][1])
+    # without the epoch farthest from the mean (1 and 3 are as far: the first goes)
+    np.testing.assert_allclose(table["chi2_robust"][0], 0.5)
+
+
+def test_one_outlier_does_not_make_a_variable():
+    flux = np.zeros(20)
+    flux[7] = 50.0                       # one cosmic ray: chi^2 large, robust chi^2 ~0
+    curves = QTable({"id": np.ones(20, int), "flux": flux, "flux_err": np.ones(20),
+                     "flags": np.zeros(20, int)})
+    table = variability(curves, [1])
+    assert table["chi2_dof"][0] > 100 and table["chi2_robust"][0] < 1e-12
+
+
+def test_light_curve_sources_skip_single_epoch_candidates_and_mark_saturated_surroundings():
+    from astro_dia.pipeline.series import _sources
+
+    stars = QTable({"x": [10.0, 80.0], "y": [10.0, 80.0], "saturated": [False, True]})
+    candidates = QTable({"x": [10.5, 40.0, 60.0, 85.0], "y": [10.2, 40.0, 20.0, 80.0],
+                         "n_clean": [5, 1, 3, 4]})
+    sources, ids, on_star = _sources(stars, candidates, 2.0, 8.0)
+    assert list(ids) == [1, 0, 3, 4] and list(on_star) == [True, False, False, False]
+    assert list(sources["kind"]) == ["star", "star", "candidate", "candidate"]
+    assert list(sources["near_saturated"]) == [False, True, False, True]
 
 
 def test_a_series_whose_every_fit_fails_says_why(tmp_path):
