@@ -28,7 +28,8 @@ def _finder_table(data, fwhm, threshold):
     return found, median, std
 
 
-def reference_sources(reference, fwhm, *, threshold=10.0, max_sources=500, saturation=None):
+def reference_sources(reference, fwhm, *, threshold=10.0, max_sources=500, saturation=None,
+                      saturated_fraction=0.9):
     """
     The reference's stars, brightest first.
 
@@ -42,7 +43,11 @@ def reference_sources(reference, fwhm, *, threshold=10.0, max_sources=500, satur
     max_sources : int, optional
         Keep at most this many (the brightest).
     saturation : float, optional
-        Stars peaking above 90% of it are flagged ``saturated``.
+        Stars peaking above ``saturated_fraction`` of it are flagged
+        ``saturated``.
+    saturated_fraction : float, optional
+        See ``saturation``; lower it for a stacked reference, whose
+        averaged cores stay below the level their sharpest frames reach.
 
     Returns
     -------
@@ -72,7 +77,7 @@ def reference_sources(reference, fwhm, *, threshold=10.0, max_sources=500, satur
         isolated[i] = not any(peak[j] > 0.1 * peak[i] for j in others)
     saturated = np.zeros(len(x), bool)
     if saturation is not None:
-        saturated = peak + median >= 0.9 * float(saturation)
+        saturated = peak + median >= saturated_fraction * float(saturation)
     table = QTable({"x": x, "y": y, "peak": peak, "isolated": isolated,
                     "saturated": saturated})
     return table[:int(max_sources)]

@@ -166,3 +166,46 @@ def test_a_series_whose_every_fit_fails_says_why(tmp_path):
                        imager=DifferenceImager(kernel_size=7), progress=False, plots=False)
     frames = QTable.read(tmp_path / "frames.ecsv")
     assert all("flat" in error for error in frames["error"])
+
+
+def test_ensemble_scale_recovers_each_epochs_scale_error_and_corrects_it():
+    # 12 constant stars and one variable; at each epoch the fit's P is off by c_e,
+    # which puts c_e F of differential flux on every star (F its reference flux).
+    from astro_dia.pipeline._light_curves import apply_ensemble_scale, ensemble_scale
+
+    rng = np.random.default_rng(2)
+    c = np.array([0.01, -0.008, 0.0, 0.004, -0.012, 0.006])
+    reference = rng.uniform(2e4, 2e5, 13)
+    change = np.zeros((6, 13))
+    change[:, 12] = [0, 500, 1000, 0, -500, 300]          # star 13 varies
+    rows = []
+    for e in range(6):
+        for j in range(13):
+            measured = c[e] * (reference[j] + change[e, j]) + change[e, j]
+            rows.append((j + 1, e, measured + rng.normal(0, 5), 5.0, 0, reference[j]))
+    curves = QTable(rows=rows, names=("id", "epoch", "flux", "flux_err", "flags",
+                                      "reference_flux"))
+    scale, scale_err = ensemble_scale(curves, np.arange(1, 13), 6)
+    # determined up to the median over the epochs, which is set to 0
+    np.testing.assert_allclose(scale, c - np.median(c), atol=3e-4)
+    assert np.all(scale_err < 3e-4)
+    apply_ensemble_scale(curves, c, np.zeros(6))          # with the true c: exact
+    variable = curves[curves["id"] == 13]
+    np.testing.assert_allclose(variable["flux"], change[:, 12], atol=20)
+    constant = curves[curves["id"] == 3]
+    assert np.all(np.abs(constant["flux"]) < 20)
+
+
+def test_ensemble_error_scale_is_the_scatter_of_the_constant_stars_in_sigma():
+    from astro_dia.pipeline._light_curves import ensemble_error_scale
+
+    rng = np.random.default_rng(3)
+    true_sigma = np.array([1.0, 2.0, 3.0])                # per epoch, the quoted error is 1
+    rows = [(j + 1, e, rng.normal(0, true_sigma[e]), 1.0, 0)
+            for j in range(400) for e in range(3)]
+    curves = QTable(rows=rows, names=("id", "epoch", "flux", "flux_err", "flags"))
+    factor = ensemble_error_scale(curves, np.arange(1, 401), 3)
+    # the residuals about each star's mean of three epochs are not the epochs' noise
+    # alone, but their order and rough size are
+    assert factor[0] < factor[1] < factor[2]
+    assert 1.0 <= factor[0] < 1.6 and 2.0 < factor[2] < 3.5
