@@ -161,3 +161,21 @@ def test_read_image(tmp_path):
     fits.PrimaryHDU(np.zeros(5)).writeto(tmp_path / "spectrum.fits")
     with pytest.raises(ValueError, match="no 2-D image"):
         read_image(tmp_path / "spectrum.fits", unit="adu")
+
+
+def test_read_image_does_not_repeat_astropys_date_fix_notice(tmp_path):
+    # A header with DATE-OBS and no MJD-OBS: astropy's WCS 'datfix' notice
+    # (FITSFixedWarning) came with every frame read; the header is unchanged.
+    import warnings
+
+    from astropy.io import fits as pyfits
+
+    from astro_dia.io import read_image
+
+    header = pyfits.Header({"BUNIT": "adu", "DATE-OBS": "2013-07-30T03:12:00"})
+    pyfits.PrimaryHDU(np.zeros((8, 8), np.float32), header).writeto(tmp_path / "f.fits")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image = read_image(tmp_path / "f.fits")
+    assert image.header["DATE-OBS"] == "2013-07-30T03:12:00"
+    assert "MJD-OBS" not in image.header
