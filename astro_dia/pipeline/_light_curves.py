@@ -174,14 +174,8 @@ def ensemble_scale(light_curves, calibrators, n_epochs):
     reference = np.asarray(light_curves["reference_flux"], float)
     use = (np.isin(ids, calibrators) & (np.asarray(light_curves["flags"]) == 0)
            & np.isfinite(flux) & (reference > 0))
-    fractions = [[] for _ in range(n_epochs)]
-    for star in np.unique(ids[use]):
-        rows = use & (ids == star)
-        if rows.sum() < 3:
-            continue
-        offset = (flux[rows] - np.median(flux[rows])) / reference[rows]
-        for e, value in zip(epoch[rows], offset):
-            fractions[e].append(value)
+    fractions = _per_epoch(ids, epoch, use, n_epochs,
+                           lambda rows: (flux[rows] - np.median(flux[rows])) / reference[rows])
     scale = np.zeros(n_epochs)
     scale_err = np.full(n_epochs, np.nan)
     for e, values in enumerate(fractions):
@@ -238,16 +232,27 @@ def ensemble_error_scale(light_curves, calibrators, n_epochs):
     err = np.asarray(light_curves["flux_err"], float)
     use = (np.isin(ids, calibrators) & (np.asarray(light_curves["flags"]) == 0)
            & np.isfinite(flux) & (err > 0))
-    residuals = [[] for _ in range(n_epochs)]
-    for star in np.unique(ids[use]):
-        rows = use & (ids == star)
-        if rows.sum() < 3:
-            continue
-        _, mean = _chi2_dof(flux[rows], err[rows])
-        for e, value in zip(epoch[rows], (flux[rows] - mean) / err[rows]):
-            residuals[e].append(value)
+    residuals = _per_epoch(
+        ids, epoch, use, n_epochs,
+        lambda rows: (flux[rows] - _chi2_dof(flux[rows], err[rows])[1]) / err[rows])
     factor = np.ones(n_epochs)
     for e, values in enumerate(residuals):
         if len(values) >= MIN_CALIBRATORS:
             factor[e] = max(1.0, float(mad_std(values)))
     return factor
+
+
+def _per_epoch(ids, epoch, use, n_epochs, measure):
+    """
+    ``measure(rows)`` of each star with three or more usable epochs, gathered by epoch.
+
+    Returns a list (one per epoch) of the values of all stars at that epoch.
+    """
+    gathered = [[] for _ in range(n_epochs)]
+    for star in np.unique(ids[use]):
+        rows = use & (ids == star)
+        if rows.sum() < 3:
+            continue
+        for e, value in zip(epoch[rows], measure(rows)):
+            gathered[e].append(value)
+    return gathered
