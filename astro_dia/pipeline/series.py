@@ -27,6 +27,7 @@ from ..reference import build_reference
 from ..result.io import read_result
 from ._across_epochs import StackedSignificance, group_candidates
 from ._epochs import read_frames, register_frames
+from ._line_defects import mask_line_defects
 from ..photometry._psf_stars import reference_sources
 from ._light_curves import (apply_ensemble_scale, ensemble_error_scale, ensemble_scale,
                             reference_fluxes, series_psf, variability)
@@ -62,7 +63,10 @@ class SeriesResult:
         ``output``), ``ensemble_scale`` and ``ensemble_scale_err`` (the
         epoch's scale error measured on the reference's stars, corrected in
         the light curves), ``error_scale`` (the factor on its photometric
-        errors from the same stars' scatter), ``quality`` (the fit-quality causes the guard found,
+        errors from the same stars' scatter), ``line_defects`` (rows and
+        columns of the difference masked for a band across the image: a
+        smear from a saturated star, a bad row or column of the frame),
+        ``quality`` (the fit-quality causes the guard found,
         see :ref:`fit_quality`; their warnings are not repeated per frame)
         and ``error`` (empty for a frame that went through).
     candidates : `~astropy.table.QTable`
@@ -113,6 +117,7 @@ def _detect(outcomes, psf, threshold, shape, frames):
         result = read_result(outcome.output)
         causes = (getattr(result, "quality", None) or {}).get("causes", ())
         frames["quality"][epoch] = ",".join(causes)
+        frames["line_defects"][epoch] = sum(mask_line_defects(result))
         with warnings.catch_warnings():
             # The scatter of S is said once for the series (frames.ecsv), not per frame.
             warnings.simplefilter("ignore", AstropyUserWarning)
@@ -174,6 +179,7 @@ def _measure(outcomes, frames, sources, psf, reference_flux, reference_flux_err)
     rows = []
     for epoch, outcome in outcomes:
         result = read_result(outcome.output)
+        mask_line_defects(result)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyUserWarning)
             table = differential_photometry(result, sources[["id", "x", "y"]], psf)
@@ -316,6 +322,7 @@ def process_series(frames, output_dir, *, reference=None, imager=None, unit=None
                               saturated_fraction=SATURATED_FRACTION)
     psf, psf_kind = series_psf(reference, stars, fwhm)
     table["quality"] = np.array([""] * len(table), dtype=object)
+    table["line_defects"] = np.zeros(len(table), int)
     detections, stack = _detect(done, psf, threshold, reference.shape, table)
     table.write(os.path.join(output_dir, "frames.ecsv"), overwrite=True)
     candidates = group_candidates(detections, fwhm if match_radius is None else match_radius,

@@ -209,3 +209,23 @@ def test_ensemble_error_scale_is_the_scatter_of_the_constant_stars_in_sigma():
     # alone, but their order and rough size are
     assert factor[0] < factor[1] < factor[2]
     assert 1.0 <= factor[0] < 1.6 and 2.0 < factor[2] < 3.5
+
+
+def test_line_defects_are_found_and_masked():
+    # A band of +1.2 sigma along row 40 and -1.1 sigma along column 70 of a noise
+    # difference (120 px: the 8-sigma bar of a median is 0.94 sigma): both found and
+    # masked; noise alone leaves nothing.
+    from astro_dia.pipeline._line_defects import line_defects, mask_line_defects
+    from astro_dia.simulate import make_image_pair
+
+    reference, target, _ = make_image_pair((120, 120), density=20, seed=9)
+    result = DifferenceImager(kernel_size=7, flat=1).fit(reference, target)
+    assert [len(found) for found in line_defects(result.difference)] == [0, 0]
+    sigma = result.difference.uncertainty.array
+    result.difference.data[40, :] += 1.2 * sigma[40, :]
+    result.difference.data[:, 70] -= 1.1 * sigma[:, 70]
+    rows, columns = line_defects(result.difference)
+    assert list(rows) == [40] and list(columns) == [70]
+    assert mask_line_defects(result) == (1, 1)
+    assert result.difference.mask[40].all() and result.difference.mask[:, 70].all()
+    assert np.all(result.flags[40] & 1)

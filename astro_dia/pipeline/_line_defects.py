@@ -1,0 +1,84 @@
+"""
+Rows and columns of a difference image that hold a line defect (private).
+
+A charge smear or bleed along the readout direction from a saturated star,
+a bad row or column of one frame: the difference then has a band of one
+sign across the image, on which a PSF fit finds a "source" wherever it
+looks. `line_defects` finds the rows and columns whose median of ``D / sigma``
+over their valid pixels is far from 0, and `mask_line_defects` masks them
+(flag MASKED) in a fit read back for detection and photometry, so that the
+sources on them are flagged at that epoch instead of varying.
+"""
+
+import warnings
+
+import numpy as np
+
+from ..flags import MASKED
+
+__all__ = []
+
+#: Least |median of D / sigma| of a defective row or column ...
+LINE_MEDIAN = 0.3
+#: ... and least significance of that median (its error: 1.2533 / sqrt(n)).
+LINE_SIGMA = 8.0
+#: Fewest valid pixels of a row or column that is judged.
+MIN_LINE_PIXELS = 50
+
+
+def _bad_lines(z, valid, axis):
+    """Indices along the other axis whose median z departs from 0."""
+    count = valid.sum(axis=axis)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)     # lines with no valid pixel
+        median = np.nanmedian(np.where(valid, z, np.nan), axis=axis)
+    error = 1.2533 / np.sqrt(np.maximum(count, 1))
+    bad = ((count >= MIN_LINE_PIXELS) & np.isfinite(median) & (np.abs(median) > LINE_MEDIAN)
+           & (np.abs(median) > LINE_SIGMA * error))
+    return np.nonzero(bad)[0]
+
+
+def line_defects(difference):
+    """
+    The defective rows and columns of a difference image.
+
+    Parameters
+    ----------
+    difference : `~astropy.nddata.CCDData`
+        With an uncertainty (standard deviation) and a mask.
+
+    Returns
+    -------
+    rows, columns : ndarray of int
+    """
+    data = np.asarray(difference.data, float)
+    sigma = np.asarray(difference.uncertainty.array, float)
+    valid = np.isfinite(data) & (sigma > 0)
+    if difference.mask is not None:
+        valid &= ~np.asarray(difference.mask, bool)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.where(valid, data / np.where(valid, sigma, 1.0), np.nan)
+    return _bad_lines(z, valid, 1), _bad_lines(z, valid, 0)
+
+
+def mask_line_defects(result):
+    """
+    Mask the line defects of a fit's difference image in place.
+
+    Returns
+    -------
+    n_rows, n_columns : int
+        How many were masked.
+    """
+    rows, columns = line_defects(result.difference)
+    if len(rows) or len(columns):
+        mask = np.zeros(result.difference.shape, bool)
+        mask[rows, :] = True
+        mask[:, columns] = True
+        existing = result.difference.mask
+        result.difference.mask = mask if existing is None else (np.asarray(existing, bool)
+                                                                 | mask)
+        result.flags = np.where(mask, result.flags | MASKED, result.flags).astype(
+            result.flags.dtype)
+        result.difference.flags = result.flags
+    return len(rows), len(columns)
