@@ -70,6 +70,7 @@ if os.environ.get("ASTRO_DIA_BENCH_STEPS"):
     import functools, json, time
     _start = time.perf_counter()
     _sums, _counts = {}, {}
+    _each = {"register": [], "DifferenceImager.fit": [], "differential_photometry": []}
 
     def _wrap(owner, name, label):
         original = getattr(owner, name)
@@ -80,8 +81,11 @@ if os.environ.get("ASTRO_DIA_BENCH_STEPS"):
             try:
                 return original(*args, **kwargs)
             finally:
-                _sums[label] = _sums.get(label, 0.0) + time.perf_counter() - t0
+                elapsed = time.perf_counter() - t0
+                _sums[label] = _sums.get(label, 0.0) + elapsed
                 _counts[label] = _counts.get(label, 0) + 1
+                if label in _each:
+                    _each[label].append(elapsed)
         setattr(owner, name, timed)
 
     _sums["import"] = 0.0
@@ -115,7 +119,7 @@ if os.environ.get("ASTRO_DIA_BENCH_STEPS"):
     def _dump():
         _sums["process (from startup)"] = time.perf_counter() - _start
         with open(os.environ["ASTRO_DIA_BENCH_STEPS"], "w") as handle:
-            json.dump({"seconds": _sums, "calls": _counts}, handle)
+            json.dump({"seconds": _sums, "calls": _counts, "each": _each}, handle)
 '''
 
 
@@ -144,6 +148,29 @@ def simulate(folder, n_frames, size, shift, seed):
         paths.append(path)
     peak = max(float(np.max(reference.data)), max(float(np.max(t.data)) for t in targets))
     return reference_path, paths, truth, peak
+
+
+class LoadSampler:
+    """The 1-minute load average every 10 s in a thread (the machine is shared)."""
+
+    def __init__(self):
+        import threading
+
+        self.samples = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(10.0):
+            with open("/proc/loadavg") as handle:
+                self.samples.append(float(handle.read().split()[0]))
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+        values = self.samples or [float("nan")]
+        return f"1-min load during it: median {np.median(values):.2f}, max {max(values):.2f}"
 
 
 def children_cpu():
@@ -190,7 +217,7 @@ def run_hotpants(binary, reference_path, frame_paths, out, kernel_size, size, up
     os.makedirs(out, exist_ok=True)
     n_stamps = max(1, round(size / 128))
     tgain, trn = read_gain_rn(reference_path)
-    walls = []
+    walls, scales = [], []
     cpu0 = children_cpu()
     for path in frame_paths:
         igain, irn = read_gain_rn(path)
@@ -207,7 +234,13 @@ def run_hotpants(binary, reference_path, frame_paths, out, kernel_size, size, up
         if proc.returncode != 0 or not os.path.exists(diff):
             raise RuntimeError(f"hotpants failed on {path} ({proc.returncode}):\n"
                                f"{proc.stderr[-2000:]}")
-    return float(np.sum(walls)), children_cpu() - cpu0, walls
+    cpu = children_cpu() - cpu0
+    from astropy.io import fits
+
+    for path in frame_paths:
+        header = fits.getheader(os.path.join(out, "diff_" + os.path.basename(path)))
+        scales.append(float(header.get("KSUM00", np.nan)))
+    return float(np.sum(walls)), cpu, walls, np.array(scales)
 
 
 def print_breakdown(steps, wall, n_frames):
@@ -255,6 +288,13 @@ def print_breakdown(steps, wall, n_frames):
     print(f"{'step':<44} {'s':>8} {'s/frame':>8} {'share':>6}")
     for label, value in rows:
         print(f"{label:<44} {value:8.1f} {value / n_frames:8.3f} {100 * value / wall:5.1f}%")
+    for label, values in steps.get("each", {}).items():
+        if values:
+            print(f"{label}: per frame median {np.median(values):.3f} s, min {min(values):.3f}, "
+                  f"max {max(values):.3f} (a wide spread: the machine was busy for part of "
+                  "the run)" if max(values) > 2 * np.median(values) else
+                  f"{label}: per frame median {np.median(values):.3f} s, min {min(values):.3f}, "
+                  f"max {max(values):.3f}")
     print(f"(read_result: {n_read} calls, {per_read:.3f} s each, half in detection and half "
           "in photometry; both counted in their step's 'rest')")
 
@@ -309,22 +349,34 @@ def main(argv=None):
               f"largest |shift| {np.abs(truth.shift).max():.2f} px")
 
         out = os.path.join(scratch, "series")
+        sampler = LoadSampler()
         wall, cpu, steps = run_series(reference_path, frame_paths, out, args.kernel_size,
                                       scratch)
+        series_load = sampler.stop()
         registered = sorted(os.path.join(out, "registered", name)
                             for name in os.listdir(os.path.join(out, "registered")))
         print(f"series:   {wall:8.1f} s  {wall / args.n_frames:6.2f} s/frame  "
-              f"cpu {cpu:8.1f} s ({cpu / wall:.2f} cores)")
+              f"cpu {cpu:8.1f} s ({cpu / wall:.2f} cores); {series_load}")
         hp_wall = None
         if args.hotpants and os.access(args.hotpants, os.X_OK):
-            hp_wall, hp_cpu, walls = run_hotpants(
+            sampler = LoadSampler()
+            hp_wall, hp_cpu, walls, hp_scale = run_hotpants(
                 args.hotpants, reference_path, registered, os.path.join(scratch, "hotpants"),
                 args.kernel_size, args.size, upper=10 * peak)
+            hp_load = sampler.stop()
             print(f"hotpants: {hp_wall:8.1f} s  {hp_wall / len(walls):6.2f} s/frame  "
                   f"cpu {hp_cpu:8.1f} s ({hp_cpu / hp_wall:.2f} cores); "
                   f"{len(walls)} runs on the series' registered frames, per run "
-                  f"min {min(walls):.2f} median {np.median(walls):.2f} max {max(walls):.2f} s")
+                  f"min {min(walls):.2f} median {np.median(walls):.2f} max {max(walls):.2f} s; "
+                  f"{hp_load}")
             print(f"series / hotpants: {wall / hp_wall:.2f}")
+            from astropy.table import QTable
+
+            ours = np.asarray(QTable.read(os.path.join(out, "frames.ecsv"))["scale_factor"])
+            true = np.asarray(truth.scale_factor)
+            print("# sanity, median |P / true P - 1|: series "
+                  f"{np.nanmedian(np.abs(ours / true - 1)):.4f}, hotpants "
+                  f"{np.nanmedian(np.abs(hp_scale / true - 1)):.4f}")
         else:
             print(f"# no HOTPANTS binary at {args.hotpants!r}: hotpants skipped")
         print(f"# load after: {open('/proc/loadavg').read().split()[:3]}")
