@@ -23,6 +23,9 @@ The ``astro-dia`` command.
                    [--reference-frames N] [--registration M] [--workers N] [--threshold T]
                    [--max-stars N] [--no-plots] [--overwrite] [the fit options of diff]
 
+The command runs torch on one thread unless ``ASTRO_DIA_THREADS`` (or
+``OMP_NUM_THREADS``) says otherwise (`set_threads`).
+
 Errors in the input are reported on one line, ``astro-dia: error:
 <message>``, on standard error, with exit status 2 (with ``--verbose``,
 after the traceback). ``subtract`` goes on past a target it cannot
@@ -58,7 +61,7 @@ from ._status import EXIT_INTERRUPTED, EXIT_USAGE, PROG
 from ._subtract import add_subtract_command
 from .._package_version import version as __version__
 
-__all__ = ["main", "run", "build_parser"]
+__all__ = ["main", "run", "build_parser", "set_threads"]
 
 # Errors that mean "the input was not usable", reported without a traceback.
 # astropy.units.UnitsError does not derive from ValueError, so it is listed.
@@ -78,6 +81,35 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 def _one_line(message):
     return " ".join(str(message).split())
+
+
+def set_threads():
+    """
+    The command's torch threads: one, unless the environment says otherwise.
+
+    On torch's default of one thread per core, a fit beside one other busy
+    process took 3 to 20 times as long as alone on a 2-core machine; on one
+    thread 1.0 times, for 1.1-1.4 times the time on an idle machine (see the
+    Threads section of the performance page). ``ASTRO_DIA_THREADS=N`` sets
+    N threads; with ``OMP_NUM_THREADS`` set and no ``ASTRO_DIA_THREADS``,
+    torch's own choice from it is kept. The library itself never changes
+    torch's settings: a program that imports it chooses.
+    """
+    import torch
+
+    value = os.environ.get("ASTRO_DIA_THREADS")
+    if value is None:
+        if "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(1)
+        return
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise ValueError(f"ASTRO_DIA_THREADS must be a whole number of threads (1 or more), "
+                         f"got {value!r}")
+    torch.set_num_threads(threads)
 
 
 def build_parser():
@@ -138,6 +170,7 @@ def main(argv=None):
         return exc.code if isinstance(exc.code, int) else 0
     with _verbose_logging(arguments.verbose):
         try:
+            set_threads()
             return arguments.handler(arguments)
         except _INPUT_ERRORS as exc:
             if arguments.verbose:

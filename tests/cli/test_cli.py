@@ -540,3 +540,35 @@ def test_photometry_with_sky_positions(fits_night, tmp_path, capsys):
     # (float32 sums differ by a few 1e-6 relative between CPUs and BLAS builds).
     difference = np.abs(tables[0]["flux"] - tables[1]["flux"])
     assert np.all(difference < 1e-3 * tables[1]["flux_err"])
+
+
+@pytest.fixture
+def torch_threads():
+    """Restore torch's thread count after a test that lets the command set it."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield torch
+    torch.set_num_threads(before)
+
+
+def test_command_runs_on_one_thread_unless_told(torch_threads, monkeypatch, capsys):
+    torch = torch_threads
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("ASTRO_DIA_THREADS", raising=False)
+    torch.set_num_threads(2)
+    status, _, err = run_main(capsys, "photometry", "none.ecsv", "--positions", "p.ecsv",
+                              "--fwhm", "3")
+    assert status == 2 and torch.get_num_threads() == 1
+    monkeypatch.setenv("ASTRO_DIA_THREADS", "2")
+    run_main(capsys, "photometry", "none.ecsv", "--positions", "p.ecsv", "--fwhm", "3")
+    assert torch.get_num_threads() == 2
+    monkeypatch.setenv("ASTRO_DIA_THREADS", "many")
+    status, out, err = run_main(capsys, "photometry", "none.ecsv", "--positions", "p.ecsv",
+                                "--fwhm", "3")
+    assert_one_line_error(status, out, err, "ASTRO_DIA_THREADS must be a whole number")
+    monkeypatch.delenv("ASTRO_DIA_THREADS")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    torch.set_num_threads(2)
+    run_main(capsys, "photometry", "none.ecsv", "--positions", "p.ecsv", "--fwhm", "3")
+    assert torch.get_num_threads() == 2
