@@ -90,6 +90,7 @@ def _read_positions(path):
 def _reference_psf(arguments):
     """The reference PSF the options ask for: an ePSF, a Moffat or a Gaussian."""
     from ..photometry import build_reference_psf, find_psf_stars, gaussian_psf, moffat_psf
+    from ..photometry._psf_stars import epsf_size
     from ..result.io import read_image
 
     if arguments.epsf is None:
@@ -104,8 +105,7 @@ def _reference_psf(arguments):
         raise ValueError(f"only {len(stars)} bright isolated unsaturated stars found in "
                          f"{arguments.epsf!r} for the ePSF (5 or more needed); check --fwhm "
                          "and --saturation, or use a Gaussian (no --epsf)")
-    size = int(2 * (2.5 * arguments.fwhm // 1) + 1)
-    return build_reference_psf(reference, stars, size=size)
+    return build_reference_psf(reference, stars, size=epsf_size(arguments.fwhm))
 
 
 def _run_photometry_command(arguments):

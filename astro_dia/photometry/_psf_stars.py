@@ -84,6 +84,11 @@ def reference_sources(reference, fwhm, *, threshold=10.0, max_sources=500, satur
 
 
 
+def epsf_size(fwhm):
+    """Odd side (pixels) of the cutouts an ePSF is built from: five FWHM, rounded up."""
+    return int(2 * np.ceil(2.5 * float(fwhm)) + 1)
+
+
 def find_psf_stars(reference, fwhm, *, threshold=10.0, max_stars=40, saturation=None):
     """
     Bright, isolated, unsaturated stars of a reference, for `build_reference_psf`.

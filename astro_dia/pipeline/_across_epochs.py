@@ -11,6 +11,7 @@ threshold at any one epoch, but present in many, is measured too.
 
 import numpy as np
 from astropy.table import QTable
+from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
@@ -101,7 +102,6 @@ def group_candidates(detections, radius, stack=None):
     x = np.asarray(detections["x"], float)
     y = np.asarray(detections["y"], float)
     pairs = cKDTree(np.column_stack([x, y])).query_pairs(float(radius), output_type="ndarray")
-    from scipy.sparse import coo_matrix
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
     snr = np.asarray(detections["snr"], float)
@@ -121,11 +121,7 @@ def group_candidates(detections, radius, stack=None):
             n_brighter=int((snr[members] > 0).sum()), n_fainter=int((snr[members] < 0).sum()),
             first_epoch=int(epoch[members].min()), last_epoch=int(epoch[members].max()),
             flags=int(np.bitwise_or.reduce(flags[members])), label=int(label)))
-    table = QTable(rows=[[r[k] for k in ("x", "y", "n_epochs", "n_clean", "max_snr",
-                                        "n_brighter", "n_fainter", "first_epoch",
-                                        "last_epoch", "flags", "label")] for r in rows],
-                   names=("x", "y", "n_epochs", "n_clean", "max_snr", "n_brighter",
-                          "n_fainter", "first_epoch", "last_epoch", "flags", "label"))
+    table = QTable(rows=rows)
     if stack is not None:
         table["stacked_snr"] = _sample(stack.stacked, table["x"], table["y"])
         table["chi2"] = _sample(stack.chi2, table["x"], table["y"])

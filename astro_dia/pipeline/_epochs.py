@@ -10,6 +10,7 @@ recorded and the rest go on.
 """
 
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -99,25 +100,23 @@ def register_frames(epochs, reference, folder, *, method="auto", overwrite=False
                     "scale_factor_err": np.full(n, np.nan),
                     "output": np.array([""] * n, dtype=object),
                     "error": np.array([""] * n, dtype=object)})
-    bar = ProgressBar(n) if progress else None
-    for epoch in epochs:
-        try:
-            registered = _register_one(epoch.image, reference, method)
-        except (RegistrationError, ValueError) as exc:
-            epoch.error = f"{type(exc).__name__}: {exc}"
-            table["error"][epoch.index] = epoch.error
-        else:
-            header = registered.header
-            table["reg_nstars"][epoch.index] = int(header.get("REGNSTAR", 0))
-            table["reg_rms"][epoch.index] = float(header.get("REGRMS", np.nan))
-            table["shift_x"][epoch.index] = float(header.get("REGA13", np.nan))
-            table["shift_y"][epoch.index] = float(header.get("REGA23", np.nan))
-            path = os.path.join(folder, f"{epoch.name}.fits")
-            registered.write(path, overwrite=overwrite)
-            epoch.registered = path
-        epoch.image = None          # the registered copy is on disk; free the memory
-        if bar is not None:
-            bar.update()
-    if bar is not None:
-        bar.__exit__(None, None, None)
+    with ProgressBar(n) if progress else nullcontext() as bar:
+        for epoch in epochs:
+            try:
+                registered = _register_one(epoch.image, reference, method)
+            except (RegistrationError, ValueError) as exc:
+                epoch.error = f"{type(exc).__name__}: {exc}"
+                table["error"][epoch.index] = epoch.error
+            else:
+                header = registered.header
+                table["reg_nstars"][epoch.index] = int(header.get("REGNSTAR", 0))
+                table["reg_rms"][epoch.index] = float(header.get("REGRMS", np.nan))
+                table["shift_x"][epoch.index] = float(header.get("REGA13", np.nan))
+                table["shift_y"][epoch.index] = float(header.get("REGA23", np.nan))
+                path = os.path.join(folder, f"{epoch.name}.fits")
+                registered.write(path, overwrite=overwrite)
+                epoch.registered = path
+            epoch.image = None      # the registered copy is on disk; free the memory
+            if bar is not None:
+                bar.update()
     return table

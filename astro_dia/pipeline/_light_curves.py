@@ -18,6 +18,7 @@ from astropy.table import QTable
 from astropy.utils.exceptions import AstropyUserWarning
 
 from ..photometry import build_reference_psf, gaussian_psf
+from ..photometry._psf_stars import epsf_size
 
 __all__ = []
 
@@ -40,7 +41,7 @@ def series_psf(reference, sources, fwhm):
         ``'epsf'`` or ``'gaussian'``.
     """
     good = sources[np.asarray(sources["isolated"]) & ~np.asarray(sources["saturated"])]
-    size = int(2 * np.ceil(2.5 * fwhm) + 1)
+    size = epsf_size(fwhm)
     if len(good) >= MIN_PSF_STARS:
         try:
             with warnings.catch_warnings():

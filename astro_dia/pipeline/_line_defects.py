@@ -61,16 +61,22 @@ def line_defects(difference):
     return _bad_lines(z, valid, 1), _bad_lines(z, valid, 0)
 
 
-def mask_line_defects(result):
+def mask_line_defects(result, lines=None):
     """
     Mask the line defects of a fit's difference image in place.
 
+    Parameters
+    ----------
+    result : `~astro_dia.DifferenceResult`
+    lines : (rows, columns), optional
+        Those found before (`line_defects`); by default they are found here.
+
     Returns
     -------
-    n_rows, n_columns : int
-        How many were masked.
+    rows, columns : ndarray of int
+        The lines masked.
     """
-    rows, columns = line_defects(result.difference)
+    rows, columns = line_defects(result.difference) if lines is None else lines
     if len(rows) or len(columns):
         mask = np.zeros(result.difference.shape, bool)
         mask[rows, :] = True
@@ -81,4 +87,4 @@ def mask_line_defects(result):
         result.flags = np.where(mask, result.flags | MASKED, result.flags).astype(
             result.flags.dtype)
         result.difference.flags = result.flags
-    return len(rows), len(columns)
+    return rows, columns

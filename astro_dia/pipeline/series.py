@@ -109,15 +109,19 @@ class SeriesResult:
 def _detect(outcomes, psf, threshold, shape, frames):
     """Candidates of every differenced epoch and their stacked significance.
 
-    Also copies each fit's fit-quality causes into ``frames['quality']``.
+    Also copies each fit's fit-quality causes into ``frames['quality']``,
+    and returns the line defects masked at each epoch (`mask_line_defects`)
+    for the photometry.
     """
     stack = StackedSignificance(shape)
     tables = []
+    lines = {}
     for epoch, outcome in outcomes:
         result = read_result(outcome.output)
         causes = (getattr(result, "quality", None) or {}).get("causes", ())
         frames["quality"][epoch] = ",".join(causes)
-        frames["line_defects"][epoch] = sum(mask_line_defects(result))
+        lines[epoch] = mask_line_defects(result)
+        frames["line_defects"][epoch] = sum(len(found) for found in lines[epoch])
         with warnings.catch_warnings():
             # The scatter of S is said once for the series (frames.ecsv), not per frame.
             warnings.simplefilter("ignore", AstropyUserWarning)
@@ -130,7 +134,7 @@ def _detect(outcomes, psf, threshold, shape, frames):
         tables.append(table)
     detections = (vstack(tables, metadata_conflicts="silent") if tables
                   else QTable({"x": [], "y": [], "snr": [], "flags": [], "epoch": []}))
-    return detections, stack
+    return detections, stack, lines
 
 
 def _sources(stars, candidates, radius, saturated_radius):
@@ -174,12 +178,12 @@ def _sources(stars, candidates, radius, saturated_radius):
     return sources, np.array(ids, int), np.array(on_star, bool)
 
 
-def _measure(outcomes, frames, sources, psf, reference_flux, reference_flux_err):
+def _measure(outcomes, frames, sources, psf, reference_flux, reference_flux_err, lines):
     """PSF photometry of every source on every differenced epoch, one long table."""
     rows = []
     for epoch, outcome in outcomes:
         result = read_result(outcome.output)
-        mask_line_defects(result)
+        mask_line_defects(result, lines[epoch])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyUserWarning)
             table = differential_photometry(result, sources[["id", "x", "y"]], psf)
@@ -323,7 +327,7 @@ def process_series(frames, output_dir, *, reference=None, imager=None, unit=None
     psf, psf_kind = series_psf(reference, stars, fwhm)
     table["quality"] = np.array([""] * len(table), dtype=object)
     table["line_defects"] = np.zeros(len(table), int)
-    detections, stack = _detect(done, psf, threshold, reference.shape, table)
+    detections, stack, lines = _detect(done, psf, threshold, reference.shape, table)
     table.write(os.path.join(output_dir, "frames.ecsv"), overwrite=True)
     candidates = group_candidates(detections, fwhm if match_radius is None else match_radius,
                                   stack)
@@ -332,7 +336,7 @@ def process_series(frames, output_dir, *, reference=None, imager=None, unit=None
     candidates["id"] = candidate_ids
     candidates["on_star"] = on_star
     flux, flux_err = reference_fluxes(reference, sources["x"], sources["y"], psf, fwhm)
-    light_curves = _measure(done, table, sources, psf, flux, flux_err)
+    light_curves = _measure(done, table, sources, psf, flux, flux_err, lines)
     calibrators = sources["id"][(sources["kind"] == "star") & ~sources["near_saturated"]]
     scale, scale_err = ensemble_scale(light_curves, np.asarray(calibrators), len(table))
     apply_ensemble_scale(light_curves, scale, scale_err)
