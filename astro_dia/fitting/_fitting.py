@@ -176,7 +176,7 @@ def solve_robust(problem, settings):
     solver = settings.name
     if solver not in ("direct", "cg"):
         solver = choose_solver(problem.shape, problem.kernel_size, problem.device, twin.loss,
-                               kernel_terms=problem.kernel_terms)
+                               kernel_terms=problem.kernel_terms, n_pixels=problem.n_data)
     steps = dict(max_iter=MAX_ROBUST_STEPS, max_polish_iter=MAX_ROBUST_STEPS)
     if solver == "direct":
         return solve_direct(twin, max_bytes=strip_budget(twin, settings.max_memory), **steps)
@@ -209,7 +209,8 @@ def solve(problem, refinement, settings, start=None):
     solver = settings.name
     if solver == "auto":
         solver = choose_solver(problem.shape, problem.kernel_size, problem.device,
-                               problem.loss, kernel_terms=problem.kernel_terms)
+                               problem.loss, kernel_terms=problem.kernel_terms,
+                               n_pixels=problem.n_data)
     if solver == "iterative":
         state = solve_iterative_fit(problem, refinement, settings)
     else:

@@ -69,7 +69,8 @@ def dense_is_cheap(problem):
     Where the imager's ``'auto'`` rule takes the direct solver: the dense
     information then costs no more than one assembly of that solver.
     """
-    return choose_solver(problem.shape, problem.kernel_size, problem.device) != "cg"
+    return choose_solver(problem.shape, problem.kernel_size, problem.device,
+                         n_pixels=problem.n_data) != "cg"
 
 
 def error_directions(problem, n_scale):

@@ -60,13 +60,48 @@ def im2col(rows, size):
     return patches
 
 
+#: Share of a strip's pixels with non-zero weight below which only those
+#: pixels' columns of the design are multiplied (a fit on stars' stamps, a
+#: frame with large masked areas); above it the whole strip is used.
+GATHER_BELOW = 0.75
+
+
+def fitted_columns(weights):
+    """
+    Indices of the non-zero ``weights`` of a strip, or None to use it whole.
+
+    Pixels of zero weight add nothing to ``A^T W A``; when few pixels of a
+    strip are fitted, copying out their columns costs far less than the
+    matrix products over all of them.
+    """
+    kept = weights != 0
+    n_kept = int(kept.sum())
+    if n_kept >= GATHER_BELOW * weights.numel():
+        return None
+    return torch.nonzero(kept).reshape(-1)
+
+
+def im2col_at(rows, size, positions):
+    """
+    The columns of `im2col` at ``positions`` only (flat indices of the valid positions).
+
+    Copies the ``size**2`` values of each kept window out of the strided
+    window view, without building the whole patch matrix first.
+    """
+    windows = rows.unfold(0, size, 1).unfold(1, size, 1)     # (ny', nx', K, K), a view
+    nx = windows.shape[1]
+    picked = windows[positions // nx, positions % nx]          # (L', K, K), a copy
+    return picked.reshape(len(positions), size * size).T.contiguous()
+
+
 def assemble_normal_equations(problem, weights, *, max_bytes=DEFAULT_CHUNK_BYTES,
                               dtype=None):
     """
     ``A^T W A`` and ``A^T W y`` of the current problem.
 
-    Pixels outside the fit mask get zero weight, so every strip is used
-    whole; the kernel columns come straight from an im2col (`im2col`) of
+    Pixels outside the fit mask get zero weight; a strip where few pixels
+    are fitted multiplies only their columns (`fitted_columns`), one
+    with most of them fitted is used whole. The kernel columns come straight from an im2col (`im2col`) of
     the reference in correlation order and are put in kernel order by
     reversing the rows and columns of the small result.
 
@@ -102,15 +137,23 @@ def assemble_normal_equations(problem, weights, *, max_bytes=DEFAULT_CHUNK_BYTES
     scale = weights if signed else torch.sqrt(weights)
     kernel_rows, basis_rows = slice(0, n_kernel), slice(n_kernel, n)
     for start, stop in _strips(problem, max_bytes, dtype):
-        patches = im2col(reference[0, 0, start:stop + size - 1], size)   # (K*K, L)
+        s = scale[start:stop].reshape(-1)
+        kept = fitted_columns(s)
+        if kept is not None and kept.numel() == 0:
+            continue
+        strip = reference[0, 0, start:stop + size - 1]
+        patches = im2col(strip, size) if kept is None else im2col_at(strip, size, kept)
         if problem.kernel_basis is not None:
             # A spatially varying kernel: one block of columns per term,
             # the patches times that term's polynomial image.
             terms = problem.kernel_basis[:, start:stop].reshape(problem.kernel_terms, 1, -1)
+            if kept is not None:
+                terms = terms[..., kept]
             patches = (terms.to(dtype) * patches[None]).reshape(n_kernel, -1)
-        s = scale[start:stop].reshape(-1)
         basis = problem.basis[:, start:stop].reshape(n_basis, -1).to(dtype)
         y = problem.target[start:stop].reshape(-1).to(dtype)
+        if kept is not None:
+            s, basis, y = s[kept], basis[:, kept], y[kept]
         if signed:
             left, left_basis = patches * s, basis * s
             right, right_basis = patches, basis

@@ -127,9 +127,10 @@ def test_failed_solve_falls_back_to_dense(monkeypatch):
     assert result.scale_factor_error < 1.0
 
 
-def _problem(shape, kernel_size=19, kernel_basis=None):
+def _problem(shape, kernel_size=19, kernel_basis=None, n_data=None):
+    n_data = shape[0] * shape[1] if n_data is None else n_data
     return SimpleNamespace(shape=shape, kernel_size=kernel_size, kernel_basis=kernel_basis,
-                           device=torch.device("cpu"))
+                           device=torch.device("cpu"), n_data=n_data)
 
 
 def test_rule():
@@ -140,6 +141,8 @@ def test_rule():
     assert not use_matrix_free(_problem((142, 142)), False)
     # The dense covariance is offered (on first read) where the direct solver is chosen.
     assert dense_is_cheap(_problem((142, 142)))
+    # a fit on few pixels of a large frame (the stars' region) is cheap too
+    assert dense_is_cheap(_problem((2000, 2000), n_data=20000))
     assert not dense_is_cheap(_problem((2000, 2000)))
 
 

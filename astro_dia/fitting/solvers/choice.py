@@ -22,7 +22,7 @@ DIRECT_MAX_WORK_GPU = 1.5e11
 _NEWTON_LOSSES = (GaussianLoss, HuberLoss, StudentTLoss)
 
 
-def choose_solver(shape, kernel_size, device, loss=None, *, kernel_terms=1):
+def choose_solver(shape, kernel_size, device, loss=None, *, kernel_terms=1, n_pixels=None):
     """
     The solver ``solver='auto'`` uses.
 
@@ -41,6 +41,12 @@ def choose_solver(shape, kernel_size, device, loss=None, *, kernel_terms=1):
         Number of polynomial terms of a spatially varying kernel
         (``(d + 1)(d + 2) / 2`` for ``kernel_degree=d``); the direct
         solver's matrix products grow as its square.
+    n_pixels : int, optional
+        Pixels in the fit, when fewer than the image's (a fit on stars'
+        stamps): the direct solver multiplies only their columns, while the
+        matrix-free solver's transforms cover the whole frame and its
+        iterations multiply when few pixels are fitted (measured: 1 869
+        products for a fit on 3% of a 1024 x 682 frame, 58 on all of it).
 
     Returns
     -------
@@ -56,7 +62,8 @@ def choose_solver(shape, kernel_size, device, loss=None, *, kernel_terms=1):
     """
     if loss is not None and not isinstance(loss, _NEWTON_LOSSES):
         return "iterative"
-    n_pixels = shape[0] * shape[1]
+    if n_pixels is None:
+        n_pixels = shape[0] * shape[1]
     limit = DIRECT_MAX_WORK_GPU if device.type == "cuda" else DIRECT_MAX_WORK_CPU
     work = n_pixels * (kernel_terms * kernel_size ** 2) ** 2
     return "direct" if work <= limit else "cg"

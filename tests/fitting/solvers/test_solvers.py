@@ -278,6 +278,9 @@ def test_auto_choice():
     assert choose_solver((512, 512), 19, cuda) == "direct"
     assert choose_solver((142, 142), 19, cpu, HuberLoss()) == "direct"
     assert choose_solver((142, 142), 19, cpu, lambda z: z * z) == "iterative"
+    # counted by the fitted pixels: a fit on 3% of a 1000 x 1000 frame goes direct
+    assert choose_solver((1000, 1000), 19, cpu, n_pixels=30000) == "direct"
+    assert choose_solver((1000, 1000), 19, cpu, n_pixels=900000) == "cg"
 
 
 def test_auto_records_the_solver_it_used(noisy_pair):
