@@ -183,3 +183,22 @@ def test_reference_noise_corrects_p_and_the_noise(pair, fits_of, measured):
     assert abs(result.scale_factor - measured.ratio) < tolerance, (
         f"P = {result.scale_factor:.4f} +- {result.scale_factor_error:.4f}, flux ratio "
         f"{measured.ratio:.4f} +- {measured.ratio_err:.4f}; tolerance {tolerance:.4f}")
+
+
+#: Where the default fit looks on each cutout (``fit_region='auto'``).
+EXPECTED_REGION = {"properimage": "all", "pydia": "stars"}
+
+
+def test_default_fit_region(pair, default_fit):
+    """
+    The crowded pyDIA cutout is refitted on its reference's stars, whose noise biases P.
+
+    The 256 x 256 ProperImage cutout holds too few star pixels for the 362
+    unknowns (about 2 400 against the 20 per unknown needed), so its fit
+    keeps every pixel and its REFNOISE warning.
+    """
+    result, _ = default_fit
+    assert result.fit_region == EXPECTED_REGION[pair.name]
+    assert result.difference.header["DIA_FREG"] == EXPECTED_REGION[pair.name]
+    if result.fit_region == "stars":
+        assert result.n_data < 0.9 * np.isfinite(result.difference.data).sum()

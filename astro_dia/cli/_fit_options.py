@@ -99,6 +99,11 @@ def add_fit_options(command):
                          help="add the reference's noise, convolved with the kernel, to the "
                               "target's variance (for a single-epoch reference; from its "
                               "uncertainty or its header)")
+    command.add_argument("--fit-region", choices=("auto", "all", "stars"), default="auto",
+                         help="pixels the fit uses: all of them, the footprints of the "
+                              "reference's stars, or 'auto': all, then the stars when the "
+                              "reference's noise is predicted to bias P (default: "
+                              "%(default)s)")
     command.add_argument("--regularization", metavar="LAMBDA", type=_regularization,
                          default=_DEFAULTS["regularization"],
                          help="strength of the Laplacian penalty that smooths the kernel, "
@@ -135,6 +140,7 @@ def make_imager(arguments):
         em_gain=arguments.em_gain, flat=read_flat(arguments.flat), sky=arguments.sky,
         saturation=arguments.saturation, clip=arguments.clip,
         reference_noise=arguments.reference_noise, regularization=arguments.regularization,
+        fit_region=arguments.fit_region,
         background_degree=arguments.background_degree,
         kernel_degree=arguments.kernel_degree, constant_scale=arguments.constant_scale,
         loss=arguments.loss, device=arguments.device, dtype=arguments.dtype, **solver)

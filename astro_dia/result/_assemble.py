@@ -187,6 +187,7 @@ def provenance_cards(config, state, scale_factor, coefficients, terms, n_data, e
         ("DIA_NIT", int(state.n_iterations), "solver iterations"),
         ("DIA_CONV", bool(state.converged), "solver converged"),
         ("DIA_NDAT", n_data, "pixels in the fit"),
+        ("DIA_FREG", config.get("fit_region", "all"), "fit region: all pixels or stars"),
         ("DIA_LAMB", config["regularization"], "Laplacian regularisation lambda"),
         ("DIA_REFN", config["reference_noise"], "reference noise: weights, EIV correction"),
         ("DIA_SKY", float(terms.offset), "sky added back in the variance"),
@@ -211,7 +212,21 @@ def provenance_cards(config, state, scale_factor, coefficients, terms, n_data, e
     return cards
 
 
-def assemble_result(state, problem, inputs, outliers, config):
+def result_errors(state, problem, inputs, config):
+    """
+    The fit's errors (`fit_errors`) as the result takes them, with ``predicted_bias``.
+
+    All None with ``compute_errors=False``.
+    """
+    if not config["compute_errors"]:
+        return dict(covariance=None, scale_factor_error=None, background_error=None,
+                    kernel_error=None, covariance_valid=None, pending_covariance=None)
+    check = inputs.reference_variance_check
+    return fit_errors(problem, state, config["kernel_size"], config["compute_errors"],
+                      bias_variance=None if check is None else check[0])
+
+
+def assemble_result(state, problem, inputs, outliers, config, errors=None):
     """
     The values of a `~astro_dia.DifferenceResult` (without ``fit_time``).
 
@@ -227,6 +242,8 @@ def assemble_result(state, problem, inputs, outliers, config):
         The imager's scalar settings: ``kernel_size``, ``kernel_degree``,
         ``background_degree``, ``clip``, ``compute_errors``,
         ``add_keyword`` and those of `provenance_cards`.
+    errors : dict, optional
+        `result_errors` of this fit, when already computed.
     """
     target_image, terms, valid = inputs.target_image, inputs.terms, inputs.valid
     kernel_degree = config["kernel_degree"]
@@ -234,12 +251,8 @@ def assemble_result(state, problem, inputs, outliers, config):
     kernel_terms = to_numpy(problem.effective_kernel(state.kernel.detach()))
     kernel = kernel_terms if kernel_degree == 0 else kernel_terms[0]
     coefficients = to_numpy(problem.uncentred_coefficients(state.kernel, state.coefficients))
-    errors = dict(covariance=None, scale_factor_error=None, background_error=None,
-                  kernel_error=None, covariance_valid=None, pending_covariance=None)
     check = inputs.reference_variance_check
-    if config["compute_errors"]:
-        errors = fit_errors(problem, state, config["kernel_size"], config["compute_errors"],
-                            bias_variance=None if check is None else check[0])
+    errors = dict(result_errors(state, problem, inputs, config) if errors is None else errors)
     predicted_bias = errors.pop("predicted_bias", None)
     # The final model in float64, from the un-centred reference.
     reference = np.where(inputs.reference_bad, 0.0, inputs.reference_image.data)
@@ -307,6 +320,7 @@ def assemble_result(state, problem, inputs, outliers, config):
         background_coefficients=coefficients * unit,
         background_degree=config["background_degree"],
         fit_mask=full_fit_mask,
+        fit_region=config.get("fit_region", "all"),
         flags=flags,
         n_outliers=n_outliers,
         clip=config["clip"],

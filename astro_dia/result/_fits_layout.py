@@ -171,6 +171,7 @@ def read_result_fields(path):
         fit_time=float(info["DIA_TIME"]),
         noise_settings=_from_json(info["DIA_NSET"]),
         solver=str(info["DIA_SOLV"]),
+        fit_region=str(info.get("DIA_FREG", "all")),
         saturation_levels=_from_json(info["DIA_SATL"]),
         covariance=covariance,
         scale_factor_error=(float("nan") if has_errors and info["DIA_PERR"] is None
@@ -213,6 +214,7 @@ def _result_cards(result, unit):
         ("DIA_LVAL", float(result.loss_value), "final value of the objective"),
         ("DIA_TIME", float(result.fit_time), "fit wall-clock time (s)"),
         ("DIA_SOLV", str(result.solver), "solver"),
+        ("DIA_FREG", str(result.fit_region), "fit region: all pixels or stars"),
         ("DIA_NSET", _to_json(result.noise_settings), "noise settings (JSON)"),
         ("DIA_SATL", _to_json(result.saturation_levels), "saturation levels (JSON)"),
     ]

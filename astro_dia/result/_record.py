@@ -110,6 +110,10 @@ class DifferenceResult:
         Degree of the background polynomial.
     fit_mask : (M, N) bool ndarray
         True for the pixels that entered the fit.
+    fit_region : {'all', 'stars'}
+        Where the fit looked: every usable pixel, or the footprints of the
+        reference's stars (``DifferenceImager(fit_region=...)``; FITS card
+        ``DIA_FREG``).
     flags : (M, N) uint8 ndarray
         Bit flags of each pixel (`astro_dia.flags`): masked input,
         saturated, no model, bad noise model, outlier, excluded. Also set as
@@ -207,6 +211,7 @@ class DifferenceResult:
     background_degree: int
     fit_mask: np.ndarray
     flags: np.ndarray
+    fit_region: str = "all"
     n_outliers: int = 0
     clip: Optional[float] = None
     residual_scatter: float

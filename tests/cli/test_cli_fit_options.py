@@ -60,14 +60,17 @@ def test_help_lists_the_real_frame_options(capsys):
         status, out, _ = run_main(capsys, command, "--help")
         assert status == 0
         for option in ("--clip SIGMA", "--saturation L", "--reference-noise",
-                       "--regularization LAMBDA", "'none'", "SATURATED", "OUTLIER"):
+                       "--regularization LAMBDA", "--fit-region", "'none'", "SATURATED", "OUTLIER"):
             assert option in out, (command, option)
     status, out, _ = run_main(capsys, "diff", "--help")
     assert "result file" in out and "astro-dia detect" in out
 
 
 @pytest.mark.parametrize("argv, expected", [
-    ([], dict(clip=5.0, saturation=None, reference_noise=False, regularization=0.0)),
+    ([], dict(clip=5.0, saturation=None, reference_noise=False, regularization=0.0,
+              fit_region="auto")),
+    (["--fit-region", "stars"], dict(fit_region="stars")),
+    (["--fit-region", "all"], dict(fit_region="all")),
     (["--clip", "none"], dict(clip=None)),
     (["--clip", "NONE"], dict(clip=None)),
     (["--clip", "3.5"], dict(clip=3.5)),
@@ -96,6 +99,7 @@ def test_options_configure_the_imager(command, argv, expected):
     (["--regularization", "nan"], ["argument --regularization", "finite"]),
     (["--regularization", "strong"], ["argument --regularization", "'strong'"]),
     (["--reference-noise", "yes"], ["unrecognized arguments: yes"]),
+    (["--fit-region", "stamps"], ["argument --fit-region", "invalid choice", "'stamps'"]),
 ])
 @pytest.mark.parametrize("command", ["diff", "subtract"])
 def test_bad_values_are_one_line_errors(cosmic_files, tmp_path, capsys, command, argv,
