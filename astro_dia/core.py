@@ -91,21 +91,23 @@ class DifferenceImager:
         is added to the target variance in the fit's weights and in the
         output uncertainty; (2) the fit is corrected for the errors in its
         variables (least squares on a noisy reference regresses on its
-        noise and biases P low: measured -12.6% in a sparse field, -0.8% in
-        a dense one, with a reference as noisy as the target), so that P is
-        unbiased (+0.3% +- 0.6%, +0.2% +- 0.1%); (3) sigma_P and the
-        background errors include the reference's noise (a sandwich
-        covariance; scatter over noise realisations / sigma_P 1.17 and
-        0.78). Use it for a single-epoch reference; it costs one or two
+        noise and biases P low: measured -6.2% in a sparse field, -0.8% in
+        a dense one, fitting every pixel, with a reference as noisy as the
+        target), so that P is unbiased (+0.2% +- 0.6%, +0.2% +- 0.1%); (3)
+        sigma_P and the background errors include the reference's noise (a
+        sandwich covariance; scatter over noise realisations / sigma_P 1.21
+        and 0.78). Use it for a single-epoch reference; it costs one or two
         assemblies of the normal matrix more (0.5 s each at 400 x 400).
         The variance must be right: a stack whose header describes one
-        exposure is over-corrected (+25%), and warned about
+        exposure is over-corrected (+15% in a sparse field), and warned about
         (`~astro_dia.exceptions.NoiseModelWarning`). False (default): the
         reference is taken as noiseless, which is safe for a stacked one
         (ten times less variance: P -0.4% +- 0.4%); the fit predicts the
-        bias a noisy reference would give and warns
-        (`~astro_dia.exceptions.FitQualityWarning`) when it exceeds
-        sigma_P. See :ref:`noisy_reference`.
+        bias a noisy reference would give; when it exceeds sigma_P the
+        default ``fit_region='auto'`` refits on the reference's stars, and
+        a fit still predicted to be biased warns
+        (`~astro_dia.exceptions.FitQualityWarning`). See
+        :ref:`noisy_reference`.
     fit_region : {'auto', 'all', 'stars'}, optional
         Which pixels the fit uses. ``'all'``: every usable pixel (the
         paper's fit). ``'stars'``: the footprints of the reference's stars

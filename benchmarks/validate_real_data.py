@@ -27,7 +27,8 @@ of astro_dia's own D / sigma, ``near``: the rms of D / sigma_T within 2.5
 target FWHM of the 20 brightest unsaturated stars, with the common
 sigma_T = sqrt(rn^2 + gain * max(target, 0)) / gain (target noise only, so
 the noise floor is above 1) and the pixels within 6 FWHM of a pixel at 90%
-of saturation left out, the rejected pixels, the fit time, the warnings,
+of saturation left out, the rejected pixels, the fit time, where the fit looked (astro_dia's
+``result.fit_region``; HOTPANTS fits stamps), the warnings,
 and the astro_dia / HOTPANTS ratios of ``std D`` and ``near``. On the
 ProperImage default fit it also counts the unflagged candidates of
 `astro_dia.detection.find_transients`.
@@ -93,6 +94,7 @@ def fit_astro_dia(pair, settings):
     z = difference / result.difference.uncertainty.array
     return dict(result=result, difference=difference, z=z, scale_factor=result.scale_factor,
                 scale_factor_error=result.scale_factor_error, n_rejected=result.n_outliers,
+                region=result.fit_region,
                 time=elapsed, warnings=[f"{type(w.message).__name__}: {w.message}"
                                         for w in caught])
 
@@ -118,7 +120,8 @@ def fit_hotpants(pair, binary, n_stamps):
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return dict(difference=output["difference"], scale_factor=output["scale_factor"],
-                scale_factor_error=None, n_rejected=None, time=output["time"], warnings=[])
+                scale_factor_error=None, n_rejected=None, time=output["time"], warnings=[],
+                region="stamps")
 
 
 def measure_flux_ratio(pair):
@@ -210,6 +213,7 @@ def run_pair(pair, settings, binary, n_stamps):
         rows[name] = dict(scale_factor=output["scale_factor"],
                           scale_factor_error=output["scale_factor_error"],
                           n_rejected=output["n_rejected"], time=output["time"],
+                          region=output["region"],
                           warnings=output["warnings"],
                           **method_metrics(output, common, zone, sigma))
     if "hotpants" in rows:
@@ -246,7 +250,8 @@ def print_pair(name, record):
           f" ref {info['fwhm'][0]:.2f} tgt {info['fwhm'][1]:.2f} px; {info['n_common']} common"
           f" pixels, {info['n_near']} near {info['n_bright']} bright stars")
     header = (f"{'method':11s} {'P':>8s} {'sigma_P':>8s} {'std D':>7s} {'std z':>6s} "
-              f"{'near':>6s} {'n_rej':>6s} {'time/s':>6s} {'D/HP':>5s} {'near/HP':>7s}  warnings")
+              f"{'near':>6s} {'n_rej':>6s} {'time/s':>6s} {'D/HP':>5s} {'near/HP':>7s} {'region':>6s}"
+              f"  warnings")
     print(header)
     for method, row in rows.items():
         if method == "flux ratio":
@@ -257,7 +262,7 @@ def print_pair(name, record):
               f"{fmt(row.get('std_z'), '.3f', 6)} {row['near']:6.2f} "
               f"{fmt(row['n_rejected'], 'd', 6)} {row['time']:6.1f} "
               f"{fmt(row.get('std_d_ratio'), '.3f', 5)} {fmt(row.get('near_ratio'), '.2f', 7)}"
-              f"  {' '.join(warned)}")
+              f" {row['region']:>6s}  {' '.join(warned)}")
     flux = rows["flux ratio"]
     curve = "; ".join(f"{r}: {v[0]:.4f} +- {v[1]:.4f} ({v[2]} stars)" if isinstance(v, tuple)
                       else f"{r}: {v[:40]}..." for r, v in flux["curve"].items())
