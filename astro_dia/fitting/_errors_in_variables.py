@@ -362,6 +362,55 @@ def sandwich_terms(problem, weights, kernel, solution):
     return correlated - diagonal + second
 
 
+def unweighted_reference_variance(problem, weights, kernel, solution, variance):
+    """
+    What a noisy reference adds to ``var(c^T theta)`` of a fit that leaves it out of its weights.
+
+    An uncorrected fit (``reference_noise=False``) of a reference with
+    noise ``N`` of variance ``s`` moves by ``x^T A^T W (N (x) K)`` to first
+    order (``x = H^{-1} c``, ``H = A^T W A``): ``sum_m s(m) g(m)**2`` with
+    ``g`` the adjoint through the kernel of ``u = W A x``, the noise being
+    correlated over the kernel's width; the noise-times-noise term of the
+    design adds ``sum_p w_p**2 s_p**2 sum_d Y(d) Y(-d)`` (`sandwich_terms`).
+    Not in ``x^T H x``, which holds the target's noise alone.
+
+    Parameters
+    ----------
+    problem : ``astro_dia.fitting._problem.FitProblem``
+    weights : (ny', nx') tensor
+        The information weights (zero off the fit mask).
+    kernel : (K, K) tensor
+    solution : float64 tensor
+        ``x``, packed.
+    variance : (ny, nx) ndarray
+        The reference's variance (an estimate), zero at bad pixels.
+
+    Returns
+    -------
+    float
+    """
+    n_kernel = problem.n_kernel
+    size = problem.kernel_size
+    h = problem.half
+    ny, nx = problem.shape
+    with torch.no_grad():
+        direction = solution[:n_kernel].reshape(problem.kernel_shape)
+        coefficients = solution[n_kernel:]
+        w64 = weights.to(torch.float64)
+        model = problem.model(direction.to(problem.dtype), coefficients.to(problem.dtype))
+        u = w64 * model.to(torch.float64)
+        s = torch.as_tensor(variance, dtype=torch.float64, device=problem.device)
+        kernel64 = kernel.detach().to(torch.float64)
+        g = adjoint_through_kernel(problem, u, kernel64)
+        correlated = float(torch.sum(s * g ** 2))
+        y = torch.nn.functional.conv2d(
+            torch.nn.functional.pad(direction.to(torch.float64)[None, None],
+                                    (size - 1,) * 4), kernel64[None, None])[0, 0]
+        pairs = float(torch.sum(y * y.flip(0, 1)))
+        second = float(torch.sum(w64 ** 2 * s[h:ny - h, h:nx - h] ** 2)) * pairs
+    return correlated + second
+
+
 def has_reference_noise(problem):
     """Whether the fit carries a reference variance through ``K**2`` (``reference_noise=True``)."""
     return (problem.reference_variance_spectrum is not None

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ._errors_in_variables import (has_reference_noise, predicted_scale_bias,
-                                   reference_noise_variance)
+                                   reference_noise_variance, unweighted_reference_variance)
 from .solvers.choice import choose_solver
 from .solvers.cg import ConjugateGradientMetric
 from .uncertainty import information_weights
@@ -93,7 +93,7 @@ def error_directions(problem, n_scale):
 
 
 def matrix_free_errors(problem, kernel, coefficients, *, n_scale, rtol=RTOL, metric=None,
-                       bias_variance=None):
+                       bias_variance=None, reference_variance=None):
     """
     sigma_P and the background errors from matrix-free solves of ``F x = c``.
 
@@ -131,6 +131,11 @@ def matrix_free_errors(problem, kernel, coefficients, *, n_scale, rtol=RTOL, met
         diagnoses the information matrix.
     predicted_bias : float or None
         With ``bias_variance``: the predicted bias of P.
+    reference_variance : (ny, nx) ndarray, optional
+        For a fit without ``reference_noise`` (the stars' fit of
+        ``fit_region``): a reference variance whose noise each error is to
+        include
+        (``astro_dia.fitting._errors_in_variables.unweighted_reference_variance``).
     """
     weights = information_weights(problem, kernel, coefficients).to(problem.dtype)
     if isinstance(metric, ConjugateGradientMetric) and metric.problem is problem:
@@ -163,6 +168,9 @@ def matrix_free_errors(problem, kernel, coefficients, *, n_scale, rtol=RTOL, met
         variance = float(direction @ solution + solution @ residual)
         if noisy_reference:
             variance += reference_noise_variance(problem, weights, kernel, solution)
+        elif reference_variance is not None:
+            variance += unweighted_reference_variance(problem, weights, kernel, solution,
+                                                      reference_variance)
         valid = valid and math.isfinite(variance) and variance > 0 and (
             reached <= RESIDUAL_SLACK * rtol * scale)
         variances.append(max(variance, 0.0) if math.isfinite(variance) else math.nan)

@@ -18,7 +18,7 @@ from astropy.stats import mad_std
 
 from ..fitting._errors_in_variables import (centred_solution, has_reference_noise,
                                             predicted_scale_bias, reference_noise_information,
-                                            sandwich_covariance)
+                                            sandwich_covariance, unweighted_reference_variance)
 from ..fitting._guard import assess_fit, quality_cards
 from ..fitting._matrix_free_errors import dense_is_cheap, matrix_free_errors, use_matrix_free
 from ..model._model import convolve_frame
@@ -57,7 +57,8 @@ def final_model(reference, kernel_terms, coefficients, shape, valid, *, kernel_d
     return model_valid + background[valid], background
 
 
-def fit_errors(problem, state, kernel_size, compute_errors=True, bias_variance=None):
+def fit_errors(problem, state, kernel_size, compute_errors=True, bias_variance=None,
+               reference_variance=None):
     """
     sigma_P, sigma_B0 and the background errors; the covariance when asked for or cheap.
 
@@ -78,6 +79,10 @@ def fit_errors(problem, state, kernel_size, compute_errors=True, bias_variance=N
     With ``bias_variance`` (a reference variance, for a fit without
     ``reference_noise``), ``predicted_bias`` is the first-order bias of P
     that reference noise gives (``astro_dia.fitting._errors_in_variables``), else None.
+    With ``reference_variance`` (the stars' fit of ``fit_region``), sigma_P
+    and, on the matrix-free route, the background errors include what that
+    reference noise adds to a fit that leaves it out of its weights; the
+    covariance matrix holds the target's noise alone.
     """
     n_kernel, n_scale = problem.n_kernel, kernel_size ** 2
     kernel, coefficients = state.kernel, state.coefficients
@@ -101,7 +106,8 @@ def fit_errors(problem, state, kernel_size, compute_errors=True, bias_variance=N
     if use_matrix_free(problem, compute_errors):
         sigma_p, sigma_b, valid, predicted = matrix_free_errors(
             problem, kernel, coefficients, n_scale=n_scale,
-            metric=getattr(state, "metric", None), bias_variance=bias_variance)
+            metric=getattr(state, "metric", None), bias_variance=bias_variance,
+            reference_variance=reference_variance)
         if valid:
             def deferred():
                 values = dense()
@@ -113,12 +119,18 @@ def fit_errors(problem, state, kernel_size, compute_errors=True, bias_variance=N
                         pending_covariance=deferred if dense_is_cheap(problem) else None)
     values = dense()
     covariance = values["covariance"]
-    predicted = None
-    if bias_variance is not None:
+    predicted, unweighted = None, 0.0
+    if bias_variance is not None or reference_variance is not None:
         solution = centred_solution(covariance, problem.reference_mean, n_kernel, n_scale)
-        predicted = predicted_scale_bias(problem, information_weights(
-            problem, kernel, coefficients), kernel, solution, bias_variance)
+        weights = information_weights(problem, kernel, coefficients)
+        if bias_variance is not None:
+            predicted = predicted_scale_bias(problem, weights, kernel, solution, bias_variance)
+        if reference_variance is not None:
+            unweighted = unweighted_reference_variance(problem, weights, kernel, solution,
+                                                       reference_variance)
     sigma_p = scale_factor_error(covariance, n_scale)
+    if np.isfinite(sigma_p) and unweighted > 0:
+        sigma_p = float(np.sqrt(sigma_p ** 2 + unweighted))
     valid = values["valid"]
     if valid and not (np.isfinite(sigma_p) and sigma_p > 0):
         # The checks of the information passed, but the covariance gives
@@ -216,14 +228,20 @@ def result_errors(state, problem, inputs, config):
     """
     The fit's errors (`fit_errors`) as the result takes them, with ``predicted_bias``.
 
-    All None with ``compute_errors=False``.
+    All None with ``compute_errors=False``. A fit on the reference's stars
+    (``config['fit_region'] == 'stars'``) has the reference's noise in its
+    errors: a fit on every pixel of a noisy reference is warned about
+    instead (REFNOISE), the stars' fit usually not.
     """
     if not config["compute_errors"]:
         return dict(covariance=None, scale_factor_error=None, background_error=None,
                     kernel_error=None, covariance_valid=None, pending_covariance=None)
     check = inputs.reference_variance_check
+    variance = None if check is None else check[0]
+    on_stars = config.get("fit_region", "all") == "stars"
     return fit_errors(problem, state, config["kernel_size"], config["compute_errors"],
-                      bias_variance=None if check is None else check[0])
+                      bias_variance=variance,
+                      reference_variance=variance if on_stars else None)
 
 
 def assemble_result(state, problem, inputs, outliers, config, errors=None):

@@ -10,7 +10,8 @@ from numpy.testing import assert_allclose
 from astro_dia import DifferenceImager
 from astro_dia.fitting._errors_in_variables import (correction_matrix, kernel_information,
                                                     noise_diagonal, pair_matrix, pair_weight,
-                                                    sandwich_terms)
+                                                    sandwich_terms,
+                                                    unweighted_reference_variance)
 from astro_dia.fitting._inputs import reference_variance_estimate
 from astro_dia.model._model import valid_convolution
 from astro_dia.fitting._problem import FitProblem
@@ -96,6 +97,27 @@ def test_sandwich_terms_match_the_covariance_of_the_reference_noise_through_the_
         x[:problem.n_kernel] @ pair_matrix(problem, kernel) @ x[:problem.n_kernel])
     assert_allclose(sandwich_terms(problem, weights, kernel, x), correlated + pairs,
                     rtol=1e-8)
+
+
+def test_unweighted_reference_variance_is_the_whole_covariance_through_the_kernel():
+    """A fit that leaves the reference's noise out of its weights misses all of it, diagonal too."""
+    rng = np.random.default_rng(4)
+    problem = tiny_problem(rng)
+    kernel = torch.as_tensor(rng.uniform(0.0, 0.1, (KERNEL, KERNEL)))
+    weights = torch.as_tensor(rng.uniform(0.5, 2.0, problem.target.shape))
+    n = problem.n_kernel + problem.basis.shape[0]
+    x = torch.as_tensor(rng.normal(size=n))
+    s = rng.uniform(50.0, 150.0, (SIZE, SIZE))
+    through_kernel = convolution_matrix(problem, kernel)
+    covariance = through_kernel @ torch.diag(torch.as_tensor(s).reshape(-1)) @ through_kernel.T
+    u = weights.reshape(-1) * (design_matrix(problem) @ x)
+    whole = float(u @ covariance @ u)
+    # the noise-times-noise term, as in the sandwich of reference_noise=True
+    centre = torch.as_tensor(s)[H:SIZE - H, H:SIZE - H]
+    pairs = float(torch.sum(weights ** 2 * centre ** 2)) * float(
+        x[:problem.n_kernel] @ pair_matrix(problem, kernel) @ x[:problem.n_kernel])
+    value = unweighted_reference_variance(problem, weights, kernel, x, s)
+    assert_allclose(value, whole + pairs, rtol=1e-8)
 
 
 def test_pair_term_matches_the_fourth_moment_for_uniform_noise():
