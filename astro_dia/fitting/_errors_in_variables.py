@@ -338,6 +338,21 @@ def sandwich_terms(problem, weights, kernel, solution):
     extra : float
         ``u^T (C_R - diag C_R) u + X`` with ``u = W A x`` (see the module).
     """
+    s = reference_variance_image(problem)
+    u, correlated, second = through_kernel_terms(problem, weights, kernel, solution, s)
+    diagonal = float(torch.sum(u ** 2 * problem.extra_variance.to(torch.float64)))
+    return correlated - diagonal + second
+
+
+def through_kernel_terms(problem, weights, kernel, solution, s):
+    """
+    ``u = W A x``, ``sum_m s(m) g(m)**2`` and the noise-times-noise term, for a reference variance ``s``.
+
+    ``g`` is the adjoint through ``kernel`` of ``u`` (`adjoint_through_kernel`);
+    the last term is ``sum_p w_p**2 s_p**2 sum_d Y(d) Y(-d)`` with
+    ``Y(d) = sum_t x(t) K(t + d)``. Shared by `sandwich_terms` and
+    `unweighted_reference_variance`.
+    """
     n_kernel = problem.n_kernel
     size = problem.kernel_size
     h = problem.half
@@ -348,18 +363,16 @@ def sandwich_terms(problem, weights, kernel, solution):
         w64 = weights.to(torch.float64)
         model = problem.model(direction.to(problem.dtype), coefficients.to(problem.dtype))
         u = w64 * model.to(torch.float64)
-        s = reference_variance_image(problem)
         kernel64 = kernel.detach().to(torch.float64)
         g = adjoint_through_kernel(problem, u, kernel64)
         correlated = float(torch.sum(s * g ** 2))
-        diagonal = float(torch.sum(u ** 2 * problem.extra_variance.to(torch.float64)))
         # Y(d) = sum_t x(t) K(t + d): the 2K-1 lags by one small convolution.
         y = torch.nn.functional.conv2d(
             torch.nn.functional.pad(direction.to(torch.float64)[None, None],
                                     (size - 1,) * 4), kernel64[None, None])[0, 0]
         pairs = float(torch.sum(y * y.flip(0, 1)))
         second = float(torch.sum(w64 ** 2 * s[h:ny - h, h:nx - h] ** 2)) * pairs
-    return correlated - diagonal + second
+    return u, correlated, second
 
 
 def unweighted_reference_variance(problem, weights, kernel, solution, variance):
@@ -389,25 +402,8 @@ def unweighted_reference_variance(problem, weights, kernel, solution, variance):
     -------
     float
     """
-    n_kernel = problem.n_kernel
-    size = problem.kernel_size
-    h = problem.half
-    ny, nx = problem.shape
-    with torch.no_grad():
-        direction = solution[:n_kernel].reshape(problem.kernel_shape)
-        coefficients = solution[n_kernel:]
-        w64 = weights.to(torch.float64)
-        model = problem.model(direction.to(problem.dtype), coefficients.to(problem.dtype))
-        u = w64 * model.to(torch.float64)
-        s = torch.as_tensor(variance, dtype=torch.float64, device=problem.device)
-        kernel64 = kernel.detach().to(torch.float64)
-        g = adjoint_through_kernel(problem, u, kernel64)
-        correlated = float(torch.sum(s * g ** 2))
-        y = torch.nn.functional.conv2d(
-            torch.nn.functional.pad(direction.to(torch.float64)[None, None],
-                                    (size - 1,) * 4), kernel64[None, None])[0, 0]
-        pairs = float(torch.sum(y * y.flip(0, 1)))
-        second = float(torch.sum(w64 ** 2 * s[h:ny - h, h:nx - h] ** 2)) * pairs
+    s = torch.as_tensor(variance, dtype=torch.float64, device=problem.device)
+    _, correlated, second = through_kernel_terms(problem, weights, kernel, solution, s)
     return correlated + second
 
 
