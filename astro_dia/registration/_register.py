@@ -10,6 +10,7 @@ import numpy as np
 from astropy import units as u
 from astropy.nddata import CCDData
 from astropy.utils.exceptions import AstropyUserWarning
+from scipy import ndimage
 
 from . import _match
 from ._inputs import RegistrationError, celestial_wcs, output_header, read_frame, \
@@ -29,6 +30,9 @@ WCS_RADIUS = 5.0
 MATCH_RADIUS = 3.0
 #: The final fit uses the 2-D centroids of at most this many pairs, the best measured.
 POLISH_STARS = 150
+#: Seeing is matched before the final centroids when the Gaussian that turns the
+#: sharper frame's FWHM into the broader's is wider than this (sigma, pixels).
+MATCH_SIGMA = 0.25
 
 
 class RegistrationWarning(AstropyUserWarning):
@@ -123,9 +127,46 @@ def _alignment(model, transform, method, img, rst, xy_i, xy_r, **extra):
                      image_fwhm=img.fwhm, reference_fwhm=rst.fwhm, **extra)
 
 
+def _blur_near(data, mask, xy, sigma, half):
+    """
+    ``data`` convolved with a Gaussian of ``sigma`` within ``half`` pixels of each ``xy``.
+
+    The convolution is normalised by that of the unmasked pixels' weights,
+    so masked pixels and the frame's edges do not pull the values; the
+    returned mask adds the pixels where less than half the weight was
+    unmasked. Elsewhere the data are returned unchanged: only the cutouts
+    the centroids are fitted in are convolved.
+    """
+    out, out_mask = data.copy(), mask.copy()
+    pad = int(np.ceil(4 * sigma))
+    ny, nx = data.shape
+    for x, y in np.round(xy).astype(int):
+        y0, y1 = max(y - half - pad, 0), min(y + half + pad + 1, ny)
+        x0, x1 = max(x - half - pad, 0), min(x + half + pad + 1, nx)
+        good = ~mask[y0:y1, x0:x1]
+        total = ndimage.gaussian_filter(np.where(good, data[y0:y1, x0:x1], 0.0), sigma,
+                                        mode="constant")
+        weight = ndimage.gaussian_filter(good.astype(float), sigma, mode="constant")
+        inner = (slice(max(y - half, 0), min(y + half + 1, ny)),
+                 slice(max(x - half, 0), min(x + half + 1, nx)))
+        local = (slice(inner[0].start - y0, inner[0].stop - y0),
+                 slice(inner[1].start - x0, inner[1].stop - x0))
+        out[inner] = total[local] / np.maximum(weight[local], 1e-12)
+        out_mask[inner] |= weight[local] < 0.5
+    return out, out_mask
+
+
 def _polish(frame, ref, img, rst, i, j, models, min_stars):
     """
     The final fit, on 2-D Gaussian centroids of the (up to `POLISH_STARS`) best pairs.
+
+    The seeing is matched first: around each star the sharper frame is
+    convolved with the Gaussian that brings its FWHM to the broader's. A
+    faint neighbour pulls a star's centroid the more the broader its PSF,
+    so without this every blended star sits off by its own amount between
+    frames of different seeing (0.2-0.3 px rms on pyDIA's bulge field at 7
+    against 4.3 px FWHM), a scatter that the fit then spreads over the
+    transform. Convolution with a symmetric kernel moves no isolated star.
 
     Returns ``model, transform, image_xy, reference_xy``; the finder's
     centroids are kept if too few 2-D fits succeed.
@@ -134,8 +175,16 @@ def _polish(frame, ref, img, rst, i, j, models, min_stars):
     best = np.argsort(error, kind="stable")[:POLISH_STARS]
     i, j = i[best], j[best]
     fwhm = max(img.fwhm, rst.fwhm)
-    xy_i = fit_centroids(frame.data, frame.mask, img.x[i], img.y[i], fwhm=fwhm, sky=img.sky)
-    xy_r = fit_centroids(ref.data, ref.mask, rst.x[j], rst.y[j], fwhm=fwhm, sky=rst.sky)
+    data_i, mask_i, data_r, mask_r = frame.data, frame.mask, ref.data, ref.mask
+    sigma = np.sqrt(abs(img.fwhm ** 2 - rst.fwhm ** 2)) / (2 * np.sqrt(2 * np.log(2)))
+    if sigma > MATCH_SIGMA:
+        half = int(round(fwhm)) + 2
+        if img.fwhm < rst.fwhm:
+            data_i, mask_i = _blur_near(data_i, mask_i, img.xy[i], sigma, half)
+        else:
+            data_r, mask_r = _blur_near(data_r, mask_r, rst.xy[j], sigma, half)
+    xy_i = fit_centroids(data_i, mask_i, img.x[i], img.y[i], fwhm=fwhm, sky=img.sky)
+    xy_r = fit_centroids(data_r, mask_r, rst.x[j], rst.y[j], fwhm=fwhm, sky=rst.sky)
     ok = np.all(np.isfinite(xy_i), axis=1) & np.all(np.isfinite(xy_r), axis=1)
     if ok.sum() < min_stars:
         xy_i, xy_r, ok = img.xy[i], rst.xy[j], np.ones(len(i), bool)

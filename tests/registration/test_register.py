@@ -235,3 +235,25 @@ def test_auto_falls_back_on_the_wcs_with_a_warning():
     with pytest.warns(RegistrationWarning, match="WCS alone"):
         out = register(blank, reference)
     assert out.header["REGMETH"] == "wcs"
+
+
+def test_seeing_matched_cutouts():
+    # _blur_near convolves only around the stars, as a mask-aware convolution
+    # of the whole frame would there, and masks where the weight is too low.
+    from astro_dia.registration._register import _blur_near
+
+    rng = np.random.default_rng(5)
+    data = rng.normal(100.0, 5.0, (60, 70))
+    mask = np.zeros(data.shape, bool)
+    mask[30, 20] = True
+    mask[0:3, :] = True
+    xy = np.array([[20.0, 30.0], [50.4, 4.6]])
+    out, out_mask = _blur_near(data, mask, xy, 1.5, 6)
+    good = (~mask).astype(float)
+    whole = (ndimage.gaussian_filter(np.where(mask, 0.0, data), 1.5, mode="constant")
+             / ndimage.gaussian_filter(good, 1.5, mode="constant"))
+    near = (slice(24, 37), slice(14, 27))
+    np.testing.assert_allclose(out[near], whole[near], rtol=1e-12)
+    np.testing.assert_allclose(out[3:11, 45:57], whole[3:11, 45:57], rtol=1e-12)
+    assert out_mask[30, 20] and not out_mask[29, 20] and not out_mask[3, 50]
+    np.testing.assert_array_equal(out[40:, :10], data[40:, :10])
