@@ -11,13 +11,15 @@ sources at once:
   photutils fits: centred on the pixel nearest the position, trimmed at
   the image's edges), its masked pixels left out;
 - the rows are the pixels of the union of the footprints, each once; the
-  column of a source holds its PSF at those rows of its group (the
-  sources whose footprints overlap, joined by overlap in a chain): the
-  sources of a group (a blend) are fitted jointly;
+  column of a source holds its PSF over its own footprint and those that
+  overlap it: sources whose footprints overlap (a blend) are fitted
+  jointly, and so, through them, a chain of overlapping footprints (a
+  group);
 - the normal matrix is block-diagonal over the groups: an isolated source
   has ``flux = sum(w P d) / sum(w P**2)`` and ``flux_err = 1 / sqrt(sum(w
-  P**2))`` (``w = 1 / error**2``), a group its small linear system, the
-  errors from the diagonal of its inverse.
+  P**2))`` (``w = 1 / error**2``), a group its linear system, the errors
+  from the diagonal of its inverse (dense for a small group, from sparse
+  LU solves for a large one: a crowded field can chain thousands).
 
 The fit-quality columns follow photutils' definitions on each source's own
 footprint: ``reduced_chi2`` (chi^2 of the group's model over the
@@ -40,15 +42,22 @@ def _centres(x, y):
     return np.ceil(x - 0.5).astype(int), np.ceil(y - 0.5).astype(int)
 
 
-def _groups(cx, cy, box):
-    """Labels of the groups of sources whose footprints overlap (in a chain)."""
-    n = len(cx)
-    if n < 2:
-        return np.zeros(n, int)
+#: Largest group whose normal matrix is inverted densely.
+DENSE_GROUP = 1000
+
+
+def _overlaps(cx, cy, box):
+    """The pairs ``(i, j)``, ``i < j``, of sources whose footprints overlap."""
+    if len(cx) < 2:
+        return np.zeros((0, 2), int)
     # Boxes overlap when their centres are closer than a box along both axes:
     # a Chebyshev distance below 1 in units of the box.
     scaled = np.column_stack([cx / box[1], cy / box[0]])
-    pairs = cKDTree(scaled).query_pairs(1.0 - 0.5 / max(box), p=np.inf, output_type="ndarray")
+    return cKDTree(scaled).query_pairs(1.0 - 0.5 / max(box), p=np.inf, output_type="ndarray")
+
+
+def _groups(n, pairs):
+    """Labels of the groups of sources joined by overlapping footprints (in a chain)."""
     graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
     return connected_components(graph, directed=False)[1]
 
@@ -61,26 +70,18 @@ def _evaluate(psf, xx, yy, x0, y0):
     return np.asarray(psf.evaluate(xx, yy, *values), float)
 
 
-def _entries(psf, x, y, cx, cy, labels, box, shape, bad):
+def _entries(psf, x, y, cx, cy, pairs, box, shape, bad):
     """
     The design matrix's entries: (source, pixel, PSF value), each pair once.
 
-    Every source's PSF is evaluated on the footprint of every source of its
-    group, itself included; ``own`` marks the entries of its own footprint.
+    Every source's PSF is evaluated on its own footprint and on those that
+    overlap it; ``own`` marks the entries of its own footprint.
     """
     ny, nx = shape
-    order = np.argsort(labels, kind="stable")
-    sizes = np.bincount(labels)
-    starts = np.concatenate([[0], np.cumsum(sizes)])
-    # (k, j) pairs of one group: k's PSF on j's footprint.
-    ks, js = [np.arange(len(x))], [np.arange(len(x))]
-    for label in np.flatnonzero(sizes > 1):
-        members = order[starts[label]:starts[label + 1]]
-        k, j = np.meshgrid(members, members, indexing="ij")
-        off = k != j
-        ks.append(k[off])
-        js.append(j[off])
-    k, j = np.concatenate(ks), np.concatenate(js)
+    # (k, j): k's PSF on j's footprint; the own footprints first.
+    n = len(x)
+    k = np.concatenate([np.arange(n), pairs[:, 0], pairs[:, 1]])
+    j = np.concatenate([np.arange(n), pairs[:, 1], pairs[:, 0]])
     dy, dx = np.mgrid[-(box[0] // 2):box[0] // 2 + 1, -(box[1] // 2):box[1] // 2 + 1]
     xx = cx[j][:, None, None] + dx
     yy = cy[j][:, None, None] + dy
@@ -94,8 +95,7 @@ def _entries(psf, x, y, cx, cy, labels, box, shape, bad):
     # A pixel in two footprints of a group carries each PSF once.
     _, first = np.unique(source.astype(np.int64) * (ny * nx) + pixel, return_index=True)
     keep = np.zeros(len(pixel), bool)
-    keep[first] = True
-    keep |= own         # own-footprint entries are unique already; keep them all
+    keep[first] = True      # the first of a (source, pixel) is its own footprint's, if any
     return source[keep], pixel[keep], values[keep], own[keep]
 
 
@@ -131,8 +131,9 @@ def fit_fixed_positions(psf, data, error, bad, x, y, box):
     n = len(x)
     shape = data.shape
     cx, cy = _centres(x, y)
-    labels = _groups(cx, cy, box)
-    source, pixel, values, own = _entries(psf, x, y, cx, cy, labels, box, shape, bad)
+    pairs = _overlaps(cx, cy, box)
+    labels = _groups(n, pairs)
+    source, pixel, values, own = _entries(psf, x, y, cx, cy, pairs, box, shape, bad)
     rows, row = np.unique(pixel, return_inverse=True)
     sigma = error.ravel()[rows]
     d = data.ravel()[rows]
@@ -175,16 +176,46 @@ def _solve(normal, rhs, labels):
     ok = single & (diagonal > 0)
     flux[ok] = rhs[ok] / diagonal[ok]
     flux_err[ok] = 1.0 / np.sqrt(diagonal[ok])
+    order = np.argsort(labels, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(sizes)])
     for label in np.flatnonzero(sizes > 1):
-        members = np.flatnonzero(labels == label)
-        block = normal[members][:, members].toarray()
-        try:
-            inverse = np.linalg.inv(block)
-        except np.linalg.LinAlgError:
-            continue
-        variance = np.diag(inverse)
-        if not np.all(np.isfinite(inverse)) or np.any(variance <= 0):
-            continue
-        flux[members] = inverse @ rhs[members]
-        flux_err[members] = np.sqrt(variance)
+        members = order[starts[label]:starts[label + 1]]
+        block = normal[members][:, members]
+        solved = (_dense(block.toarray(), rhs[members]) if len(members) <= DENSE_GROUP
+                  else _sparse(block.tocsc(), rhs[members]))
+        if solved is not None:
+            flux[members], flux_err[members] = solved
     return flux, flux_err
+
+
+def _dense(block, rhs):
+    """Fluxes and errors of one group from its inverted normal matrix (None if singular)."""
+    try:
+        inverse = np.linalg.inv(block)
+    except np.linalg.LinAlgError:
+        return None
+    variance = np.diag(inverse)
+    if not np.all(np.isfinite(inverse)) or np.any(variance <= 0):
+        return None
+    return inverse @ rhs, np.sqrt(variance)
+
+
+def _sparse(block, rhs, chunk=256):
+    """The same for a large group: a sparse LU, its inverse's diagonal a chunk at a time."""
+    from scipy.sparse.linalg import splu
+
+    try:
+        lu = splu(block)
+    except RuntimeError:        # exactly singular
+        return None
+    n = block.shape[0]
+    variance = np.empty(n)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        unit = np.zeros((n, stop - start))
+        unit[np.arange(start, stop), np.arange(stop - start)] = 1.0
+        variance[start:stop] = lu.solve(unit)[np.arange(start, stop), np.arange(stop - start)]
+    flux = lu.solve(rhs)
+    if not np.all(np.isfinite(flux)) or np.any(~(variance > 0)):
+        return None
+    return flux, np.sqrt(variance)

@@ -17,6 +17,7 @@ from photutils.psf import PSFPhotometry
 
 from astro_dia.photometry import PHOTOMETRY_FLAGS, differential_photometry, gaussian_psf, \
     target_psf
+from astro_dia.photometry import _linear
 from astro_dia.photometry._linear import fit_fixed_positions
 
 BOX = (15, 15)
@@ -141,3 +142,18 @@ def test_undetermined_source_is_flagged(psf):
     fit = fit_fixed_positions(psf, model, error, bad, x, y, BOX)
     assert np.all(~np.isfinite(fit["flux"]))
     assert np.all(fit["flags"] & PHOTOMETRY_FLAGS["no_covariance"])
+
+
+def test_a_chain_is_one_group_and_large_groups_are_solved_sparsely(psf, monkeypatch):
+    # five sources 9 px apart in a row: each box overlaps its neighbours' only
+    x, y = 40.0 + 9.0 * np.arange(5), np.full(5, 80.0) + 0.3 * np.arange(5)
+    flux = np.array([2000.0, -1500.0, 800.0, 3000.0, -600.0])
+    model, data, error, bad = _image(psf, x, y, flux, seed=3)
+    dense = fit_fixed_positions(psf, data, error, bad, x, y, BOX)
+    np.testing.assert_array_equal(dense["group_size"], 5)
+    monkeypatch.setattr(_linear, "DENSE_GROUP", 1)
+    sparse = fit_fixed_positions(psf, data, error, bad, x, y, BOX)
+    np.testing.assert_allclose(sparse["flux"], dense["flux"], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(sparse["flux_err"], dense["flux_err"], rtol=1e-9)
+    exact = fit_fixed_positions(psf, model, error, bad, x, y, BOX)
+    np.testing.assert_allclose(exact["flux"], flux, rtol=1e-4)
