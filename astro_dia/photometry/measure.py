@@ -264,9 +264,9 @@ def differential_photometry(result, positions, reference_psf, *, fit_shape=None,
     time): ``flux = sum(w P d) / sum(w P**2)``, ``flux_err = 1 /
     sqrt(sum(w P**2))`` with ``w = 1 / error**2`` for an isolated source.
     Sources whose fit boxes overlap (a chain of them) are fitted jointly,
-    each pixel counted once and each source's PSF included wherever it
-    reaches over the group's boxes; their errors come from the inverse of
-    the group's normal matrix. Free positions or a background term are
+    each pixel counted once and each source's PSF included over its own
+    box and the boxes that overlap it; their errors come from the inverse
+    of the group's normal matrix. Free positions or a background term are
     fitted with `photutils.psf.PSFPhotometry`, each source on its own.
 
     Parameters
