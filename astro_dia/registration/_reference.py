@@ -78,7 +78,7 @@ class ReferenceStars:
                                  saturation=saturation_level(frame, saturation))
         self._data, self._mask = frame.data, frame.mask
         self._fingerprint = _fingerprint(frame.data)
-        self._centroids = {}
+        self._fitted = {}
 
     @property
     def fwhm(self):
@@ -95,7 +95,7 @@ class ReferenceStars:
         return (f"<ReferenceStars: {len(self)} stars, FWHM {self.fwhm:.2f} px, "
                 f"reference {self.shape[0]} x {self.shape[1]}>")
 
-    def check(self, frame):
+    def _stars_for(self, frame):
         """The stars, after checking that ``frame`` (an `_Frame`) is their reference."""
         if tuple(frame.shape) != self.shape or _fingerprint(frame.data) != self._fingerprint:
             raise RegistrationError(
@@ -104,7 +104,7 @@ class ReferenceStars:
                 "them with ReferenceStars(reference) from the reference registered to")
         return self._stars
 
-    def centroids(self, index, fwhm):
+    def _centroids(self, index, fwhm):
         """
         2-D Gaussian centroids of the stars ``index``, as `fit_centroids` gives them.
 
@@ -112,7 +112,7 @@ class ReferenceStars:
         """
         index = np.asarray(index, int)
         box = centroid_box(fwhm)
-        values, done = self._centroids.setdefault(
+        values, done = self._fitted.setdefault(
             box, (np.full((len(self._stars), 2), np.nan), np.zeros(len(self._stars), bool)))
         todo = np.unique(index[~done[index]])
         if len(todo):

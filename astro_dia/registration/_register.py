@@ -123,7 +123,7 @@ def _polish(frame, ref, img, rst, i, j, models, min_stars, known=None):
     fwhm = max(img.fwhm, rst.fwhm)
     xy_i = fit_centroids(frame.data, frame.mask, img.x[i], img.y[i], fwhm=fwhm, sky=img.sky)
     xy_r = (fit_centroids(ref.data, ref.mask, rst.x[j], rst.y[j], fwhm=fwhm, sky=rst.sky)
-            if known is None else known.centroids(j, fwhm))
+            if known is None else known._centroids(j, fwhm))
     ok = np.all(np.isfinite(xy_i), axis=1) & np.all(np.isfinite(xy_r), axis=1)
     if ok.sum() < min_stars:
         xy_i, xy_r, ok = img.xy[i], rst.xy[j], np.ones(len(i), bool)
@@ -160,7 +160,7 @@ def _find(frame, ref, method, models, fwhm, threshold, saturation, min_stars, kn
                           "transform (distortion); the registration follows the affine "
                           "transform", RegistrationWarning)
     img = _stars(frame, fwhm, threshold, saturation)
-    rst = _stars(ref, fwhm, threshold, saturation) if known is None else known.check(ref)
+    rst = _stars(ref, fwhm, threshold, saturation) if known is None else known._stars_for(ref)
     if method == "wcs":
         radius = max(WCS_RADIUS, 2 * max(img.fwhm, rst.fwhm))
         i, j = _match.pair_stars(guess(img.xy), rst.xy, radius)
