@@ -108,10 +108,11 @@ if os.environ.get("ASTRO_DIA_BENCH_STEPS"):
     astro_dia.pipeline.process_series = _dumped
     for _name in ("read_frames", "register_frames", "fit_many", "reference_sources",
                   "series_psf", "_detect", "group_candidates", "reference_fluxes",
-                  "_measure", "variability", "read_result", "significance_image",
-                  "find_transients", "differential_photometry"):
+                  "_measure", "variability", "read_result", "compute_significance",
+                  "transients_in", "differential_photometry"):
         _wrap(series, _name, _name)
     _wrap(epochs, "_register_one", "register")
+    _wrap(epochs, "_reference_stars", "registration reference stars")
     _wrap(batch, "read_image", "fit_many.read_image")
     _wrap(batch, "write_result", "fit_many.write_result")
     _wrap(core.DifferenceImager, "fit", "DifferenceImager.fit")
@@ -254,8 +255,10 @@ def print_breakdown(steps, wall, n_frames):
         ("start-up: interpreter, imports, arguments", wall - s("process_series")),
         ("  of which importing astro_dia + torch", s("import")),
         ("read frames (FITS)", s("read_frames")),
+        ("registration: the reference's stars (once)", s("registration reference stars")),
         ("register (find stars, match, shift)", s("register")),
-        ("write registered frames", s("register_frames") - s("register")),
+        ("write registered frames", s("register_frames") - s("register")
+         - s("registration reference stars")),
         ("fit_many: read registered frame", s("fit_many.read_image")),
         ("fit_many: DifferenceImager.fit", s("DifferenceImager.fit")),
         ("fit_many: write result file", s("fit_many.write_result")),
@@ -265,10 +268,10 @@ def print_breakdown(steps, wall, n_frames):
         ("reference stars (once)", s("reference_sources")),
         ("reference ePSF (once)", s("series_psf")),
         ("detection: read result files", None),
-        ("detection: significance_image", s("significance_image")),
-        ("detection: find_transients", s("find_transients")),
-        ("detection: rest (stacking)", s("_detect") - s("significance_image")
-         - s("find_transients")),
+        ("detection: significance image", s("compute_significance")),
+        ("detection: candidates (find_transients)", s("transients_in")),
+        ("detection: rest (stacking, line defects)", s("_detect") - s("compute_significance")
+         - s("transients_in")),
         ("group candidates", s("group_candidates")),
         ("reference fluxes", s("reference_fluxes")),
         ("photometry: differential_photometry", s("differential_photometry")),
@@ -278,7 +281,8 @@ def print_breakdown(steps, wall, n_frames):
     # read_result is called by both _detect and _measure; split it by call count.
     n_read = calls.get("read_result", 0)
     per_read = s("read_result") / n_read if n_read else 0.0
-    rows[11] = ("detection: read result files (in rest)", per_read * n_read / 2)
+    rows[[label for label, _ in rows].index("detection: read result files")] = (
+        "detection: read result files (in rest)", per_read * n_read / 2)
     accounted = sum(value for label, value in rows
                     if value is not None and not label.startswith(" ")
                     and "(in rest)" not in label)

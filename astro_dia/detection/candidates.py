@@ -256,8 +256,24 @@ def find_transients(result, threshold=5.0, *, reference_psf=None, box_size=None,
     threshold = float(threshold)
     if not np.isfinite(threshold) or threshold <= 0:
         raise ValueError(f"threshold must be positive and finite, got {threshold}")
-    significance, scatter, psf_filter, fit, difference, arrays = compute_significance(
-        result, reference_psf, calibrate_scatter=calibrate)
+    computed = compute_significance(result, reference_psf, calibrate_scatter=calibrate)
+    return transients_in(result, computed, threshold, box_size=box_size, calibrate=calibrate,
+                         max_candidates=max_candidates)
+
+
+def transients_in(result, computed, threshold, *, box_size=None, calibrate=True,
+                  max_candidates=None):
+    """
+    `find_transients` on a significance already computed (private).
+
+    ``computed`` is what ``compute_significance(result, reference_psf,
+    calibrate_scatter=calibrate)`` returned, so that a caller that needs
+    the significance image too computes it once.
+    """
+    threshold = float(threshold)
+    if not np.isfinite(threshold) or threshold <= 0:
+        raise ValueError(f"threshold must be positive and finite, got {threshold}")
+    significance, scatter, psf_filter, fit, difference, arrays = computed
     if box_size is None:
         box_size = 2 * int(np.ceil(psf_filter.fwhm)) + 1
     xi, yi, signs = _peaks(significance, threshold, int(box_size), border=0)

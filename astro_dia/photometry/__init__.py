@@ -3,8 +3,9 @@ Photometry on difference images, and light curves.
 
 Differential fluxes are measured on ``result.difference`` (a `~astro_dia.DifferenceResult`)
 at given positions, by fitting the target PSF (the reference PSF convolved
-with the fitted kernel and normalised, paper section 3.2) with photutils
-`~photutils.psf.PSFPhotometry`, or by aperture sums. Dividing by the
+with the fitted kernel and normalised, paper section 3.2): at fixed
+positions by linear least squares (blends jointly), at free positions with
+photutils `~photutils.psf.PSFPhotometry`; or by aperture sums. Dividing by the
 photometric scale factor P puts them on the reference's scale.
 `light_curve` differences a series of targets against one reference and
 measures the same positions in each.

@@ -2,7 +2,9 @@
 Differential fluxes at given positions on a difference image.
 
 `differential_photometry` fits the target PSF (the reference PSF convolved
-with the kernel) at fixed (or free) positions with photutils
+with the kernel) at fixed positions by linear least squares (sources whose
+fit boxes overlap jointly, ``astro_dia.photometry._linear``), or at free
+positions or with a background term with photutils
 `~photutils.psf.PSFPhotometry`, weighted by the difference image's
 uncertainty and honouring its mask. `aperture_photometry_difference`
 (`astro_dia.photometry.aperture`) is the quick alternative, on the inputs
@@ -20,6 +22,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 
 from ..result._kernel_header import kernel_from_header
 from .flags import PHOTOMETRY_FLAGS
+from ._linear import fit_fixed_positions
 from ._positions import position_table
 from .psf import _check_psf_model, _natural_size, render_psf, target_psf
 
@@ -250,10 +253,21 @@ def differential_photometry(result, positions, reference_psf, *, fit_shape=None,
     PSF-fitted differential fluxes at given positions on a difference image.
 
     The target PSF, ``reference_psf (x) kernel / P`` (`target_psf`), is fitted
-    at each position with `photutils.psf.PSFPhotometry`, weighted by the
-    difference image's uncertainty; masked, NaN and zero-uncertainty pixels
-    are left out. The flux is then divided by the scale factor P to put it
-    on the reference's photometric scale (paper section 3.2).
+    at each position, weighted by the difference image's uncertainty;
+    masked, NaN and zero-uncertainty pixels are left out. The flux is then
+    divided by the scale factor P to put it on the reference's photometric
+    scale (paper section 3.2).
+
+    At fixed positions without a background term the model is linear in
+    the fluxes, and the weighted least-squares fluxes are computed directly
+    (what `photutils.psf.PSFPhotometry` converges to, in a fraction of its
+    time): ``flux = sum(w P d) / sum(w P**2)``, ``flux_err = 1 /
+    sqrt(sum(w P**2))`` with ``w = 1 / error**2`` for an isolated source.
+    Sources whose fit boxes overlap (a chain of them) are fitted jointly,
+    each pixel counted once and each source's PSF included over its own
+    box and the boxes that overlap it; their errors come from the inverse
+    of the group's normal matrix. Free positions or a background term are
+    fitted with `photutils.psf.PSFPhotometry`, each source on its own.
 
     Parameters
     ----------
@@ -304,7 +318,9 @@ def differential_photometry(result, positions, reference_psf, *, fit_shape=None,
         ``skycoord`` (for sky positions), ``flux``, ``flux_err`` (in the
         difference's unit), ``flux_ref = flux / P``, ``flux_ref_err``
         (with sigma_P), ``local_bkg`` (with a background term),
-        ``reduced_chi2``, ``qfit``, ``cfit``, ``n_pixels`` and ``flags``
+        ``reduced_chi2``, ``qfit``, ``cfit`` (photutils' definitions, on
+        each source's own fit box and its group's model), ``n_pixels`` and
+        ``flags``
         (see ``astro_dia.photometry.PHOTOMETRY_FLAGS``). Rows that could not
         be measured (off the image, fully masked) have NaN fluxes and a
         flag. ``meta`` holds P, sigma_P and the fit shape.
@@ -391,8 +407,19 @@ def differential_photometry(result, positions, reference_psf, *, fit_shape=None,
 
 def _fit_group(psf, data, error, bad, x, y, box, local_background, fixed_positions,
                position_bounds):
-    """photutils PSF photometry of sources that share one PSF model."""
+    """PSF photometry of sources that share one PSF model.
+
+    Fixed positions without a background term make a linear fit, solved
+    directly (`fit_fixed_positions`, blends jointly); otherwise photutils
+    fits each source.
+    """
     from photutils.psf import PSFPhotometry
+
+    if fixed_positions and local_background is False:
+        fitted = fit_fixed_positions(psf, data, error, bad, x, y, box)
+        return {"flux_fit": fitted["flux"], "flux_err": fitted["flux_err"], "x_fit": x,
+                "y_fit": y, "n_pixels_fit": fitted["n_pixels"], "flags": fitted["flags"],
+                **{name: fitted[name] for name in ("reduced_chi2", "qfit", "cfit")}}
 
     model = _psf_model(psf, local_background, fixed_positions)
     init = QTable({"x": x, "y": y,

@@ -19,7 +19,7 @@ from astropy.table import QTable
 from astropy.utils.console import ProgressBar
 
 from ..photometry import observation_time
-from ..registration import RegistrationError, register
+from ..registration import ReferenceStars, RegistrationError, find_transform, register
 
 __all__ = []
 
@@ -72,14 +72,28 @@ def read_frames(frames, unit=None):
     return epochs
 
 
-def _register_one(image, reference, method):
-    """Whole-pixel shift when the transform is a translation, else resampling."""
+def _register_one(image, reference, method, reference_stars=None):
+    """Whole-pixel shift when the transform is a translation, else resampling.
+
+    The transform is found once (with the reference's stars found once for
+    the series, ``reference_stars``) and applied either way.
+    """
+    alignment = find_transform(image, reference, method=method,
+                               reference_stars=reference_stars)
     try:
-        return register(image, reference, method=method, resample=False)
+        return register(image, reference, resample=False, alignment=alignment)
     except RegistrationError as exc:
         if "translation" not in str(exc):
             raise
-        return register(image, reference, method=method, resample=True)
+        return register(image, reference, resample=True, alignment=alignment)
+
+
+def _reference_stars(reference):
+    """The reference's stars for the whole series, or None (each frame then finds them)."""
+    try:
+        return ReferenceStars(reference)
+    except (RegistrationError, ValueError):
+        return None     # each frame's registration says what is wrong, in the frames table
 
 
 def register_frames(epochs, reference, folder, *, method="auto", overwrite=False,
@@ -100,10 +114,11 @@ def register_frames(epochs, reference, folder, *, method="auto", overwrite=False
                     "scale_factor_err": np.full(n, np.nan),
                     "output": np.array([""] * n, dtype=object),
                     "error": np.array([""] * n, dtype=object)})
+    known = _reference_stars(reference)
     with ProgressBar(n) if progress else nullcontext() as bar:
         for epoch in epochs:
             try:
-                registered = _register_one(epoch.image, reference, method)
+                registered = _register_one(epoch.image, reference, method, known)
             except (RegistrationError, ValueError) as exc:
                 epoch.error = f"{type(exc).__name__}: {exc}"
                 table["error"][epoch.index] = epoch.error

@@ -21,7 +21,8 @@ from astropy.utils.exceptions import AstropyUserWarning
 
 from ..batch import fit_many
 from ..exceptions import KernelFitWarning, NoiseModelWarning, SaturationWarning
-from ..detection import find_transients, significance_image
+from ..detection.candidates import transients_in
+from ..detection.significance import compute_significance
 from ..photometry import differential_photometry
 from ..reference import build_reference
 from ..result.io import read_result
@@ -125,9 +126,10 @@ def _detect(outcomes, psf, threshold, shape, frames):
         with warnings.catch_warnings():
             # The scatter of S is said once for the series (frames.ecsv), not per frame.
             warnings.simplefilter("ignore", AstropyUserWarning)
-            snr = significance_image(result, psf)
-            table = find_transients(result, threshold, reference_psf=psf)
-        stack.add(np.where(snr.mask, np.nan, snr.data) if snr.mask is not None else snr.data)
+            # The significance image, computed once for the stack and the search.
+            computed = compute_significance(result, psf)
+            table = transients_in(result, computed, threshold)
+        stack.add(computed[0])
         keep = [name for name in ("x", "y", "snr", "flags", "sign") if name in table.colnames]
         table = QTable(table[keep])
         table["epoch"] = np.full(len(table), epoch)

@@ -114,6 +114,22 @@ def read_frame(image, name, *, need_nddata=True):
     return _Frame(data, mask, variance, unit, uncertainty_class, wcs, meta, name)
 
 
+def saturation_level(frame, saturation):
+    """The saturation level: ``saturation``, else the SATURATE or SATLEVEL keyword, or None."""
+    if saturation is not None:
+        return float(saturation)
+    meta = frame.meta or {}
+    for key in ("SATURATE", "SATLEVEL"):
+        if key in meta:
+            value = meta[key]
+            value = value[0] if isinstance(value, tuple) else value
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
 def celestial_wcs(frame):
     """The frame's 2-D celestial WCS, or None."""
     wcs = frame.wcs

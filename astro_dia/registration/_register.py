@@ -14,7 +14,8 @@ from scipy import ndimage
 
 from . import _match
 from ._inputs import RegistrationError, celestial_wcs, output_header, read_frame, \
-    rebuild_uncertainty
+    rebuild_uncertainty, saturation_level
+from ._reference import ReferenceStars
 from ._resample import coverage, resample as _resample, shift_whole
 from ._stars import find_stars, fit_centroids
 
@@ -100,24 +101,9 @@ class Alignment:
         return float(np.sqrt(abs(np.linalg.det(self.matrix[:2, :2]))))
 
 
-def _saturation(frame, saturation):
-    if saturation is not None:
-        return float(saturation)
-    meta = frame.meta or {}
-    for key in ("SATURATE", "SATLEVEL"):
-        if key in meta:
-            value = meta[key]
-            value = value[0] if isinstance(value, tuple) else value
-            try:
-                return float(value)
-            except (TypeError, ValueError):
-                return None
-    return None
-
-
 def _stars(frame, fwhm, threshold, saturation):
     return find_stars(frame.data, frame.mask, fwhm=fwhm, threshold=threshold,
-                      saturation=_saturation(frame, saturation))
+                      saturation=saturation_level(frame, saturation))
 
 
 def _alignment(model, transform, method, img, rst, xy_i, xy_r, **extra):
@@ -156,7 +142,7 @@ def _blur_near(data, mask, xy, sigma, half):
     return out, out_mask
 
 
-def _polish(frame, ref, img, rst, i, j, models, min_stars):
+def _polish(frame, ref, img, rst, i, j, models, min_stars, known=None):
     """
     The final fit, on 2-D Gaussian centroids of the (up to `POLISH_STARS`) best pairs.
 
@@ -169,7 +155,8 @@ def _polish(frame, ref, img, rst, i, j, models, min_stars):
     transform. Convolution with a symmetric kernel moves no isolated star.
 
     Returns ``model, transform, image_xy, reference_xy``; the finder's
-    centroids are kept if too few 2-D fits succeed.
+    centroids are kept if too few 2-D fits succeed. ``known`` (a
+    `ReferenceStars`) gives the reference's centroids, each fitted once.
     """
     error = np.hypot(img.error[i], rst.error[j])
     best = np.argsort(error, kind="stable")[:POLISH_STARS]
@@ -177,14 +164,18 @@ def _polish(frame, ref, img, rst, i, j, models, min_stars):
     fwhm = max(img.fwhm, rst.fwhm)
     data_i, mask_i, data_r, mask_r = frame.data, frame.mask, ref.data, ref.mask
     sigma = np.sqrt(abs(img.fwhm ** 2 - rst.fwhm ** 2)) / (2 * np.sqrt(2 * np.log(2)))
+    blur_reference = sigma > MATCH_SIGMA and img.fwhm > rst.fwhm
     if sigma > MATCH_SIGMA:
         half = int(round(fwhm)) + 2
-        if img.fwhm < rst.fwhm:
-            data_i, mask_i = _blur_near(data_i, mask_i, img.xy[i], sigma, half)
-        else:
+        if blur_reference:
             data_r, mask_r = _blur_near(data_r, mask_r, rst.xy[j], sigma, half)
+        else:
+            data_i, mask_i = _blur_near(data_i, mask_i, img.xy[i], sigma, half)
     xy_i = fit_centroids(data_i, mask_i, img.x[i], img.y[i], fwhm=fwhm, sky=img.sky)
-    xy_r = fit_centroids(data_r, mask_r, rst.x[j], rst.y[j], fwhm=fwhm, sky=rst.sky)
+    # The reference's centroids fitted once (``known``) hold only where its
+    # data are not convolved to this frame's seeing.
+    xy_r = (known._centroids(j, fwhm) if known is not None and not blur_reference
+            else fit_centroids(data_r, mask_r, rst.x[j], rst.y[j], fwhm=fwhm, sky=rst.sky))
     ok = np.all(np.isfinite(xy_i), axis=1) & np.all(np.isfinite(xy_r), axis=1)
     if ok.sum() < min_stars:
         xy_i, xy_r, ok = img.xy[i], rst.xy[j], np.ones(len(i), bool)
@@ -202,7 +193,7 @@ def _check_overlap(transform, image_shape, reference_shape):
             "register frames of the same field, or check their WCSs")
 
 
-def _find(frame, ref, method, models, fwhm, threshold, saturation, min_stars):
+def _find(frame, ref, method, models, fwhm, threshold, saturation, min_stars, known=None):
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     wcs_i, wcs_r = celestial_wcs(frame), celestial_wcs(ref)
@@ -220,8 +211,8 @@ def _find(frame, ref, method, models, fwhm, threshold, saturation, min_stars):
             warnings.warn(f"the WCSs' mapping departs by up to {departure:.2f} px from an affine "
                           "transform (distortion); the registration follows the affine "
                           "transform", RegistrationWarning)
-    img, rst = _stars(frame, fwhm, threshold, saturation), _stars(ref, fwhm, threshold,
-                                                                 saturation)
+    img = _stars(frame, fwhm, threshold, saturation)
+    rst = _stars(ref, fwhm, threshold, saturation) if known is None else known._stars_for(ref)
     if method == "wcs":
         radius = max(WCS_RADIUS, 2 * max(img.fwhm, rst.fwhm))
         i, j = _match.pair_stars(guess(img.xy), rst.xy, radius)
@@ -233,7 +224,7 @@ def _find(frame, ref, method, models, fwhm, threshold, saturation, min_stars):
             _, _, i, j = _match.refine(guess, img, rst, radius=radius, models=models,
                                        min_stars=min_stars)
             model, transform, xy_i, xy_r = _polish(frame, ref, img, rst, i, j, models,
-                                                   min_stars)
+                                                   min_stars, known)
             _check_overlap(transform, frame.shape, ref.shape)
             return _alignment(model, transform, "wcs+stars", img, rst, xy_i, xy_r,
                               wcs_departure=departure)
@@ -244,7 +235,8 @@ def _find(frame, ref, method, models, fwhm, threshold, saturation, min_stars):
         _, _, i, j = _match.refine(first, img, rst,
                                    radius=max(MATCH_RADIUS, max(img.fwhm, rst.fwhm)),
                                    models=models, min_stars=min_stars)
-        model, transform, xy_i, xy_r = _polish(frame, ref, img, rst, i, j, models, min_stars)
+        model, transform, xy_i, xy_r = _polish(frame, ref, img, rst, i, j, models, min_stars,
+                                               known)
     except RegistrationError as error:
         if guess is None:
             raise RegistrationError(f"{error}. Star matching failed: check that the frames "
@@ -267,7 +259,7 @@ def _models(model):
 
 
 def find_transform(image, reference, *, method="auto", model=None, fwhm=None, threshold=5.0,
-                   saturation=None, min_stars=5):
+                   saturation=None, min_stars=5, reference_stars=None):
     """
     Find the transform from an image's pixels to a reference's.
 
@@ -290,7 +282,15 @@ def find_transform(image, reference, *, method="auto", model=None, fwhm=None, th
     """
     frame = read_frame(image, "image")
     ref = read_frame(reference, "reference", need_nddata=False)
-    return _find(frame, ref, method, _models(model), fwhm, threshold, saturation, min_stars)
+    return _find(frame, ref, method, _models(model), fwhm, threshold, saturation, min_stars,
+                 _known(reference_stars))
+
+
+def _known(reference_stars):
+    if reference_stars is not None and not isinstance(reference_stars, ReferenceStars):
+        raise TypeError("reference_stars must be a ReferenceStars (or None), not "
+                        f"{type(reference_stars).__name__}")
+    return reference_stars
 
 
 def _whole_shift(alignment, shape):
@@ -339,7 +339,7 @@ def _cards(header, alignment, resampled, covered, **extra):
 
 
 def register(image, reference, *, method="auto", resample=True, model=None, fwhm=None,
-             threshold=5.0, saturation=None, min_stars=5, alignment=None):
+             threshold=5.0, saturation=None, min_stars=5, alignment=None, reference_stars=None):
     """
     Carry an image onto a reference's pixel grid.
 
@@ -381,6 +381,11 @@ def register(image, reference, *, method="auto", resample=True, model=None, fwhm
         Fewest matched stars accepted.
     alignment : `Alignment`, optional
         A transform already found (by `find_transform`): skip the search.
+    reference_stars : `ReferenceStars`, optional
+        The reference's stars, found once (``ReferenceStars(reference)``)
+        for registering many images to it; ``fwhm``, ``threshold`` and
+        ``saturation`` then apply to the image alone. It must come from
+        this very reference.
 
     Returns
     -------
@@ -399,8 +404,11 @@ def register(image, reference, *, method="auto", resample=True, model=None, fwhm
     ------
     RegistrationError
         Too few stars match, the frames do not overlap, the data are
-        malformed (not 2-D, unmasked NaN, uncertainty of another shape), or
-        ``resample=False`` for a transform that is not a translation.
+        malformed (not 2-D, unmasked NaN, uncertainty of another shape),
+        ``resample=False`` for a transform that is not a translation, or
+        ``reference_stars`` come from another reference.
+    TypeError
+        If ``alignment`` or ``reference_stars`` is of the wrong type.
 
     Examples
     --------
@@ -418,7 +426,7 @@ def register(image, reference, *, method="auto", resample=True, model=None, fwhm
     ref = read_frame(reference, "reference", need_nddata=False)
     if alignment is None:
         alignment = _find(frame, ref, method, _models(model), fwhm, threshold, saturation,
-                          min_stars)
+                          min_stars, _known(reference_stars))
     elif not isinstance(alignment, Alignment):
         raise TypeError(f"alignment must be an Alignment, not {type(alignment).__name__}")
     header = output_header(frame)

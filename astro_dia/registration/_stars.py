@@ -178,17 +178,20 @@ def find_stars(data, mask, *, fwhm=None, threshold=5.0, saturation=None, max_sta
                  sky_sigma)
 
 
-def fit_centroids(data, mask, x, y, *, fwhm, sky=0.0):
-    """
-    2-D Gaussian centroids (photutils' `centroid_2dg`) near ``x, y``.
+def centroid_box(fwhm):
+    """Side (pixels) of the box `fit_centroids` fits in: ``2 round(fwhm) + 1``."""
+    return 2 * int(round(fwhm)) + 1
 
-    More faithful than the finder's marginal fits when the PSF is
-    asymmetric or the field crowded; NaN where the fit fails or the box
-    leaves the image. The box is ``2 round(fwhm) + 1`` pixels wide.
+
+def raw_centroids(data, mask, x, y, *, box, sky=0.0):
+    """
+    2-D Gaussian centroids in a ``box``-pixel box near ``x, y``, unchecked.
+
+    NaN where the box leaves the image; `fit_centroids` adds the check on
+    how far they moved.
     """
     from photutils.centroids import centroid_2dg, centroid_sources
 
-    box = 2 * int(round(fwhm)) + 1
     ny, nx = data.shape
     half = box // 2
     x, y = np.asarray(x, float), np.asarray(y, float)
@@ -201,6 +204,25 @@ def fit_centroids(data, mask, x, y, *, fwhm, sky=0.0):
         cx, cy = centroid_sources(data - sky, x[inside], y[inside], box_size=box,
                                   centroid_func=centroid_2dg, mask=mask)
     out[inside] = np.column_stack([cx, cy])
-    moved = np.hypot(out[:, 0] - x, out[:, 1] - y) > 0.5 * fwhm
-    out[moved] = np.nan
     return out
+
+
+def reject_moved(xy, x, y, fwhm):
+    """``xy`` with NaN where a centroid moved more than half the FWHM from ``x, y``."""
+    xy = np.array(xy, float)
+    moved = np.hypot(xy[:, 0] - np.asarray(x, float), xy[:, 1] - np.asarray(y, float)) \
+        > 0.5 * fwhm
+    xy[moved] = np.nan
+    return xy
+
+
+def fit_centroids(data, mask, x, y, *, fwhm, sky=0.0):
+    """
+    2-D Gaussian centroids (photutils' `centroid_2dg`) near ``x, y``.
+
+    More faithful than the finder's marginal fits when the PSF is
+    asymmetric or the field crowded; NaN where the fit fails or the box
+    leaves the image. The box is ``2 round(fwhm) + 1`` pixels wide.
+    """
+    xy = raw_centroids(data, mask, x, y, box=centroid_box(fwhm), sky=sky)
+    return reject_moved(xy, x, y, fwhm)

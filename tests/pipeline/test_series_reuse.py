@@ -1,0 +1,76 @@
+"""
+Work a series does once, not per frame: the reference's stars, each epoch's significance.
+
+The series must find the reference's stars once for the registration of
+all its frames (and register each frame as `register` does alone), and
+compute each epoch's significance image once for both the stack and the
+candidate search.
+"""
+
+import numpy as np
+import pytest
+from astropy.table import QTable
+
+from astro_dia import DifferenceImager
+from astro_dia.detection import candidates as candidates_module
+from astro_dia.pipeline import _epochs, process_series
+from astro_dia.pipeline import series as series_module
+from astro_dia.registration import _register, register
+from astro_dia.simulate import make_variable_series
+
+N_EPOCHS = 4
+
+
+@pytest.fixture(scope="module")
+def frames():
+    reference, targets, _ = make_variable_series(
+        N_EPOCHS, shape=(160, 160), n_variables=1, amplitude=3000.0, variable_flux=6000.0,
+        shift=3.0, density=40, seed=8)
+    return reference, targets
+
+
+def test_reference_stars_found_once_and_transforms_unchanged(frames, tmp_path, monkeypatch):
+    reference, targets = frames
+    made, searched = [], []
+    original_class, original_stars = _epochs.ReferenceStars, _register._stars
+
+    def counting_class(*args, **kwargs):
+        made.append(1)
+        return original_class(*args, **kwargs)
+
+    def counting_stars(frame, *args):
+        searched.append(frame.name)
+        return original_stars(frame, *args)
+
+    monkeypatch.setattr(_epochs, "ReferenceStars", counting_class)
+    monkeypatch.setattr(_register, "_stars", counting_stars)
+    epochs = _epochs.read_frames(targets)
+    table = _epochs.register_frames(epochs, reference, tmp_path, progress=False)
+    assert len(made) == 1
+    assert searched == ["image"] * N_EPOCHS          # never the reference again
+    monkeypatch.undo()
+    for row, target in zip(table, targets):
+        alone = register(target, reference, resample=False)
+        assert row["shift_x"] == alone.header["REGA13"]
+        assert row["shift_y"] == alone.header["REGA23"]
+        assert row["reg_nstars"] == alone.header["REGNSTAR"]
+
+
+def test_significance_computed_once_per_epoch(frames, tmp_path, monkeypatch):
+    reference, targets = frames
+    calls = []
+    original = series_module.compute_significance
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(series_module, "compute_significance", counting)
+    monkeypatch.setattr(candidates_module, "compute_significance", counting)
+    result = process_series(targets, tmp_path, reference=reference,
+                            imager=DifferenceImager(kernel_size=9, flat=1), progress=False,
+                            plots=False)
+    assert len(calls) == N_EPOCHS
+    assert len(result.light_curves) == N_EPOCHS * len(result.variability)
+    frames_table = QTable.read(tmp_path / "frames.ecsv")
+    assert np.all(frames_table["error"] == "")
