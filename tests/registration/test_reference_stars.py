@@ -13,7 +13,7 @@ from skimage.transform import EuclideanTransform, SimilarityTransform
 
 from astro_dia.registration import (ReferenceStars, RegistrationError, find_transform,
                                     register)
-from astro_dia.registration import _reference
+from astro_dia.registration import _reference, _register
 
 from .simulated import star_pair
 
@@ -55,6 +55,14 @@ def test_register_with_reference_stars(pairs):
 
 
 def test_reference_centroids_fitted_once(pairs, monkeypatch):
+    """
+    With no seeing to match, the reference's centroids are fitted once.
+
+    (Where the image's seeing is the broader, the reference's cutouts are
+    convolved to it for each image and fitted anew; that the transforms
+    are still those found without `ReferenceStars` is checked above.)
+    """
+    monkeypatch.setattr(_register, "MATCH_SIGMA", np.inf)
     reference, images = pairs
     fitted = []
     original = _reference.raw_centroids
