@@ -214,6 +214,24 @@ def check_exclude(exclude, shape):
     return array
 
 
+def positive_number(value, name):
+    """
+    ``value`` as a finite, positive float, or the error that names ``name``.
+
+    A non-number (or a bool) is a `TypeError`, zero, a negative number, NaN
+    or infinity a `ValueError`.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if not np.isfinite(number) or number <= 0:
+        raise ValueError(f"{name} must be a positive number (finite), got {value!r}")
+    return number
+
+
 def check_clip(clip):
     """The imager's ``clip`` (outlier threshold in sigma, at least 3) or None."""
     if clip is None:

@@ -20,7 +20,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 
 from ..noise._detector import uncertainty_variance
 from ..noise._header import SATURATION_KEYWORDS, header_float
-from ..fitting._validation import as_image, check_pair
+from ..fitting._validation import as_image, check_pair, positive_number
 
 __all__ = []
 
@@ -90,28 +90,17 @@ def _as_checked_pair(reference, target):
     return check_pair(*images), images[1]
 
 
-def _positive(value, name):
-    """``value`` as a finite positive float, or the error that names ``name``."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {value!r}") from None
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive number, got {value}")
-    return value
-
-
 def _radii(aperture_radius, annulus_radii, isolation_radius):
     """The validated radii (FWHM units): aperture, ``(inner, outer)``, isolation."""
-    aperture_radius = _positive(aperture_radius, "aperture_radius")
+    aperture_radius = positive_number(aperture_radius, "aperture_radius")
     if np.ndim(annulus_radii) != 1 or len(annulus_radii) != 2:
         raise ValueError(f"annulus_radii must be a pair (inner, outer), got {annulus_radii!r}")
-    inner, outer = (_positive(v, "annulus_radii") for v in annulus_radii)
+    inner, outer = (positive_number(v, "annulus_radii") for v in annulus_radii)
     if not aperture_radius < inner < outer:
         raise ValueError(f"annulus_radii must satisfy aperture_radius < inner < outer, got "
                          f"aperture_radius={aperture_radius}, annulus_radii={annulus_radii}")
     isolation_radius = (aperture_radius + 1.5 if isolation_radius is None
-                        else _positive(isolation_radius, "isolation_radius"))
+                        else positive_number(isolation_radius, "isolation_radius"))
     return aperture_radius, (inner, outer), isolation_radius
 
 
@@ -123,7 +112,7 @@ def _fwhm_pair(fwhm):
     if values.size not in (1, 2):
         raise ValueError(f"fwhm must be one number or a (reference, target) pair, got {fwhm!r}")
     values = np.broadcast_to(values, 2)
-    return tuple(_positive(v, "fwhm") for v in values)
+    return tuple(positive_number(v, "fwhm") for v in values)
 
 
 def _unit_factor(image):
@@ -142,7 +131,7 @@ def _saturation_level(saturation, image, name):
             raise u.UnitsError(f"saturation is in {saturation.unit} but the {name} in "
                                f"{image.unit}; give it in the data unit")
         saturation = saturation.to_value(image.unit)
-    return _positive(saturation, "saturation")
+    return positive_number(saturation, "saturation")
 
 
 def _variance(image, name):
@@ -340,8 +329,8 @@ def measure_flux_ratio(reference, target, *, positions, fwhm, saturation, apertu
     fwhm = _fwhm_pair(fwhm)
     aperture_radius, (inner, outer), isolation_radius = _radii(
         aperture_radius, annulus_radii, isolation_radius)
-    neighbour_fraction = _positive(neighbour_fraction, "neighbour_fraction")
-    clip = _positive(clip, "clip")
+    neighbour_fraction = positive_number(neighbour_fraction, "neighbour_fraction")
+    clip = positive_number(clip, "clip")
     min_stars = int(min_stars)
     if min_stars < 2:
         raise ValueError(f"min_stars must be at least 2, got {min_stars}")

@@ -19,6 +19,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 from scipy.signal import fftconvolve
 
 from ._positions import pixel_positions
+from ..fitting._validation import positive_number
 
 __all__ = ["gaussian_psf", "moffat_psf", "build_reference_psf", "render_psf", "target_psf"]
 
@@ -28,16 +29,6 @@ __all__ = ["gaussian_psf", "moffat_psf", "build_reference_psf", "render_psf", "t
 _PIXEL_INTEGRATED = ("CircularGaussianPRF", "CircularGaussianSigmaPRF", "GaussianPRF",
                      "ImagePSF", "GriddedPSFModel")
 _SUBSAMPLE = 5
-
-
-def _positive(value, name):
-    try:
-        value = float(value)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be a number, got {value!r}") from exc
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be positive and finite, got {value!r}")
-    return value
 
 
 def _odd_size(value, name, minimum=3):
@@ -92,7 +83,7 @@ def gaussian_psf(fwhm):
     """
     from photutils.psf import CircularGaussianPRF
 
-    return CircularGaussianPRF(flux=1.0, x_0=0.0, y_0=0.0, fwhm=_positive(fwhm, "fwhm"))
+    return CircularGaussianPRF(flux=1.0, x_0=0.0, y_0=0.0, fwhm=positive_number(fwhm, "fwhm"))
 
 
 def moffat_psf(fwhm, beta=2.5):
@@ -123,8 +114,8 @@ def moffat_psf(fwhm, beta=2.5):
     """
     from photutils.psf import MoffatPSF
 
-    fwhm = _positive(fwhm, "fwhm")
-    beta = _positive(beta, "beta")
+    fwhm = positive_number(fwhm, "fwhm")
+    beta = positive_number(beta, "beta")
     if beta <= 1:
         raise ValueError(f"beta must be greater than 1 (the Moffat flux diverges otherwise), "
                          f"got {beta}")

@@ -13,6 +13,7 @@ import numpy as np
 
 from ._inputs import RegistrationError, read_frame, saturation_level
 from ._stars import centroid_box, find_stars, raw_centroids, reject_moved
+from ..fitting._validation import positive_number
 
 __all__ = []
 
@@ -72,8 +73,8 @@ class ReferenceStars:
 
     def __init__(self, reference, *, fwhm=None, threshold=5.0, saturation=None):
         frame = read_frame(reference, "reference", need_nddata=False)
-        fwhm = None if fwhm is None else _positive(fwhm, "fwhm")
-        threshold = _positive(threshold, "threshold")
+        fwhm = None if fwhm is None else positive_number(fwhm, "fwhm")
+        threshold = positive_number(threshold, "threshold")
         self._stars = find_stars(frame.data, frame.mask, fwhm=fwhm, threshold=threshold,
                                  saturation=saturation_level(frame, saturation))
         self._data, self._mask = frame.data, frame.mask
@@ -122,13 +123,3 @@ class ReferenceStars:
         return reject_moved(values[index], self._stars.x[index], self._stars.y[index], fwhm)
 
 
-def _positive(value, name):
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return value

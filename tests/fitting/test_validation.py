@@ -451,3 +451,25 @@ def test_bad_input(pair, tmp_path, capsys, action, outcome):
 def test_the_table_is_large_enough():
     assert len(CASES) >= 30
     assert len({case.id for case in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("value, error, message", [
+    (0, ValueError, "width must be a positive number"),
+    (-2.5, ValueError, "width must be a positive number"),
+    (float("nan"), ValueError, "width must be a positive number"),
+    (float("inf"), ValueError, "width must be a positive number"),
+    ("wide", TypeError, "width must be a number, got 'wide'"),
+    (True, TypeError, "width must be a number, got True"),
+    (None, TypeError, "width must be a number, got None")])
+def test_positive_number_names_the_problem(value, error, message):
+    from astro_dia.fitting._validation import positive_number
+
+    with pytest.raises(error, match=message):
+        positive_number(value, "width")
+
+
+def test_positive_number_returns_a_float():
+    from astro_dia.fitting._validation import positive_number
+
+    assert positive_number(np.float32(2.5), "width") == 2.5
+    assert isinstance(positive_number(3, "width"), float)

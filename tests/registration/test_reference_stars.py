@@ -110,8 +110,12 @@ def test_wrong_type_is_refused(pairs, value, error):
         register(images[0], reference, reference_stars=value)
 
 
-@pytest.mark.parametrize("kwargs", [{"fwhm": 0}, {"fwhm": np.nan}, {"fwhm": "wide"},
-                                    {"threshold": -1}, {"threshold": True}])
-def test_bad_arguments(pairs, kwargs):
-    with pytest.raises(ValueError, match="positive number"):
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"fwhm": 0}, ValueError, "fwhm must be a positive number"),
+    ({"fwhm": np.nan}, ValueError, "fwhm must be a positive number"),
+    ({"fwhm": "wide"}, TypeError, "fwhm must be a number, got 'wide'"),
+    ({"threshold": -1}, ValueError, "threshold must be a positive number"),
+    ({"threshold": True}, TypeError, "threshold must be a number, got True")])
+def test_bad_arguments(pairs, kwargs, error, message):
+    with pytest.raises(error, match=message):
         ReferenceStars(pairs[0], **kwargs)
