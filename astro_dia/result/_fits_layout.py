@@ -10,14 +10,17 @@ record, so that the result module can use this one without an import
 cycle.
 """
 
+import contextlib
 import json
 import os
+import warnings
 
 import numpy as np
 from astropy import units as u
 from astropy.io import fits
 from astropy.nddata import CCDData
 from astropy.table import QTable
+from astropy.wcs import FITSFixedWarning
 
 from ..background import background_basis, polynomial_terms
 
@@ -30,6 +33,21 @@ RESULT_FORMAT_VERSION = 2
 _MASK_HDU = "MASK"
 _UNCERTAINTY_HDU = "UNCERT"
 
+
+
+@contextlib.contextmanager
+def without_datfix_notices():
+    """
+    Silence astropy's notice that it fixed a header's date keywords.
+
+    astropy fixes MJD-OBS from DATE-OBS (or the reverse) when it builds a
+    frame's WCS and says so for every frame read (161 times in a series of
+    101 pyDIA frames); the header read is not changed.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*'datfix' made the change.*",
+                                category=FITSFixedWarning)
+        yield
 
 def write_result_file(result, path, *, overwrite=False, include_model=True,
                       include_covariance=True):
@@ -135,7 +153,8 @@ def read_result_fields(path):
         flags = np.array(hdus["FLAGS"].data, dtype=np.uint8)
         covariance = np.array(hdus["COVAR"].data, dtype=float) if "COVAR" in names else None
         info = info.copy()
-    difference = CCDData.read(path, hdu_mask=_MASK_HDU, hdu_uncertainty=_UNCERTAINTY_HDU)
+    with without_datfix_notices():
+        difference = CCDData.read(path, hdu_mask=_MASK_HDU, hdu_uncertainty=_UNCERTAINTY_HDU)
     difference.flags = flags
     unit = difference.unit
     coefficients = u.Quantity(table["value"], unit).ravel()

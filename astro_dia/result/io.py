@@ -25,13 +25,11 @@ ignores the extensions it does not know); `read_result` rebuilds the whole
 """
 
 import os
-import warnings
 
 from astropy.io import fits
 from astropy.nddata import CCDData
-from astropy.wcs import FITSFixedWarning
 
-from ._fits_layout import RESULT_FORMAT_VERSION, write_result_file
+from ._fits_layout import RESULT_FORMAT_VERSION, without_datfix_notices, write_result_file
 from ._record import DifferenceResult
 
 __all__ = ["write_result", "read_result", "read_image", "RESULT_FORMAT_VERSION"]
@@ -79,12 +77,7 @@ def read_image(path, *, unit=None, what="image"):
         raise ValueError(f"the {what} file {path!r} has no BUNIT keyword; give its unit "
                          "(e.g. unit='adu', or --unit adu on the command line)")
     try:
-        with warnings.catch_warnings():
-            # astropy fixes a header's date keywords when it builds the WCS
-            # (MJD-OBS from DATE-OBS) and says so for every frame; the header
-            # read here is not changed.
-            warnings.filterwarnings("ignore", message=".*'datfix' made the change.*",
-                                    category=FITSFixedWarning)
+        with without_datfix_notices():
             return CCDData.read(path, unit=unit)
     except (OSError, TypeError, ValueError) as exc:
         raise OSError(f"the {what} file {path!r} could not be read as an image "

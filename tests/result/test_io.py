@@ -181,3 +181,23 @@ def test_read_image_does_not_repeat_astropys_date_fix_notice(tmp_path):
     assert sum("datfix" in str(w.message) for w in caught) == 1
     assert image.header["DATE-OBS"] == "2013-07-30T03:12:00"
     assert "MJD-OBS" not in image.header
+
+
+def test_read_result_does_not_repeat_astropys_date_fix_notice(tmp_path):
+    # The series reads every result file back (161 notices for 101 pyDIA frames).
+    import warnings
+
+    reference, target, _ = make_image_pair(shape=(40, 40), density=100, seed=3)
+    # as in the pyDIA frames: the day in DATE-OBS, the time in MJD-OBS
+    target.meta["DATE-OBS"] = "2013-07-30"
+    target.meta["MJD-OBS"] = 56503.6
+    result = DifferenceImager(kernel_size=5, flat=1, sky=0).fit(reference, target)
+    path = tmp_path / "diff.fits"
+    write_result(result, path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        back = read_result(path)
+        CCDData.read(path, hdu_mask="MASK", hdu_uncertainty="UNCERT")   # astropy's own: notice
+    assert sum("datfix" in str(w.message) for w in caught) == 1
+    assert back.difference.header["DATE-OBS"] == "2013-07-30"
+    assert back.difference.header["MJD-OBS"] == 56503.6
