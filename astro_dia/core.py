@@ -121,8 +121,8 @@ class DifferenceImager:
         unknown (with ``compute_errors=False`` nothing is predicted and every
         pixel is fitted); ``result.fit_region`` (card ``DIA_FREG``) says which.
         Measured on the real ProperImage pair (single-exposure reference):
-        P 0.9968 -> 0.9998 against a flux ratio of 1.0058 +- 0.0021, the
-        rms of D next to bright stars 1.65 -> 0.96 times HOTPANTS's. See
+        P 0.9968 -> 0.9993 against a flux ratio of 1.0058 +- 0.0021, the
+        rms of D next to bright stars 1.65 -> 0.98 times HOTPANTS's. See
         :ref:`real_frames`.
     gain, read_noise, flat, sky, em_gain, excess_noise_factor : optional
         Detector settings for a named ``noise_model``; see
