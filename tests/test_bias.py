@@ -29,9 +29,9 @@ SOLVERS = ["iterative", "direct", pytest.param("cg", marks=pytest.mark.slow)]
 def test_noiseless_pair_recovers_scale_and_background(bias_pair, kind, dtype, solver, device,
                                                       request):
     if (kind, dtype, solver) == ("identity", "float64", "cg"):
-        # Measured: it stopped at |P - 1| ~ 6e-9 until the fit's start moved
-        # (8acf6c4); it has met 1e-9 since on this machine, a margin that
-        # another BLAS build's sums may not keep.
+        # Measured: it once stopped at |P - 1| ~ 6e-9; on this machine it has
+        # met 1e-9 at every run since 8acf6c4 at least, a margin that another
+        # BLAS build's sums may not keep.
         request.applymarker(pytest.mark.xfail(
             strict=False, reason="the matrix-free solver may stop at |P - 1| ~ 6e-9 on this "
                                  "condition-1e15 problem (target 1e-9)"))
