@@ -10,7 +10,8 @@ def plot_light_curves(light_curves, summary, path, *, n_plots=6):
     Plot the ``n_plots`` most variable light curves into one PNG.
 
     The order is the summary's (``chi2_robust``); sources near a saturated
-    star are left out.
+    star, and light curves clean at fewer than half the epochs
+    (``mostly_masked``), are left out.
 
     Each panel shows the differential flux (reference scale) against time,
     with its error bars; flagged epochs are drawn hollow.
@@ -20,7 +21,8 @@ def plot_light_curves(light_curves, summary, path, *, n_plots=6):
     import matplotlib.pyplot as plt
 
     chosen = [row for row in summary
-              if np.isfinite(row["chi2_robust"]) and not row["near_saturated"]][:int(n_plots)]
+              if np.isfinite(row["chi2_robust"]) and not row["near_saturated"]
+              and not row.get("mostly_masked", False)][:int(n_plots)]
     n = max(len(chosen), 1)
     columns = 2 if n > 1 else 1
     rows = int(np.ceil(n / columns))

@@ -31,7 +31,7 @@ from ._epochs import read_frames, register_frames
 from ._line_defects import mask_line_defects
 from ..photometry._psf_stars import reference_sources
 from ._light_curves import (apply_ensemble_scale, ensemble_error_scale, ensemble_scale,
-                            reference_fluxes, series_psf, variability)
+                            rank_variability, reference_fluxes, series_psf, variability)
 
 __all__ = ["process_series", "SeriesResult"]
 
@@ -91,9 +91,10 @@ class SeriesResult:
         ``n_good``, ``mean_flux``, ``chi2_dof`` (about the weighted mean),
         ``chi2_robust`` (without the most deviant epoch), ``amplitude`` and
         ``near_saturated`` (within 4 FWHM of a star saturated in the
-        reference: its light curve holds that star's residuals), most
-        variable (by ``chi2_robust``) first, those near saturated stars
-        last.
+        reference: its light curve holds that star's residuals) and
+        ``mostly_masked`` (clean at fewer than half the epochs), most
+        variable (by ``chi2_robust``) first, then the mostly masked, those
+        near saturated stars last.
     psf_kind : str
         ``'epsf'`` (built from the reference) or ``'gaussian'``.
     """
@@ -352,11 +353,7 @@ def process_series(frames, output_dir, *, reference=None, imager=None, unit=None
     summary = variability(light_curves, np.asarray(sources["id"]))
     summary["kind"] = sources["kind"]
     summary["near_saturated"] = sources["near_saturated"]
-    # Most variable first, by the chi^2 without the most deviant epoch (one
-    # cosmic ray does not make a variable); saturated surroundings last.
-    chi2 = np.asarray(summary["chi2_robust"], float)
-    rank = np.where(np.isfinite(chi2), chi2, -np.inf)
-    summary = summary[np.lexsort((-rank, np.asarray(summary["near_saturated"])))]
+    summary = rank_variability(summary, len(table))
     for name, output in (("candidates", candidates), ("light_curves", light_curves),
                          ("variability", summary)):
         output.meta["psf"] = psf_kind
