@@ -120,6 +120,8 @@ class DifferenceImager:
         ``reference_noise``) and the stars hold at least 20 pixels per
         unknown (with ``compute_errors=False`` nothing is predicted and every
         pixel is fitted); ``result.fit_region`` (card ``DIA_FREG``) says which.
+        The refitted fit still warns (REFNOISE, with both predicted biases):
+        the refit lessens the bias without removing it.
         Measured on the real ProperImage pair (single-exposure reference):
         P 0.9968 -> 0.9993 against a flux ratio of 1.0058 +- 0.0021, the
         rms of D next to bright stars 1.65 -> 0.98 times HOTPANTS's. See
@@ -384,7 +386,8 @@ class DifferenceImager:
                 on_stars = self._on_stars(inputs, required=False)
                 if on_stars is not None:
                     state, outliers, fitted, problem = self._solve(on_stars)
-                    config = self._config("stars")
+                    config = dict(self._config("stars"),
+                                  refitted_bias=errors.get("predicted_bias"))
                     errors = result_errors(state, problem, fitted, config)
             values = assemble_result(state, problem, fitted, outliers, config, errors)
         pending = values.pop("pending_covariance")

@@ -230,8 +230,8 @@ def result_errors(state, problem, inputs, config):
 
     All None with ``compute_errors=False``. A fit on the reference's stars
     (``config['fit_region'] == 'stars'``) has the reference's noise in its
-    errors: a fit on every pixel of a noisy reference is warned about
-    instead (REFNOISE), the stars' fit usually not.
+    errors (a fit on every pixel of a noisy reference says in its REFNOISE
+    warning that its sigma_P leaves that noise out).
     """
     if not config["compute_errors"]:
         return dict(covariance=None, scale_factor_error=None, background_error=None,
@@ -312,6 +312,7 @@ def assemble_result(state, problem, inputs, outliers, config, errors=None):
                          pass_scale_factors=state.pass_scale_factors,
                          predicted_bias=predicted_bias,
                          bias_source=None if check is None else check[1],
+                         refitted_bias=config.get("refitted_bias"),
                          trusted=bool(state.converged) and errors["covariance_valid"] is not False)
 
     unit = target_image.unit

@@ -106,9 +106,12 @@ def test_auto_refits_on_the_stars_when_the_reference_noise_biases_p():
     reference, target, _ = noisy_pair()
     everything, caught_all = fit(reference, target, fit_region="all")
     assert everything.fit_region == "all" and refnoise_warnings(caught_all)
-    auto, _ = fit(reference, target)
+    auto, caught_auto = fit(reference, target)
     stars, _ = fit(reference, target, fit_region="stars")
     assert auto.fit_region == "stars" == stars.fit_region
+    # the refit lessens the bias, and says that the reference is noisy
+    assert "REFNOISE" in auto.quality["causes"]
+    assert any("fitted on the reference's stars" in str(m) for m in refnoise_warnings(caught_auto))
     assert auto.difference.header["DIA_FREG"] == "stars"
     assert auto.scale_factor == stars.scale_factor and auto.n_data == stars.n_data
     assert auto.n_data < 0.6 * everything.n_data
