@@ -20,6 +20,7 @@ single-exposure reference) the rms of D next to bright stars went from
 """
 
 import numpy as np
+from astropy.stats import mad_std
 from scipy import ndimage
 
 __all__ = []
@@ -95,8 +96,6 @@ def star_region(reference, variance, bad):
 
 
 def _robust_variance(values):
-    from astropy.stats import mad_std
-
     return float(mad_std(values[::3])) ** 2 if values.size else 0.0
 
 

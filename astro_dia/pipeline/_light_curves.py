@@ -198,6 +198,22 @@ def _chi2_dof(flux, err):
     return float(np.sum(weight * (flux - mean) ** 2) / (len(flux) - 1)), mean
 
 
+def _calibrator_rows(light_curves, calibrators, column):
+    """
+    ``id``, ``epoch``, ``flux`` and ``column`` as arrays, and the rows to use.
+
+    The rows of the calibrator stars that are unflagged, with a finite flux
+    and a positive ``column``.
+    """
+    ids = np.asarray(light_curves["id"])
+    epoch = np.asarray(light_curves["epoch"], int)
+    flux = np.asarray(light_curves["flux"], float)
+    other = np.asarray(light_curves[column], float)
+    use = (np.isin(ids, calibrators) & (np.asarray(light_curves["flags"]) == 0)
+           & np.isfinite(flux) & (other > 0))
+    return ids, epoch, flux, other, use
+
+
 def ensemble_scale(light_curves, calibrators, n_epochs):
     """
     Each epoch's photometric scale error, measured on the reference's constant stars.
@@ -224,12 +240,8 @@ def ensemble_scale(light_curves, calibrators, n_epochs):
     scale, scale_err : (n_epochs,) ndarray
         ``c`` and its error per epoch (0 and NaN without five calibrators).
     """
-    ids = np.asarray(light_curves["id"])
-    epoch = np.asarray(light_curves["epoch"], int)
-    flux = np.asarray(light_curves["flux"], float)
-    reference = np.asarray(light_curves["reference_flux"], float)
-    use = (np.isin(ids, calibrators) & (np.asarray(light_curves["flags"]) == 0)
-           & np.isfinite(flux) & (reference > 0))
+    ids, epoch, flux, reference, use = _calibrator_rows(light_curves, calibrators,
+                                                        "reference_flux")
     fractions = _per_epoch(ids, epoch, use, n_epochs,
                            lambda rows: (flux[rows] - np.median(flux[rows])) / reference[rows])
     scale = np.zeros(n_epochs)
@@ -282,12 +294,7 @@ def ensemble_error_scale(light_curves, calibrators, n_epochs):
     factor : (n_epochs,) ndarray
         1 where fewer than ``MIN_CALIBRATORS`` stars were measured.
     """
-    ids = np.asarray(light_curves["id"])
-    epoch = np.asarray(light_curves["epoch"], int)
-    flux = np.asarray(light_curves["flux"], float)
-    err = np.asarray(light_curves["flux_err"], float)
-    use = (np.isin(ids, calibrators) & (np.asarray(light_curves["flags"]) == 0)
-           & np.isfinite(flux) & (err > 0))
+    ids, epoch, flux, err, use = _calibrator_rows(light_curves, calibrators, "flux_err")
     residuals = _per_epoch(
         ids, epoch, use, n_epochs,
         lambda rows: (flux[rows] - _chi2_dof(flux[rows], err[rows])[1]) / err[rows])
