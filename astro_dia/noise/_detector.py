@@ -240,22 +240,32 @@ def resolve_sky(explicit, image, unit, terms, mask):
 # The sky from the data.
 
 
+#: Most pixels (evenly spaced among the usable ones) from which `sky_statistics`
+#: measures the sky. The low-side variance then has a relative scatter near 1.2%,
+#: far inside the factor `SKY_EXCESS_THRESHOLD` it is compared with; all 10⁶
+#: pixels of a 1000² frame took 0.17 s of a 1.4 s fit.
+SKY_SAMPLE_PIXELS = 2 ** 16
+
+
 def sky_statistics(image, mask):
     """
     The sky level and scatter of an image, or None with fewer than 100 pixels.
 
     Returns the sigma-clipped median and the variance measured on the low
     side of the pixel distribution (median minus the 15.87th percentile,
-    squared), which faint stars do not reach.
+    squared), which faint stars do not reach. Both from at most
+    `SKY_SAMPLE_PIXELS` usable pixels, evenly spaced.
     """
     data = np.asarray(image.data, dtype=float)
     good = np.isfinite(data)
     if mask is not None:
         good &= ~mask
-    if good.sum() < 100:
+    values = data[good]
+    if values.size < 100:
         return None
-    _, median, _ = sigma_clipped_stats(data[good], sigma=3.0, maxiters=10)
-    low_side = median - np.percentile(data[good], 15.865)
+    values = values[::-(-values.size // SKY_SAMPLE_PIXELS)]
+    _, median, _ = sigma_clipped_stats(values, sigma=3.0, maxiters=10)
+    low_side = median - np.percentile(values, 15.865)
     return float(median), float(low_side) ** 2
 
 
