@@ -17,6 +17,8 @@ from astropy.stats import sigma_clipped_stats
 from astropy.utils.exceptions import AstropyUserWarning
 from scipy.spatial import cKDTree
 
+from ._centroid import gaussian_centroids
+
 __all__ = []
 
 #: FWHM (pixels) the finder assumes before the seeing is measured.
@@ -187,24 +189,11 @@ def raw_centroids(data, mask, x, y, *, box, sky=0.0):
     """
     2-D Gaussian centroids in a ``box``-pixel box near ``x, y``, unchecked.
 
-    NaN where the box leaves the image; `fit_centroids` adds the check on
-    how far they moved.
+    Those of photutils' ``centroid_2dg`` (`gaussian_centroids` fits all the
+    stars at once); NaN where the box leaves the image or the fit fails.
+    `fit_centroids` adds the check on how far they moved.
     """
-    from photutils.centroids import centroid_2dg, centroid_sources
-
-    ny, nx = data.shape
-    half = box // 2
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    inside = (x >= half) & (x <= nx - 1 - half) & (y >= half) & (y <= ny - 1 - half)
-    out = np.full((len(x), 2), np.nan)
-    if not np.any(inside):
-        return out
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", AstropyUserWarning)
-        cx, cy = centroid_sources(data - sky, x[inside], y[inside], box_size=box,
-                                  centroid_func=centroid_2dg, mask=mask)
-    out[inside] = np.column_stack([cx, cy])
-    return out
+    return gaussian_centroids(data, mask, x, y, box=box, sky=sky)
 
 
 def reject_moved(xy, x, y, fwhm):
@@ -218,7 +207,7 @@ def reject_moved(xy, x, y, fwhm):
 
 def fit_centroids(data, mask, x, y, *, fwhm, sky=0.0):
     """
-    2-D Gaussian centroids (photutils' `centroid_2dg`) near ``x, y``.
+    2-D Gaussian centroids (those of photutils' ``centroid_2dg``) near ``x, y``.
 
     More faithful than the finder's marginal fits when the PSF is
     asymmetric or the field crowded; NaN where the fit fails or the box
