@@ -4,8 +4,10 @@ Stars for registration and for choosing reference frames (private).
 `find_stars` detects point sources with photutils' `DAOStarFinder`
 (a matched filter whose kernel sums to zero, so a smooth sky needs no
 subtraction) and returns their centroids and fluxes, brightest first;
-`measure_fwhm` fits circular Gaussians (photutils' `fit_fwhm`) to bright
-isolated unsaturated stars and returns the median FWHM.
+`measure_fwhm` fits circular Gaussians (photutils' ``fit_fwhm`` model) to
+bright isolated unsaturated stars and returns the median FWHM; `fit_centroids`
+fits elliptical ones (photutils' ``centroid_2dg`` model). Both fit all the
+stars at once (`_gaussians`).
 """
 
 import inspect
@@ -14,10 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from astropy.stats import sigma_clipped_stats
-from astropy.utils.exceptions import AstropyUserWarning
 from scipy.spatial import cKDTree
 
-from ._centroid import gaussian_centroids
+from ._gaussians import gaussian_centroids, gaussian_fwhms
 
 __all__ = []
 
@@ -117,10 +118,10 @@ def measure_fwhm(data, mask, x, y, *, guess, sky=0.0, saturation=None, peak=None
 
     The stars must be brightest first; saturated ones (``peak`` + sky at or
     above ``saturation``) and stars with a neighbour within 3 ``guess`` are
-    skipped. Returns NaN when no star can be fitted.
+    skipped. The fits are those of photutils' ``fit_fwhm`` (a pixel-integrated
+    circular Gaussian in a box ``2 ceil(1.5 guess) + 1`` pixels wide), all
+    stars at once (`gaussian_fwhms`). Returns NaN when no star can be fitted.
     """
-    from photutils.psf import fit_fwhm
-
     x, y = np.asarray(x, float), np.asarray(y, float)
     ok = isolated(x, y, 3.0 * guess)
     if saturation is not None and peak is not None:
@@ -132,12 +133,7 @@ def measure_fwhm(data, mask, x, y, *, guess, sky=0.0, saturation=None, peak=None
     index = np.flatnonzero(ok)[:FWHM_STARS]
     if len(index) == 0:
         return float("nan")
-    with warnings.catch_warnings():
-        # photutils warns when a fit does not converge; the median copes.
-        warnings.simplefilter("ignore", AstropyUserWarning)
-        fwhm = fit_fwhm(data - sky, xypos=np.column_stack([x[index], y[index]]),
-                        fwhm=guess, fit_shape=size, mask=mask)
-    fwhm = np.asarray(fwhm, float)
+    fwhm = np.abs(gaussian_fwhms(data, mask, x[index], y[index], box=size, fwhm=guess, sky=sky))
     fwhm = fwhm[np.isfinite(fwhm) & (fwhm > 0.5) & (fwhm < 10 * size)]
     return float(np.median(fwhm)) if len(fwhm) else float("nan")
 
