@@ -28,6 +28,9 @@ FIRST_FWHM = 3.0
 ROUNDNESS = 2.0
 #: Stars whose FWHM is fitted to measure the seeing.
 FWHM_STARS = 30
+#: The sky's statistics take every n-th pixel in x and y, n the largest that
+#: keeps at least this many pixels (all of them for frames up to 632 x 632).
+SKY_PIXELS = 100_000
 
 
 @dataclass
@@ -69,7 +72,15 @@ class Stars:
 
 
 def sky_statistics(data, mask):
-    """Sigma-clipped median and standard deviation of the unmasked pixels."""
+    """
+    Sigma-clipped median and standard deviation of the unmasked pixels.
+
+    On a large frame, of a regular subsample of them (`SKY_PIXELS`): both
+    are then known to a fraction of a per cent, at a tenth of the cost for
+    a 1000 x 1000 frame.
+    """
+    step = max(1, int(np.sqrt(data.size / SKY_PIXELS)))
+    data, mask = data[::step, ::step], mask[::step, ::step]
     _, median, std = sigma_clipped_stats(data, mask=mask, sigma=3.0, maxiters=10)
     return float(median), float(std)
 
