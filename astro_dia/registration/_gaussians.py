@@ -76,6 +76,8 @@ def _levenberg_marquardt(params, evaluate, values, weights, allowed, watch):
     star's sum of squares. Returns the parameters reached.
     """
     n, k = params.shape
+    if n == 0:
+        return params
     model, jacobian = evaluate(params)
     residual = (model - values) * weights
     jacobian = jacobian * weights[:, None, :]
@@ -92,7 +94,10 @@ def _levenberg_marquardt(params, evaluate, values, weights, allowed, watch):
         diagonal = np.maximum(np.diagonal(normal, axis1=1, axis2=2), 1e-30)
         damped = normal + (damping[index, None] * diagonal)[:, :, None] * np.eye(k)
         with np.errstate(all="ignore"):
-            step = -np.linalg.solve(damped, gradient[:, :, None])[:, :, 0]
+            try:
+                step = -np.linalg.solve(damped, gradient[:, :, None])[:, :, 0]
+            except np.linalg.LinAlgError:     # a degenerate star: pseudo-inverses for all
+                step = -(np.linalg.pinv(damped) @ gradient[:, :, None])[:, :, 0]
             trial = params[index] + step
             trial_model, trial_jacobian = evaluate(trial)
             trial_residual = (trial_model - values[index]) * weights[index]
