@@ -43,8 +43,8 @@ def frame_statistics(frames, *, names=None, threshold=5.0, saturation=None):
     -------
     `~astropy.table.QTable`
         One row per frame: ``index``, ``name``, ``fwhm`` (pixels; median
-        of 2-D Gaussian fits of up to 30 bright isolated stars, photutils'
-        ``photutils.psf.fit_fwhm``), ``sky`` (sigma-clipped median, in the
+        of 2-D Gaussian fits of up to 30 bright isolated stars, the model
+        of ``photutils.psf.fit_fwhm``), ``sky`` (sigma-clipped median, in the
         frame's unit), ``sky_sigma`` (sigma-clipped standard deviation) and
         ``n_stars`` (stars detected).
 
