@@ -27,15 +27,32 @@ MIN_LINE_PIXELS = 50
 
 
 def _bad_lines(z, valid, axis):
-    """Indices along the other axis whose median z departs from 0."""
+    """Indices along the other axis whose median z departs from 0.
+
+    ``z`` is NaN where not ``valid``. The median of a line exceeds a bound
+    only if at least half of its values do (for an even count, half may
+    leave the mean of the two middle values on either side), so the
+    medians are computed only for the lines where at least half the values
+    lie beyond the line's bound on one side: the same lines, without a
+    median of every row and column.
+    """
     count = valid.sum(axis=axis)
+    error = 1.2533 / np.sqrt(np.maximum(count, 1))
+    bound = np.expand_dims(np.maximum(LINE_MEDIAN, LINE_SIGMA * error), axis)
+    with np.errstate(invalid="ignore"):
+        above = (z > bound).sum(axis=axis)
+        below = (z < -bound).sum(axis=axis)
+    half = count // 2
+    possible = np.flatnonzero((count >= MIN_LINE_PIXELS)
+                              & ((above >= half) | (below >= half)))
+    if not possible.size:
+        return possible
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)     # lines with no valid pixel
-        median = np.nanmedian(np.where(valid, z, np.nan), axis=axis)
-    error = 1.2533 / np.sqrt(np.maximum(count, 1))
-    bad = ((count >= MIN_LINE_PIXELS) & np.isfinite(median) & (np.abs(median) > LINE_MEDIAN)
-           & (np.abs(median) > LINE_SIGMA * error))
-    return np.nonzero(bad)[0]
+        median = np.nanmedian(np.take(z, possible, axis=1 - axis), axis=axis)
+    keep = (np.isfinite(median) & (np.abs(median) > LINE_MEDIAN)
+            & (np.abs(median) > LINE_SIGMA * error[possible]))
+    return possible[keep]
 
 
 def line_defects(difference):
