@@ -18,11 +18,11 @@ import warnings
 import numpy as np
 from astropy import units as u
 from astropy.io import fits
-from astropy.nddata import CCDData
+from astropy.nddata import CCDData, StdDevUncertainty
 from astropy.table import QTable
 from astropy.wcs import FITSFixedWarning
 
-from ..background import background_basis, polynomial_terms
+from ..background import polynomial_terms
 
 __all__ = ["RESULT_FORMAT_VERSION", "write_result_file", "result_hdulist",
            "read_result_fields"]
@@ -108,13 +108,23 @@ def result_hdulist(result, *, include_model=True, include_covariance=True):
     return hdus
 
 
-def read_result_fields(path):
+def read_result_fields(path, *, model=True, wcs=True):
     """
     The fields of a result file written by `write_result_file`.
 
     Parameters
     ----------
     path : str or path-like
+    model : bool, optional
+        Read the MODEL extension; False leaves ``model`` None (as for a
+        file written without it), for a reader that does not need it.
+    wcs : bool, optional
+        Read the difference image as `~astropy.nddata.CCDData.read` does,
+        its WCS parsed from the header (default). False builds it from the
+        pixels, the mask, the uncertainty and the header alone (no WCS;
+        the data and uncertainty in native byte order), for a reader that
+        needs only the pixels; a file whose uncertainty is not a standard
+        deviation is read as by default.
 
     Returns
     -------
@@ -131,6 +141,7 @@ def read_result_fields(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise OSError(f"the result file {path!r} does not exist")
+    difference = None
     with fits.open(path) as hdus:
         names = {hdu.name for hdu in hdus}
         if "KERNEL" not in names or "BKGCOEF" not in names:
@@ -147,20 +158,29 @@ def read_result_fields(path):
                         if "KERNERR" in names else None)
         kernel_terms = (np.array(hdus["KERNTERM"].data, dtype=float)
                         if "KERNTERM" in names else None)
-        table = QTable.read(hdus["BKGCOEF"])
-        model_data = np.array(hdus["MODEL"].data, dtype=float) if "MODEL" in names else None
+        table = hdus["BKGCOEF"]
+        model_data = (np.array(hdus["MODEL"].data, dtype=float) if model and "MODEL" in names
+                      else None)
         fit_mask = np.array(hdus["FITMASK"].data, dtype=bool)
         flags = np.array(hdus["FLAGS"].data, dtype=np.uint8)
         covariance = np.array(hdus["COVAR"].data, dtype=float) if "COVAR" in names else None
+        if not wcs:
+            difference = _pixels_only(hdus, names)
+        unit = (difference.unit if difference is not None
+                else _fits_unit(hdus[0].header.get("BUNIT")))
+        values = _table_column(table, "value", unit)
+        errors = _table_column(table, "error", unit)
         info = info.copy()
-    with without_datfix_notices():
-        difference = CCDData.read(path, hdu_mask=_MASK_HDU, hdu_uncertainty=_UNCERTAINTY_HDU)
+    if difference is None:
+        with without_datfix_notices():
+            difference = CCDData.read(path, hdu_mask=_MASK_HDU,
+                                      hdu_uncertainty=_UNCERTAINTY_HDU)
     difference.flags = flags
     unit = difference.unit
-    coefficients = u.Quantity(table["value"], unit).ravel()
+    coefficients = u.Quantity(values, unit).ravel()
     degree = int(info["DIA_BDEG"])
-    background = np.tensordot(coefficients.value,
-                              background_basis(difference.shape, degree), axes=1) * unit
+    background = u.Quantity(_background(coefficients.value, difference.shape, degree), unit,
+                            copy=False)
     has_errors = bool(info["DIA_HERR"])
     model = None
     if model_data is not None:
@@ -195,7 +215,7 @@ def read_result_fields(path):
         covariance=covariance,
         scale_factor_error=(float("nan") if has_errors and info["DIA_PERR"] is None
                             else float(info["DIA_PERR"]) if has_errors else None),
-        background_error=(u.Quantity(table["error"], unit).ravel() if has_errors else None),
+        background_error=(u.Quantity(errors, unit).ravel() if has_errors else None),
         kernel_error=kernel_error,
         covariance_valid=bool(info["DIA_CVOK"]) if has_errors else None,
     )
@@ -257,6 +277,58 @@ def _quality_cards(quality):
     finite = [(key, None if value is None or not np.isfinite(value) else float(value), comment)
               for key, value, comment in cards]
     return finite + [("DIA_QUAL", ",".join(quality["causes"]) or "OK", "guard causes, or OK")]
+
+
+def _pixels_only(hdus, names):
+    """
+    The difference image of an open result file without its WCS (see `read_result_fields`).
+
+    None when its uncertainty is not a standard deviation: `CCDData.read`
+    knows the other kinds.
+    """
+    if (_UNCERTAINTY_HDU not in names
+            or hdus[_UNCERTAINTY_HDU].header.get("UTYPE") != "StdDevUncertainty"):
+        return None
+    header = hdus[0].header
+    mask = (np.asarray(hdus[_MASK_HDU].data).astype(bool) if _MASK_HDU in names else None)
+    return CCDData(np.asarray(hdus[0].data, dtype=float), unit=_fits_unit(header.get("BUNIT")),
+                   uncertainty=StdDevUncertainty(np.asarray(hdus[_UNCERTAINTY_HDU].data,
+                                                            dtype=float), copy=False),
+                   mask=mask, meta=header)
+
+
+def _fits_unit(text):
+    """The unit of a BUNIT card, as `CCDData.read` takes it (None without one)."""
+    if not text:
+        return None
+    text = text.lower() if text.strip().lower() == "adu" else text
+    return u.Unit(CCDData.known_invalid_fits_unit_strings.get(text, text))
+
+
+def _table_column(hdu, name, unit):
+    """A column of the BKGCOEF table in ``unit`` (its TUNIT honoured), as floats."""
+    values = np.array(hdu.data[name], dtype=float)
+    stored = hdu.columns[name].unit
+    if stored and unit is not None:
+        values = u.Quantity(values, _fits_unit(stored)).to_value(unit)
+    return values
+
+
+def _background(coefficients, shape, degree):
+    """
+    The background image: the coefficients times the terms of `background_basis`.
+
+    Each term is the outer product of its factors in y and x (the same
+    numbers as ``background_basis``, without a grid of coordinates); a
+    constant background is the constant itself.
+    """
+    if degree == 0:
+        return np.full(shape, float(coefficients[0]))
+    ny, nx = shape
+    eta = (np.arange(nx, dtype=float) - (nx - 1) / 2) / nx
+    xi = (np.arange(ny, dtype=float) - (ny - 1) / 2) / ny
+    basis = np.stack([np.outer(xi ** n, eta ** m) for m, n in polynomial_terms(degree)])
+    return np.tensordot(coefficients, basis, axes=1)
 
 
 def _quality_from_cards(info):

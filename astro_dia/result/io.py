@@ -29,7 +29,8 @@ import os
 from astropy.io import fits
 from astropy.nddata import CCDData
 
-from ._fits_layout import RESULT_FORMAT_VERSION, without_datfix_notices, write_result_file
+from ._fits_layout import (RESULT_FORMAT_VERSION, read_result_fields, without_datfix_notices,
+                           write_result_file)
 from ._record import DifferenceResult
 
 __all__ = ["write_result", "read_result", "read_image", "RESULT_FORMAT_VERSION"]
@@ -172,6 +173,16 @@ def read_result(path):
         If it is a FITS file but not one written by `write_result`.
     """
     return DifferenceResult.read(path)
+
+
+def _read_result_pixels(path, *, model=True):
+    """
+    `read_result` for a reader of the pixels alone (private: the series' passes).
+
+    The difference image comes without its WCS, in native byte order; the
+    model only with ``model``. The rest is as `read_result` gives it.
+    """
+    return DifferenceResult(**read_result_fields(path, model=model, wcs=False))
 
 
 # -- private helpers -----------------------------------------------------------

@@ -201,3 +201,46 @@ def test_read_result_does_not_repeat_astropys_date_fix_notice(tmp_path):
     assert sum("datfix" in str(w.message) for w in caught) == 1
     assert back.difference.header["DATE-OBS"] == "2013-07-30"
     assert back.difference.header["MJD-OBS"] == 56503.6
+
+
+def test_pixels_only_read_is_the_full_read_without_the_wcs(fitted, tmp_path):
+    from astro_dia.result.io import _read_result_pixels
+
+    path = tmp_path / "result.fits"
+    write_result(fitted, path)
+    full = read_result(path)
+    for model in (True, False):
+        lean = _read_result_pixels(path, model=model)
+        assert_same_image(lean.difference, full.difference)
+        assert lean.difference.data.dtype == np.dtype(float)      # native byte order
+        assert lean.difference.wcs is None and full.difference.wcs is not None
+        np.testing.assert_array_equal(lean.difference.flags, full.flags)
+        np.testing.assert_array_equal(lean.kernel, full.kernel)
+        assert lean.scale_factor == full.scale_factor
+        assert lean.scale_factor_error == full.scale_factor_error
+        assert lean.quality == full.quality
+        np.testing.assert_array_equal(lean.background.value, full.background.value)
+        assert lean.difference.header["DIA_P"] == full.difference.header["DIA_P"]
+        if model:
+            np.testing.assert_array_equal(lean.model.data, full.model.data)
+        else:
+            assert lean.model is None
+
+
+@pytest.mark.parametrize("degree", [0, 2])
+def test_background_is_rebuilt_exactly(degree, tmp_path):
+    # The background image from the coefficients: the basis images, term by term,
+    # as background_basis makes them.
+    from astro_dia.background import background_basis
+
+    reference, target, _ = make_image_pair(shape=(40, 52), density=100, seed=4)
+    result = DifferenceImager(kernel_size=5, flat=1, sky=0,
+                              background_degree=degree).fit(reference, target)
+    path = tmp_path / "result.fits"
+    write_result(result, path)
+    again = read_result(path)
+    expected = np.tensordot(again.background_coefficients.value,
+                            background_basis((40, 52), degree), axes=1)
+    np.testing.assert_array_equal(again.background.value, expected)
+    assert u.allclose(again.background, result.background, rtol=1e-10,
+                      atol=1e-10 * result.background.unit)
