@@ -2,8 +2,9 @@
 Candidates of change on a difference image: `find_transients`.
 
 Peaks of the significance image (`~astro_dia.detection.significance_image`)
-above a threshold, of either sign, are found with photutils
-`~photutils.detection.find_peaks`, centred to a fraction of a pixel with
+above a threshold, of either sign, are found as photutils
+`~photutils.detection.find_peaks` finds them (each pixel above the
+threshold compared with its box), centred to a fraction of a pixel with
 `~photutils.centroids.centroid_quadratic` and measured by a PSF fit with
 free position (`~astro_dia.photometry.differential_photometry`), on the
 target's and the reference's photometric scale. Each row gets the flags of
@@ -15,7 +16,6 @@ import warnings
 
 import numpy as np
 from astropy import units as u
-from astropy.stats import mad_std
 from astropy.table import QTable
 from astropy.utils.exceptions import AstropyUserWarning
 
@@ -24,7 +24,7 @@ from ..photometry.measure import _fit_shape, differential_photometry
 from ..photometry.psf import gaussian_psf, render_psf
 from ._sharpness import is_sharp, is_star_residual, peak_excess, star_flux
 from .flags import DETECTION_FLAGS
-from .significance import compute_significance, matched_filter
+from .significance import compute_significance, matched_filter, robust_scatter
 
 __all__ = ["find_transients"]
 
@@ -36,25 +36,53 @@ EXTENDED_SIGMA = 3.0
 EXTENDED_RELATIVE = 0.05
 
 
-def _peaks(significance, threshold, box_size, border):
-    """Integer peak positions and signs of |S| >= threshold (find_peaks on S and -S)."""
-    from photutils.detection import find_peaks
-    from photutils.utils.exceptions import NoDetectionsWarning
+#: Peaks whose boxes are compared at once in `_peaks` (bounds its memory).
+_PEAK_CHUNK = 20_000
 
+
+def _peaks(significance, threshold, box_size, border):
+    """
+    Integer peak positions and signs of |S| > threshold.
+
+    The peaks of photutils `~photutils.detection.find_peaks` on S and on
+    -S (undefined pixels set to 0 and excluded, the image padded with 0
+    beyond its edges): pixels above the threshold that equal the largest
+    value of the ``box_size`` box round them, ties included, in row-major
+    order, the brightenings first. Only the pixels above the threshold,
+    few on a difference image, are compared with their boxes, instead of
+    filtering the whole image twice.
+    """
     undefined = ~np.isfinite(significance)
     filled = np.where(undefined, 0.0, significance)
+    empty = np.zeros(0, int)
+    if np.all(filled == filled.flat[0]):        # find_peaks finds no peak on a flat image
+        return empty, empty, empty
+    low = box_size // 2
+    high = box_size - 1 - low
+    padded = None
     xs, ys, signs = [], [], []
     for sign in (1, -1):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NoDetectionsWarning)
-            table = find_peaks(sign * filled, threshold, box_size=box_size, mask=undefined,
-                               border_width=border)
-        if table is not None:
-            xs.append(np.asarray(table["x_peak"]))
-            ys.append(np.asarray(table["y_peak"]))
-            signs.append(np.full(len(table), sign))
+        above = (sign * filled > threshold) & ~undefined
+        if border:
+            above[:border] = above[-border:] = False
+            above[:, :border] = above[:, -border:] = False
+        y, x = np.nonzero(above)
+        if not y.size:
+            continue
+        if padded is None:
+            padded = np.pad(filled, ((low, high), (low, high)))
+            boxes = np.lib.stride_tricks.sliding_window_view(padded, (box_size, box_size))
+        keep = np.zeros(y.size, bool)
+        for start in range(0, y.size, _PEAK_CHUNK):
+            part = slice(start, start + _PEAK_CHUNK)
+            local = boxes[y[part], x[part]]
+            extreme = local.max(axis=(1, 2)) if sign > 0 else local.min(axis=(1, 2))
+            keep[part] = filled[y[part], x[part]] == extreme
+        xs.append(x[keep])
+        ys.append(y[keep])
+        signs.append(np.full(int(keep.sum()), sign))
     if not xs:
-        return np.zeros(0, int), np.zeros(0, int), np.zeros(0, int)
+        return empty, empty, empty
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(signs)
 
 
@@ -102,8 +130,11 @@ def _opposite_lobe(significance, x, y, signs, radius):
     return lobes
 
 
-def _extended(arrays, psf_image, fwhm, significance, x, y, signs):
-    """Whether a filter twice the PSF's area finds each peak more significant than a point."""
+def _extended(arrays, psf_image, fwhm, significance, x, y, signs, inputs=None):
+    """Whether a filter twice the PSF's area finds each peak more significant than a point.
+
+    ``inputs``: the `FilterInputs` of ``arrays``, transformed once for both filters.
+    """
     broad = np.sqrt(2.0) * fwhm
     size = 2 * int(np.ceil(2.5 * broad)) + 1
     kernel = render_psf(gaussian_psf(broad), size)
@@ -113,8 +144,8 @@ def _extended(arrays, psf_image, fwhm, significance, x, y, signs):
         kernel = np.pad(kernel, -pad)
     kernel = kernel / kernel.sum()
     rho = float((point * kernel).sum() / np.sqrt((point ** 2).sum() * (kernel ** 2).sum()))
-    broad_s = matched_filter(*arrays, kernel)
-    broad_s = broad_s / mad_std(broad_s, ignore_nan=True)
+    broad_s = matched_filter(*arrays, kernel, inputs)
+    broad_s = broad_s / robust_scatter(broad_s)
     s_point = significance[y, x] * signs
     s_broad = broad_s[y, x] * signs
     excess = s_broad - rho * s_point
@@ -171,8 +202,8 @@ def find_transients(result, threshold=5.0, *, reference_psf=None, box_size=None,
     """
     Candidates of change (brightening or fading point sources) on a difference image.
 
-    Peaks of ``|S|``, the significance image of `significance_image`, at
-    or above ``threshold`` are found (photutils
+    Peaks of ``|S|``, the significance image of `significance_image`,
+    above ``threshold`` are found (the peaks of photutils
     `~photutils.detection.find_peaks`), centred to a fraction of a pixel
     and measured by a PSF fit with free position
     (`~astro_dia.photometry.differential_photometry`).
@@ -273,7 +304,7 @@ def transients_in(result, computed, threshold, *, box_size=None, calibrate=True,
     threshold = float(threshold)
     if not np.isfinite(threshold) or threshold <= 0:
         raise ValueError(f"threshold must be positive and finite, got {threshold}")
-    significance, scatter, psf_filter, fit, difference, arrays = computed
+    significance, scatter, psf_filter, fit, difference, arrays, inputs = computed
     if box_size is None:
         box_size = 2 * int(np.ceil(psf_filter.fwhm)) + 1
     xi, yi, signs = _peaks(significance, threshold, int(box_size), border=0)
@@ -288,7 +319,7 @@ def transients_in(result, computed, threshold, *, box_size=None, calibrate=True,
                           xi, yi, signs, snr)
     if len(x):
         extended = _extended(arrays, psf_filter.image, psf_filter.fwhm, significance, xi, yi,
-                             signs)
+                             signs, inputs)
         flags[extended] |= DETECTION_FLAGS["EXTENDED"]
         fitted = _measure(result, psf_filter, x, y, unit)
         fx, fy = np.asarray(fitted["x"], float), np.asarray(fitted["y"], float)

@@ -25,7 +25,7 @@ from ..detection.candidates import transients_in
 from ..detection.significance import compute_significance
 from ..photometry import differential_photometry
 from ..reference import build_reference
-from ..result.io import read_result
+from ..result.io import _read_result_pixels
 from ._across_epochs import StackedSignificance, group_candidates
 from ._epochs import read_frames, register_frames
 from ._line_defects import mask_line_defects
@@ -119,7 +119,7 @@ def _detect(outcomes, psf, threshold, shape, frames):
     tables = []
     lines = {}
     for epoch, outcome in outcomes:
-        result = read_result(outcome.output)
+        result = _read_result_pixels(outcome.output, model=True)
         causes = (getattr(result, "quality", None) or {}).get("causes", ())
         frames["quality"][epoch] = ",".join(causes)
         lines[epoch] = mask_line_defects(result)
@@ -130,7 +130,7 @@ def _detect(outcomes, psf, threshold, shape, frames):
             # The significance image, computed once for the stack and the search.
             computed = compute_significance(result, psf)
             table = transients_in(result, computed, threshold)
-        stack.add(computed[0])
+        stack.add(computed.significance)
         keep = [name for name in ("x", "y", "snr", "flags", "sign") if name in table.colnames]
         table = QTable(table[keep])
         table["epoch"] = np.full(len(table), epoch)
@@ -185,7 +185,7 @@ def _measure(outcomes, frames, sources, psf, reference_flux, reference_flux_err,
     """PSF photometry of every source on every differenced epoch, one long table."""
     rows = []
     for epoch, outcome in outcomes:
-        result = read_result(outcome.output)
+        result = _read_result_pixels(outcome.output, model=False)
         mask_line_defects(result, lines[epoch])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyUserWarning)

@@ -175,3 +175,31 @@ def test_difference_image_with_its_kernel_in_the_header_is_measured():
     row, distance = nearest(table, 100.0, 90.0)
     assert distance < 0.5
     assert abs(row["flux"].value - 3000.0) < 4 * row["flux_err"].value
+
+
+@pytest.mark.parametrize("box_size, border", [(9, 0), (4, 0), (7, 5)])
+def test_peaks_are_those_of_find_peaks_on_both_signs(box_size, border):
+    # Only the pixels above the threshold are compared with their boxes; the
+    # peaks, their order and ties are find_peaks' on S and on -S.
+    from photutils.detection import find_peaks
+    from scipy.ndimage import gaussian_filter
+
+    from astro_dia.detection.candidates import _peaks
+
+    rng = np.random.default_rng(box_size + border)
+    significance = 6.0 * gaussian_filter(rng.normal(size=(150, 170)), 1.5)
+    significance /= np.std(significance)
+    significance[40:44, 60:64] = 9.0                 # a flat top: 16 tied pixels
+    significance[100, 100] = -12.0
+    significance[:, :3] = np.nan                     # undefined, next to the edge
+    significance[75, 80:90] = np.nan
+    threshold = 2.5
+    xi, yi, signs = _peaks(significance, threshold, box_size, border)
+    filled = np.where(np.isfinite(significance), significance, 0.0)
+    expected = []
+    for sign in (1, -1):
+        table = find_peaks(sign * filled, threshold, box_size=box_size,
+                           mask=~np.isfinite(significance), border_width=border)
+        expected += [(int(x), int(y), sign) for x, y in zip(table["x_peak"], table["y_peak"])]
+    assert len(expected) > 20
+    assert list(zip(xi.tolist(), yi.tolist(), signs.tolist())) == expected
