@@ -115,8 +115,10 @@ def _pixels(difference):
     if difference.uncertainty is None:
         raise ValueError("the difference image has no uncertainty, which weights the fit; "
                          "attach a StdDevUncertainty (DifferenceImager always does)")
-    error = np.asarray(difference.uncertainty.represent_as(StdDevUncertainty).array,
-                       dtype=float)
+    uncertainty = difference.uncertainty
+    if not isinstance(uncertainty, StdDevUncertainty):     # (a standard deviation as it is)
+        uncertainty = uncertainty.represent_as(StdDevUncertainty)
+    error = np.asarray(uncertainty.array, dtype=float)
     error = np.broadcast_to(error, data.shape)
     bad = ~np.isfinite(data) | ~np.isfinite(error) | (error <= 0)
     if difference.mask is not None:

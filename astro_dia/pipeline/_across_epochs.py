@@ -42,9 +42,10 @@ class StackedSignificance:
         """Add one epoch's significance image (NaN where undefined)."""
         values = np.asarray(significance, float)
         good = np.isfinite(values)
-        self.total[good] += values[good]
-        self.squares[good] += values[good] ** 2
-        self.count[good] += 1
+        values = np.where(good, values, 0.0)
+        self.total += values
+        self.squares += values ** 2
+        self.count += good
 
     @property
     def stacked(self):
