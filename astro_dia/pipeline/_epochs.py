@@ -102,7 +102,9 @@ def register_frames(epochs, reference, folder, *, method="auto", overwrite=False
     Register every epoch onto the reference's grid and write it to ``folder``.
 
     Sets each epoch's ``registered`` (path) or ``error``, and returns the
-    frames table (one row per epoch).
+    frames table (one row per epoch) and the reference's stars
+    (`~astro_dia.registration.ReferenceStars`, or None when they could not
+    be found), whose FWHM the series reuses.
     """
     os.makedirs(folder, exist_ok=True)
     n = len(epochs)
@@ -134,4 +136,4 @@ def register_frames(epochs, reference, folder, *, method="auto", overwrite=False
             epoch.image = None      # the registered copy is on disk; free the memory
             if bar is not None:
                 bar.update()
-    return table
+    return table, known

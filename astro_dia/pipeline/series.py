@@ -290,8 +290,9 @@ def process_series(frames, output_dir, *, reference=None, imager=None, unit=None
         from ..result.io import read_image
         reference = read_image(reference, unit=unit, what="reference")
     reference.write(reference_path, overwrite=overwrite)
-    table = register_frames(epochs, reference, os.path.join(output_dir, "registered"),
-                            method=registration, overwrite=overwrite, progress=progress)
+    table, reference_stars = register_frames(
+        epochs, reference, os.path.join(output_dir, "registered"), method=registration,
+        overwrite=overwrite, progress=progress)
     registered = [epoch for epoch in epochs if epoch.error is None]
     if not registered:
         table.write(os.path.join(output_dir, "frames.ecsv"), overwrite=True)
@@ -324,7 +325,8 @@ def process_series(frames, output_dir, *, reference=None, imager=None, unit=None
         raise ValueError(f"no frame could be differenced (the first error: {first}); see "
                          f"{os.path.join(output_dir, 'frames.ecsv')}")
 
-    fwhm = float(reference.header.get("REFFWHM", 0) or 0) or _measured_fwhm(reference)
+    fwhm = (float(reference.header.get("REFFWHM", 0) or 0)
+            or _measured_fwhm(reference, reference_stars))
     stars = reference_sources(reference, fwhm, max_sources=max_sources, saturation=saturation,
                               saturated_fraction=SATURATED_FRACTION)
     psf, psf_kind = series_psf(reference, stars, fwhm)
@@ -368,7 +370,18 @@ def process_series(frames, output_dir, *, reference=None, imager=None, unit=None
                         variability=summary, psf_kind=psf_kind)
 
 
-def _measured_fwhm(reference):
+def _measured_fwhm(reference, reference_stars=None):
+    """
+    The reference's FWHM as `~astro_dia.reference.frame_statistics` measures it.
+
+    The registration's `~astro_dia.registration.ReferenceStars` measured it
+    already, with the same star finder and settings, unless the reference's
+    saturation level differs between them (a SATLEVEL card without
+    SATURATE, which only the registration reads).
+    """
+    meta = reference.meta or {}
+    if reference_stars is not None and ("SATURATE" in meta or "SATLEVEL" not in meta):
+        return float(reference_stars.fwhm)
     from ..reference import frame_statistics
 
     return float(frame_statistics([reference])["fwhm"][0])

@@ -45,8 +45,9 @@ def test_reference_stars_found_once_and_transforms_unchanged(frames, tmp_path, m
     monkeypatch.setattr(_epochs, "ReferenceStars", counting_class)
     monkeypatch.setattr(_register, "_stars", counting_stars)
     epochs = _epochs.read_frames(targets)
-    table = _epochs.register_frames(epochs, reference, tmp_path, progress=False)
+    table, stars = _epochs.register_frames(epochs, reference, tmp_path, progress=False)
     assert len(made) == 1
+    assert stars.fwhm > 0
     assert searched == ["image"] * N_EPOCHS          # never the reference again
     monkeypatch.undo()
     for row, target in zip(table, targets):
@@ -74,3 +75,38 @@ def test_significance_computed_once_per_epoch(frames, tmp_path, monkeypatch):
     assert len(result.light_curves) == N_EPOCHS * len(result.variability)
     frames_table = QTable.read(tmp_path / "frames.ecsv")
     assert np.all(frames_table["error"] == "")
+
+
+def test_reference_fwhm_is_the_registrations(frames, tmp_path, monkeypatch):
+    # A reference without REFFWHM: its FWHM is the one the registration measured,
+    # the same number frame_statistics gives, which is not run again.
+    import astro_dia.reference as reference_module
+
+    reference, targets = frames
+    assert "REFFWHM" not in reference.header
+    expected = float(reference_module.frame_statistics([reference])["fwhm"][0])
+    calls, seen = [], []
+    original_statistics = reference_module.frame_statistics
+    original_sources = series_module.reference_sources
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original_statistics(*args, **kwargs)
+
+    def sources(reference, fwhm, **kwargs):
+        seen.append(fwhm)
+        return original_sources(reference, fwhm, **kwargs)
+
+    monkeypatch.setattr(reference_module, "frame_statistics", counting)
+    monkeypatch.setattr(series_module, "reference_sources", sources)
+    process_series(targets[:2], tmp_path, reference=reference,
+                   imager=DifferenceImager(kernel_size=9, flat=1), progress=False, plots=False)
+    assert calls == []
+    assert seen == [expected]
+    # With only a SATLEVEL card (which the registration reads and frame_statistics
+    # does not), frame_statistics measures it.
+    reference = reference.copy()
+    reference.meta["SATLEVEL"] = 1e9
+    process_series(targets[:2], tmp_path / "satlevel", reference=reference,
+                   imager=DifferenceImager(kernel_size=9, flat=1), progress=False, plots=False)
+    assert calls == [1]
