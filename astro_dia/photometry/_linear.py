@@ -99,7 +99,7 @@ def _entries(psf, x, y, cx, cy, pairs, box, shape, bad):
     return source[keep], pixel[keep], values[keep], own[keep]
 
 
-def fit_fixed_positions(psf, data, error, bad, x, y, box):
+def fit_fixed_positions(psf, data, error, bad, x, y, box, *, jointly=True):
     """
     Fluxes of sources at fixed positions, fitted jointly where their footprints overlap.
 
@@ -117,6 +117,11 @@ def fit_fixed_positions(psf, data, error, bad, x, y, box):
         the image.
     box : (int, int)
         Odd ``(ny, nx)`` of the footprints.
+    jointly : bool, optional
+        Fit sources whose footprints overlap jointly (default), or each on
+        its own footprint alone, its neighbours left out of its model, as
+        `photutils.psf.PSFPhotometry` does without a grouper (to which its
+        iterative fit converges).
 
     Returns
     -------
@@ -131,7 +136,7 @@ def fit_fixed_positions(psf, data, error, bad, x, y, box):
     n = len(x)
     shape = data.shape
     cx, cy = _centres(x, y)
-    pairs = _overlaps(cx, cy, box)
+    pairs = _overlaps(cx, cy, box) if jointly else np.zeros((0, 2), int)
     labels = _groups(n, pairs)
     source, pixel, values, own = _entries(psf, x, y, cx, cy, pairs, box, shape, bad)
     rows, row = np.unique(pixel, return_inverse=True)
@@ -141,20 +146,21 @@ def fit_fixed_positions(psf, data, error, bad, x, y, box):
     normal = (design.T @ design).tocsr()
     rhs = design.T @ (d / sigma)
     flux, flux_err = _solve(normal, rhs, labels)
-    residual = d - (design @ np.nan_to_num(flux)) * sigma
-    # Fit quality on each source's own footprint.
-    n_pixels = np.bincount(source[own], minlength=n)
-    chi2 = np.bincount(source[own], weights=(residual[row[own]] / sigma[row[own]]) ** 2,
-                       minlength=n)
-    absolute = np.bincount(source[own], weights=np.abs(residual[row[own]]), minlength=n)
+    # Fit quality on each source's own footprint, from the residual at each entry's
+    # pixel: of the group's model, or of the source's alone when fitted alone.
+    if jointly:
+        residual = (d - (design @ np.nan_to_num(flux)) * sigma)[row]
+    else:
+        residual = d[row] - np.nan_to_num(flux)[source] * values
+    mine = source[own]
+    n_pixels = np.bincount(mine, minlength=n)
+    chi2 = np.bincount(mine, weights=(residual[own] / sigma[row[own]]) ** 2, minlength=n)
+    absolute = np.bincount(mine, weights=np.abs(residual[own]), minlength=n)
     centre = np.full(n, np.nan)
     ny, nx = shape
     inside = (cx >= 0) & (cx < nx) & (cy >= 0) & (cy < ny)
-    centre_pixel = cy * nx + cx
-    at = np.searchsorted(rows, centre_pixel)
-    found = inside & (at < len(rows))
-    found[found] = rows[at[found]] == centre_pixel[found]
-    centre[found] = residual[at[found]]
+    at_centre = own & inside[source] & (pixel == (cy * nx + cx)[source])
+    centre[source[at_centre]] = residual[at_centre]
     with np.errstate(divide="ignore", invalid="ignore"):
         reduced = np.where(n_pixels > 1, chi2 / (n_pixels - 1), np.nan)
         qfit = np.where(flux != 0, absolute / flux, np.nan)

@@ -31,7 +31,8 @@ from ._epochs import read_frames, register_frames
 from ._line_defects import mask_line_defects
 from ..photometry._psf_stars import reference_sources
 from ._light_curves import (apply_ensemble_scale, ensemble_error_scale, ensemble_scale,
-                            rank_variability, reference_fluxes, series_psf, variability)
+                            rank_variability, reference_fluxes, reference_sky, series_psf,
+                            variability)
 
 __all__ = ["process_series", "SeriesResult"]
 
@@ -329,7 +330,8 @@ def process_series(frames, output_dir, *, reference=None, imager=None, unit=None
             or _measured_fwhm(reference, reference_stars))
     stars = reference_sources(reference, fwhm, max_sources=max_sources, saturation=saturation,
                               saturated_fraction=SATURATED_FRACTION)
-    psf, psf_kind = series_psf(reference, stars, fwhm)
+    sky = reference_sky(reference)
+    psf, psf_kind = series_psf(reference, stars, fwhm, sky=sky)
     table["quality"] = np.array([""] * len(table), dtype=object)
     table["line_defects"] = np.zeros(len(table), int)
     detections, stack, lines = _detect(done, psf, threshold, reference.shape, table)
@@ -340,7 +342,7 @@ def process_series(frames, output_dir, *, reference=None, imager=None, unit=None
                                                SATURATED_RADIUS * fwhm)
     candidates["id"] = candidate_ids
     candidates["on_star"] = on_star
-    flux, flux_err = reference_fluxes(reference, sources["x"], sources["y"], psf, fwhm)
+    flux, flux_err = reference_fluxes(reference, sources["x"], sources["y"], psf, fwhm, sky=sky)
     light_curves = _measure(done, table, sources, psf, flux, flux_err, lines)
     calibrators = sources["id"][(sources["kind"] == "star") & ~sources["near_saturated"]]
     scale, scale_err = ensemble_scale(light_curves, np.asarray(calibrators), len(table))

@@ -106,6 +106,29 @@ def test_blended_pair_is_fitted_jointly(psf):
     assert exact["flux_err"][0] > 1.03 * isolated_err[0]     # 1.06 here
 
 
+def test_fitted_one_by_one_as_photutils_fits_without_a_grouper(psf):
+    # jointly=False: a blend's sources each on its own footprint, the other's light
+    # in its data, as PSFPhotometry (no grouper) fits them; each source's quality
+    # columns from its own model.
+    x, y = np.array([70.0, 73.2, 110.0, 30.4]), np.array([80.0, 81.4, 40.0, 60.2])
+    flux = np.array([2500.0, -1800.0, 900.0, 1500.0])
+    _, data, error, bad = _image(psf, x, y, flux, seed=4)     # one on the bad row
+    alone = fit_fixed_positions(psf, data, error, bad, x, y, BOX, jointly=False)
+    joint = fit_fixed_positions(psf, data, error, bad, x, y, BOX)
+    theirs = _photutils(psf, data, error, bad, x, y, flux)
+    np.testing.assert_array_equal(alone["group_size"], [1, 1, 1, 1])
+    np.testing.assert_allclose(alone["flux"], theirs["flux_fit"], rtol=0,
+                               atol=1e-3 * np.min(alone["flux_err"]))
+    np.testing.assert_allclose(alone["flux_err"], theirs["flux_err"], rtol=1e-4)
+    np.testing.assert_allclose(alone["reduced_chi2"], theirs["reduced_chi2"], rtol=1e-4)
+    np.testing.assert_allclose(alone["qfit"], theirs["qfit"], rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(alone["cfit"], theirs["cfit"], rtol=1e-3, atol=1e-6)
+    np.testing.assert_array_equal(alone["n_pixels"], theirs["n_pixels_fit"])
+    # the pair's fluxes take in each other's light; the isolated sources are the joint fit's
+    assert np.all(np.abs(alone["flux"][:2] - joint["flux"][:2]) > 10 * joint["flux_err"][:2])
+    np.testing.assert_allclose(alone["flux"][2:], joint["flux"][2:], rtol=1e-12)
+
+
 def test_blended_pair_pulls_over_noise_realisations(psf):
     x, y = np.array([70.0, 73.2]), np.array([80.0, 81.4])
     flux = np.array([2500.0, -1800.0])
