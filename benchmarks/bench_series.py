@@ -70,7 +70,8 @@ if os.environ.get("ASTRO_DIA_BENCH_STEPS"):
     import functools, json, time
     _start = time.perf_counter()
     _sums, _counts = {}, {}
-    _each = {"register": [], "DifferenceImager.fit": [], "differential_photometry": []}
+    _each = {"register": [], "DifferenceImager.fit": [], "differential_photometry": [],
+             "photometry_prepared": [], "read_result": [], "_read_result_pixels": []}
 
     def _wrap(owner, name, label):
         original = getattr(owner, name)
@@ -107,10 +108,12 @@ if os.environ.get("ASTRO_DIA_BENCH_STEPS"):
             _dump()
     astro_dia.pipeline.process_series = _dumped
     for _name in ("read_frames", "register_frames", "fit_many", "reference_sources",
-                  "series_psf", "_detect", "group_candidates", "reference_fluxes",
-                  "_measure", "variability", "read_result", "compute_significance",
-                  "transients_in", "differential_photometry"):
-        _wrap(series, _name, _name)
+                  "reference_sky", "series_psf", "_detect", "group_candidates",
+                  "reference_fluxes", "_measure", "variability", "read_result",
+                  "_read_result_pixels", "compute_significance", "transients_in",
+                  "differential_photometry", "photometry_prepared"):
+        if hasattr(series, _name):     # the names of this version of the pipeline
+            _wrap(series, _name, _name)
     _wrap(epochs, "_register_one", "register")
     _wrap(epochs, "_reference_stars", "registration reference stars")
     _wrap(batch, "read_image", "fit_many.read_image")
@@ -266,23 +269,32 @@ def print_breakdown(steps, wall, n_frames):
          s("fit_many") - s("fit_many.read_image") - s("DifferenceImager.fit")
          - s("fit_many.write_result")),
         ("reference stars (once)", s("reference_sources")),
+        ("reference sky (once)", s("reference_sky")),
         ("reference ePSF (once)", s("series_psf")),
-        ("detection: read result files", None),
+        ("detection: read result files (in rest)", None),
         ("detection: significance image", s("compute_significance")),
         ("detection: candidates (find_transients)", s("transients_in")),
         ("detection: rest (stacking, line defects)", s("_detect") - s("compute_significance")
          - s("transients_in")),
         ("group candidates", s("group_candidates")),
         ("reference fluxes", s("reference_fluxes")),
-        ("photometry: differential_photometry", s("differential_photometry")),
-        ("photometry: rest (read results, tables)", s("_measure") - s("differential_photometry")),
+        ("photometry: differential_photometry", s("differential_photometry")
+         + s("photometry_prepared")),
+        ("photometry: read result files (in rest)", None),
+        ("photometry: rest (read results, tables)", s("_measure") - s("differential_photometry")
+         - s("photometry_prepared")),
         ("variability", s("variability")),
     ]
-    # read_result is called by both _detect and _measure; split it by call count.
-    n_read = calls.get("read_result", 0)
-    per_read = s("read_result") / n_read if n_read else 0.0
-    rows[[label for label, _ in rows].index("detection: read result files")] = (
-        "detection: read result files (in rest)", per_read * n_read / 2)
+    # The result files are read by _detect, then again by _measure: the first half of
+    # the calls are the detection's.
+    reads = [*steps.get("each", {}).get("read_result", []),
+             *steps.get("each", {}).get("_read_result_pixels", [])]
+    n_read = len(reads)
+    labels = [label for label, _ in rows]
+    rows[labels.index("detection: read result files (in rest)")] = (
+        "detection: read result files (in rest)", float(np.sum(reads[:n_read // 2])))
+    rows[labels.index("photometry: read result files (in rest)")] = (
+        "photometry: read result files (in rest)", float(np.sum(reads[n_read // 2:])))
     accounted = sum(value for label, value in rows
                     if value is not None and not label.startswith(" ")
                     and "(in rest)" not in label)
@@ -293,14 +305,15 @@ def print_breakdown(steps, wall, n_frames):
     for label, value in rows:
         print(f"{label:<44} {value:8.1f} {value / n_frames:8.3f} {100 * value / wall:5.1f}%")
     for label, values in steps.get("each", {}).items():
-        if values:
+        if values and label in ("register", "DifferenceImager.fit", "differential_photometry",
+                                "photometry_prepared"):
             print(f"{label}: per frame median {np.median(values):.3f} s, min {min(values):.3f}, "
                   f"max {max(values):.3f} (a wide spread: the machine was busy for part of "
                   "the run)" if max(values) > 2 * np.median(values) else
                   f"{label}: per frame median {np.median(values):.3f} s, min {min(values):.3f}, "
                   f"max {max(values):.3f}")
-    print(f"(read_result: {n_read} calls, {per_read:.3f} s each, half in detection and half "
-          "in photometry; both counted in their step's 'rest')")
+    print(f"(result files: {n_read} reads, the first half in detection and the second in "
+          "photometry; each counted in its step's 'rest')")
 
 
 def profile(reference_path, frame_paths, out, kernel_size):

@@ -20,7 +20,7 @@ from astropy.table import QTable
 from astropy.utils.exceptions import AstropyUserWarning
 
 from .. import flags as pixel_flags
-from ..photometry.measure import _fit_shape, differential_photometry
+from ..photometry.measure import photometry_prepared
 from ..photometry.psf import gaussian_psf, render_psf
 from ._sharpness import is_sharp, is_star_residual, peak_excess, star_flux
 from .flags import DETECTION_FLAGS
@@ -159,10 +159,10 @@ def _kernel_half(fit):
 
 
 def _flags(fit, difference, significance, arrays, psf_filter, threshold, x, y, xi, yi, signs,
-           snr):
-    """The DETECTION_FLAGS of each candidate."""
+           snr, box):
+    """The DETECTION_FLAGS of each candidate (``box``: the photometry's fit box)."""
     shape = significance.shape
-    half = _fit_shape(None, psf_filter.psf)[0] // 2
+    half = box[0] // 2
     edge_margin = half + _kernel_half(fit)
     ny, nx = shape
     flags = np.zeros(len(x), np.int64)
@@ -183,17 +183,25 @@ def _flags(fit, difference, significance, arrays, psf_filter, threshold, x, y, x
     return flags, lobes
 
 
-def _measure(result, psf_filter, x, y, unit):
-    """Free-position PSF fit of every candidate: positions, fluxes and photutils flags."""
+def _measure(result, psf_filter, x, y, arrays, box):
+    """
+    Free-position PSF fit of every candidate: positions, fluxes and photutils flags.
+
+    `differential_photometry` on the pixels of ``arrays`` (data, variance,
+    good) and, when the filter's PSF is the photometry's target PSF, with it.
+    """
     positions = QTable({"x": x, "y": y})
+    data, variance, good = arrays
+    target = psf_filter.photometry_target
     with warnings.catch_warnings():
         # A candidate table is made without P's error when there is none; that
         # is said once in the table's meta, not per call.
         warnings.simplefilter("ignore", AstropyUserWarning)
-        table = differential_photometry(result, positions, psf_filter.photometry_psf,
-                                        kernel=psf_filter.photometry_kernel,
-                                        fixed_positions=False,
-                                        position_bounds=1.5)
+        table = photometry_prepared(result, positions, psf_filter.photometry_psf,
+                                    pixels=(data, np.sqrt(variance), ~good), target=target,
+                                    fit_shape=box if target is not None else None,
+                                    kernel=psf_filter.photometry_kernel,
+                                    fixed_positions=False, position_bounds=1.5)
     return table
 
 
@@ -315,18 +323,18 @@ def transients_in(result, computed, threshold, *, box_size=None, calibrate=True,
     xi, yi, signs, snr = xi[order], yi[order], signs[order], snr[order]
     x, y = _centroids(significance, xi, yi, signs)
     unit = difference.unit
+    box = psf_filter.fit_box
     flags, lobes = _flags(fit, difference, significance, arrays, psf_filter, threshold, x, y,
-                          xi, yi, signs, snr)
+                          xi, yi, signs, snr, box)
     if len(x):
         extended = _extended(arrays, psf_filter.image, psf_filter.fwhm, significance, xi, yi,
                              signs, inputs)
         flags[extended] |= DETECTION_FLAGS["EXTENDED"]
-        fitted = _measure(result, psf_filter, x, y, unit)
+        fitted = _measure(result, psf_filter, x, y, arrays, box)
         fx, fy = np.asarray(fitted["x"], float), np.asarray(fitted["y"], float)
         ok = np.isfinite(fx) & np.isfinite(fy)
         x, y = np.where(ok, fx, x), np.where(ok, fy, y)
-    excess, excess_snr = peak_excess(arrays, psf_filter.psf, x, y, signs,
-                                     _fit_shape(None, psf_filter.psf)[0] // 2,
+    excess, excess_snr = peak_excess(arrays, psf_filter.psf, x, y, signs, box[0] // 2,
                                      scatter if calibrate else 1.0)
     flags[is_sharp(excess, excess_snr)] |= DETECTION_FLAGS["SHARP"]
     model = getattr(getattr(fit, "model", None), "data", None)

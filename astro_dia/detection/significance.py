@@ -17,6 +17,7 @@ robust scatter.
 
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -27,7 +28,7 @@ from astropy.stats import mad_std, sigma_clipped_stats
 from astropy.utils.exceptions import AstropyUserWarning
 from scipy import fft
 
-from ..photometry.measure import _difference_inputs, _pixels
+from ..photometry.measure import _difference_inputs, _fit_shape, _pixels
 from ..photometry.psf import _natural_size, gaussian_psf, render_psf, target_psf
 
 __all__ = ["significance_image"]
@@ -54,6 +55,16 @@ class MatchedFilter:
     fwhm: float           # FWHM of the target PSF (pixels)
     photometry_psf: object  # the PSF to give differential_photometry ...
     photometry_kernel: object  # ... with this kernel (None: the fit's own)
+
+    @cached_property
+    def fit_box(self):
+        """The photometry's automatic fit box for ``psf`` (computed once)."""
+        return _fit_shape(None, self.psf)
+
+    @property
+    def photometry_target(self):
+        """``psf`` when it is the target PSF `differential_photometry` makes, else None."""
+        return self.psf if self.photometry_kernel is None else None
 
 
 def _difference_arrays(difference):
@@ -158,11 +169,11 @@ class FilterInputs:
     """
 
     def __init__(self, data, variance, good, size, dtype=None):
-        weight = np.where(good, 1.0 / variance, 0.0)
         self.shape = data.shape
         self._dtype = FILTER_DTYPE if dtype is None else dtype
-        self._images = tuple(np.asarray(image, self._dtype) for image in
-                             (data * weight, weight, good))
+        weight = np.where(good, 1.0 / variance, 0.0)
+        self._images = (np.asarray(data * weight, self._dtype), np.asarray(weight, self._dtype),
+                        np.asarray(good, self._dtype))
         self._grid = None
         self._spectra = None
         self._fit(size)
@@ -181,19 +192,19 @@ class FilterInputs:
         """
         self._fit(max(kernel.shape))
         rows = fft.rfft(np.asarray(kernel, self._dtype), n=self._grid[1], axis=1)
-        return fft.fft(rows, n=self._grid[0], axis=0)
+        return fft.fft(rows, n=self._grid[0], axis=0, overwrite_x=True)
 
     def convolve(self, which, spectrum, kernel_shape):
         """
         The image ``which`` (0: D/V, 1: 1/V, 2: good) convolved ('same') with a kernel.
 
         ``spectrum`` is the kernel's `kernel_spectrum`, ``kernel_shape`` its
-        shape. Returns double precision.
+        shape. In the transforms' precision.
         """
-        full = fft.irfft2(self._spectra[which] * spectrum, s=self._grid)
+        full = fft.irfft2(self._spectra[which] * spectrum, s=self._grid, overwrite_x=True)
         (ny, nx), (ky, kx) = self.shape, kernel_shape
         y0, x0 = (ky - 1) // 2, (kx - 1) // 2
-        return np.asarray(full[y0:y0 + ny, x0:x0 + nx], float)
+        return full[y0:y0 + ny, x0:x0 + nx]
 
 
 def matched_filter(data, variance, good, psf_image, inputs=None):
@@ -212,9 +223,10 @@ def matched_filter(data, variance, good, psf_image, inputs=None):
     information = inputs.convolve(1, squared, flipped.shape)
     coverage = inputs.convolve(2, squared, flipped.shape) / (psf_image ** 2).sum()
     defined = good & (coverage >= MIN_COVERAGE) & (information > 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        significance = numerator / np.sqrt(information)
-    return np.where(defined, significance, np.nan)
+    significance = np.full(data.shape, np.nan)
+    np.divide(numerator, np.sqrt(information, where=defined, out=np.ones_like(information)),
+              out=significance, where=defined)
+    return significance
 
 
 def robust_scatter(image):

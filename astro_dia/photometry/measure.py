@@ -355,12 +355,34 @@ def differential_photometry(result, positions, reference_psf, *, fit_shape=None,
        -430 +- 127  (true -466)
        -655 +- 125  (true -473)
     """
+    return photometry_prepared(
+        result, positions, reference_psf, fit_shape=fit_shape, fixed_positions=fixed_positions,
+        local_background=local_background, scale_factor=scale_factor,
+        scale_factor_error=scale_factor_error, kernel=kernel, oversampling=oversampling,
+        position_bounds=position_bounds)
+
+
+def photometry_prepared(result, positions, reference_psf, *, pixels=None, target=None,
+                        fit_shape=None, fixed_positions=True, local_background=False,
+                        scale_factor=None, scale_factor_error=None, kernel=None,
+                        oversampling=4, position_bounds=1.0):
+    """
+    `differential_photometry`, with inputs its caller computed already (private).
+
+    ``pixels`` is ``_pixels(difference)`` of the difference image as it is
+    now, ``target`` the target PSF that `differential_photometry` makes,
+    ``target_psf(reference_psf, kernel, oversampling=oversampling)`` of the
+    kernel it uses (the fit's, or ``kernel``; with a spatially varying
+    kernel it sets the box, the local PSFs being made here); a
+    ``fit_shape`` of the automatic size gives the same box without
+    rendering the PSF again.
+    """
     fit, difference, scale_factor, scale_factor_error, kernel, local = _difference_inputs(
         result, scale_factor, scale_factor_error, kernel)
-    data, error, bad = _pixels(difference)
+    data, error, bad = _pixels(difference) if pixels is None else pixels
     ids, x, y, skycoord = position_table(positions, getattr(difference, "wcs", None))
     _check_psf_model(reference_psf)
-    psf = target_psf(reference_psf, kernel, oversampling=oversampling)
+    psf = target_psf(reference_psf, kernel, oversampling=oversampling) if target is None else target
     box = _fit_shape(fit_shape, psf)
     if local:
         scale_factor, scale_factor_error = _local_scale_factors(fit, x, y)

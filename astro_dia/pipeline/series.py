@@ -23,7 +23,7 @@ from ..batch import fit_many
 from ..exceptions import KernelFitWarning, NoiseModelWarning, SaturationWarning
 from ..detection.candidates import transients_in
 from ..detection.significance import compute_significance
-from ..photometry import differential_photometry
+from ..photometry.measure import photometry_prepared
 from ..reference import build_reference
 from ..result.io import _read_result_pixels
 from ._across_epochs import StackedSignificance, group_candidates
@@ -113,12 +113,13 @@ def _detect(outcomes, psf, threshold, shape, frames):
     """Candidates of every differenced epoch and their stacked significance.
 
     Also copies each fit's fit-quality causes into ``frames['quality']``,
-    and returns the line defects masked at each epoch (`mask_line_defects`)
-    for the photometry.
+    and returns for the photometry the line defects masked at each epoch
+    (`mask_line_defects`) and its matched filter (whose target PSF the
+    photometry fits).
     """
     stack = StackedSignificance(shape)
     tables = []
-    lines = {}
+    lines, filters = {}, {}
     for epoch, outcome in outcomes:
         result = _read_result_pixels(outcome.output, model=True)
         causes = (getattr(result, "quality", None) or {}).get("causes", ())
@@ -132,13 +133,14 @@ def _detect(outcomes, psf, threshold, shape, frames):
             computed = compute_significance(result, psf)
             table = transients_in(result, computed, threshold)
         stack.add(computed.significance)
+        filters[epoch] = computed.psf_filter
         keep = [name for name in ("x", "y", "snr", "flags", "sign") if name in table.colnames]
         table = QTable(table[keep])
         table["epoch"] = np.full(len(table), epoch)
         tables.append(table)
     detections = (vstack(tables, metadata_conflicts="silent") if tables
                   else QTable({"x": [], "y": [], "snr": [], "flags": [], "epoch": []}))
-    return detections, stack, lines
+    return detections, stack, lines, filters
 
 
 def _sources(stars, candidates, radius, saturated_radius):
@@ -182,15 +184,25 @@ def _sources(stars, candidates, radius, saturated_radius):
     return sources, np.array(ids, int), np.array(on_star, bool)
 
 
-def _measure(outcomes, frames, sources, psf, reference_flux, reference_flux_err, lines):
-    """PSF photometry of every source on every differenced epoch, one long table."""
+def _measure(outcomes, frames, sources, psf, reference_flux, reference_flux_err, lines,
+             filters):
+    """
+    PSF photometry of every source on every differenced epoch, one long table.
+
+    As `~astro_dia.photometry.differential_photometry` measures them;
+    ``filters``: each epoch's matched filter from `_detect`, whose target
+    PSF (``psf`` convolved with the epoch's kernel) is the photometry's.
+    """
     rows = []
     for epoch, outcome in outcomes:
         result = _read_result_pixels(outcome.output, model=False)
         mask_line_defects(result, lines[epoch])
+        target = filters[epoch].photometry_target
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyUserWarning)
-            table = differential_photometry(result, sources[["id", "x", "y"]], psf)
+            table = photometry_prepared(
+                result, sources[["id", "x", "y"]], psf, target=target,
+                fit_shape=None if target is None else filters[epoch].fit_box)
         out = QTable()
         out["id"] = np.asarray(sources["id"])
         out["kind"] = sources["kind"]
@@ -334,7 +346,7 @@ def process_series(frames, output_dir, *, reference=None, imager=None, unit=None
     psf, psf_kind = series_psf(reference, stars, fwhm, sky=sky)
     table["quality"] = np.array([""] * len(table), dtype=object)
     table["line_defects"] = np.zeros(len(table), int)
-    detections, stack, lines = _detect(done, psf, threshold, reference.shape, table)
+    detections, stack, lines, filters = _detect(done, psf, threshold, reference.shape, table)
     table.write(os.path.join(output_dir, "frames.ecsv"), overwrite=True)
     candidates = group_candidates(detections, fwhm if match_radius is None else match_radius,
                                   stack)
@@ -343,7 +355,7 @@ def process_series(frames, output_dir, *, reference=None, imager=None, unit=None
     candidates["id"] = candidate_ids
     candidates["on_star"] = on_star
     flux, flux_err = reference_fluxes(reference, sources["x"], sources["y"], psf, fwhm, sky=sky)
-    light_curves = _measure(done, table, sources, psf, flux, flux_err, lines)
+    light_curves = _measure(done, table, sources, psf, flux, flux_err, lines, filters)
     calibrators = sources["id"][(sources["kind"] == "star") & ~sources["near_saturated"]]
     scale, scale_err = ensemble_scale(light_curves, np.asarray(calibrators), len(table))
     apply_ensemble_scale(light_curves, scale, scale_err)
