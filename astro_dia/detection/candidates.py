@@ -40,9 +40,14 @@ EXTENDED_RELATIVE = 0.05
 _PEAK_CHUNK = 20_000
 
 
-def _peaks(significance, threshold, box_size, border):
+def _filled(significance):
+    """The significance with its undefined pixels set to 0."""
+    return np.where(np.isfinite(significance), significance, 0.0)
+
+
+def _peaks(significance, threshold, box_size, border, filled=None):
     """
-    Integer peak positions and signs of |S| > threshold.
+    Integer peak positions and signs of |S| > threshold (a positive threshold).
 
     The peaks of photutils `~photutils.detection.find_peaks` on S and on
     -S (undefined pixels set to 0 and excluded, the image padded with 0
@@ -50,19 +55,20 @@ def _peaks(significance, threshold, box_size, border):
     value of the ``box_size`` box round them, ties included, in row-major
     order, the brightenings first. Only the pixels above the threshold,
     few on a difference image, are compared with their boxes, instead of
-    filtering the whole image twice.
+    filtering the whole image twice. ``filled``: `_filled` of the
+    significance, when computed already.
     """
-    undefined = ~np.isfinite(significance)
-    filled = np.where(undefined, 0.0, significance)
+    filled = _filled(significance) if filled is None else filled
     empty = np.zeros(0, int)
-    if np.all(filled == filled.flat[0]):        # find_peaks finds no peak on a flat image
-        return empty, empty, empty
     low = box_size // 2
     high = box_size - 1 - low
     padded = None
     xs, ys, signs = [], [], []
     for sign in (1, -1):
-        above = (sign * filled > threshold) & ~undefined
+        # Undefined pixels (0) are never above a positive threshold.
+        above = filled > threshold if sign > 0 else filled < -threshold
+        if above.all() and np.all(filled == filled.flat[0]):
+            return empty, empty, empty      # find_peaks finds no peak on a flat image
         if border:
             above[:border] = above[-border:] = False
             above[:, :border] = above[:, -border:] = False
@@ -86,11 +92,11 @@ def _peaks(significance, threshold, box_size, border):
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(signs)
 
 
-def _centroids(significance, x, y, signs):
+def _centroids(significance, x, y, signs, filled=None):
     """Sub-pixel centres of the peaks (quadratic fit to S in a 5 x 5 box around each)."""
     from photutils.centroids import centroid_quadratic, centroid_sources
 
-    filled = np.where(np.isfinite(significance), significance, 0.0)
+    filled = _filled(significance) if filled is None else filled
     xc, yc = x.astype(float), y.astype(float)
     for sign in (1, -1):
         members = np.flatnonzero(signs == sign)
@@ -98,8 +104,8 @@ def _centroids(significance, x, y, signs):
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyUserWarning)
-            cx, cy = centroid_sources(sign * filled, x[members], y[members], box_size=5,
-                                      centroid_func=centroid_quadratic)
+            cx, cy = centroid_sources(filled if sign > 0 else -filled, x[members], y[members],
+                                      box_size=5, centroid_func=centroid_quadratic)
         good = np.isfinite(cx) & np.isfinite(cy) & (np.hypot(cx - x[members],
                                                               cy - y[members]) <= 1.5)
         xc[members[good]], yc[members[good]] = cx[good], cy[good]
@@ -115,9 +121,9 @@ def _box_any(image, x, y, half):
     return out
 
 
-def _opposite_lobe(significance, x, y, signs, radius):
+def _opposite_lobe(significance, x, y, signs, radius, filled=None):
     """Largest significance of the opposite sign within ``radius`` pixels of each peak."""
-    filled = np.where(np.isfinite(significance), significance, 0.0)
+    filled = _filled(significance) if filled is None else filled
     ny, nx = filled.shape
     half = int(np.ceil(radius))
     dy, dx = np.mgrid[-half:half + 1, -half:half + 1]
@@ -159,7 +165,7 @@ def _kernel_half(fit):
 
 
 def _flags(fit, difference, significance, arrays, psf_filter, threshold, x, y, xi, yi, signs,
-           snr, box):
+           snr, box, filled=None):
     """The DETECTION_FLAGS of each candidate (``box``: the photometry's fit box)."""
     shape = significance.shape
     half = box[0] // 2
@@ -177,7 +183,7 @@ def _flags(fit, difference, significance, arrays, psf_filter, threshold, x, y, x
     if pixel_bits is not None:
         saturated = (np.asarray(pixel_bits) & pixel_flags.SATURATED) != 0
         flags[_box_any(saturated, x, y, half)] |= DETECTION_FLAGS["SATURATED"]
-    lobes = _opposite_lobe(significance, xi, yi, signs, 2.0 * psf_filter.fwhm)
+    lobes = _opposite_lobe(significance, xi, yi, signs, 2.0 * psf_filter.fwhm, filled)
     dipole = lobes >= np.maximum(DIPOLE_RATIO * np.abs(snr), 0.8 * threshold)
     flags[dipole] |= DETECTION_FLAGS["DIPOLE"]
     return flags, lobes
@@ -315,17 +321,18 @@ def transients_in(result, computed, threshold, *, box_size=None, calibrate=True,
     significance, scatter, psf_filter, fit, difference, arrays, inputs = computed
     if box_size is None:
         box_size = 2 * int(np.ceil(psf_filter.fwhm)) + 1
-    xi, yi, signs = _peaks(significance, threshold, int(box_size), border=0)
+    filled = _filled(significance)
+    xi, yi, signs = _peaks(significance, threshold, int(box_size), border=0, filled=filled)
     snr = significance[yi, xi] if len(xi) else np.zeros(0)
     order = np.argsort(-np.abs(snr), kind="stable")
     if max_candidates is not None:
         order = order[:int(max_candidates)]
     xi, yi, signs, snr = xi[order], yi[order], signs[order], snr[order]
-    x, y = _centroids(significance, xi, yi, signs)
+    x, y = _centroids(significance, xi, yi, signs, filled)
     unit = difference.unit
     box = psf_filter.fit_box
     flags, lobes = _flags(fit, difference, significance, arrays, psf_filter, threshold, x, y,
-                          xi, yi, signs, snr, box)
+                          xi, yi, signs, snr, box, filled)
     if len(x):
         extended = _extended(arrays, psf_filter.image, psf_filter.fwhm, significance, xi, yi,
                              signs, inputs)

@@ -203,3 +203,14 @@ def test_peaks_are_those_of_find_peaks_on_both_signs(box_size, border):
         expected += [(int(x), int(y), sign) for x, y in zip(table["x_peak"], table["y_peak"])]
     assert len(expected) > 20
     assert list(zip(xi.tolist(), yi.tolist(), signs.tolist())) == expected
+    # A flat image has no peak, above the threshold or not (find_peaks: None).
+    for level in (7.0, -7.0, 1.0):
+        flat = np.full((30, 40), level)
+        assert all(len(found) == 0 for found in _peaks(flat, threshold, box_size, border))
+    tilted = np.full((30, 40), 7.0)
+    tilted[10, 10] = 8.0                             # every pixel above, ties away from it
+    table = find_peaks(tilted, threshold, box_size=box_size, border_width=border)
+    xi, yi, _ = _peaks(tilted, threshold, box_size, border)
+    assert len(table) > 100
+    assert list(zip(xi.tolist(), yi.tolist())) == list(zip(table["x_peak"].tolist(),
+                                                           table["y_peak"].tolist()))
