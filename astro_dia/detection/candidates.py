@@ -151,9 +151,8 @@ def _extended(arrays, psf_image, fwhm, significance, x, y, signs, inputs=None):
     kernel = kernel / kernel.sum()
     rho = float((point * kernel).sum() / np.sqrt((point ** 2).sum() * (kernel ** 2).sum()))
     broad_s = matched_filter(*arrays, kernel, inputs)
-    broad_s = broad_s / robust_scatter(broad_s)
     s_point = significance[y, x] * signs
-    s_broad = broad_s[y, x] * signs
+    s_broad = broad_s[y, x] / robust_scatter(broad_s) * signs
     excess = s_broad - rho * s_point
     return (excess > EXTENDED_SIGMA * np.sqrt(1 - rho ** 2)) & (excess > EXTENDED_RELATIVE
                                                                  * rho * s_point)
