@@ -248,7 +248,7 @@ def run_hotpants(binary, reference_path, frame_paths, out, kernel_size, size, up
 
 
 def print_breakdown(steps, wall, n_frames):
-    seconds, calls = steps["seconds"], steps["calls"]
+    seconds = steps["seconds"]
 
     def s(name):
         return seconds.get(name, 0.0)
