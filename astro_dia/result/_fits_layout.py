@@ -99,7 +99,7 @@ def result_hdulist(result, *, include_model=True, include_covariance=True):
     hdus.append(_background_table(result, unit))
     if include_model and result.model is not None:
         model = fits.ImageHDU(np.asarray(result.model.data, dtype=float), name="MODEL")
-        model.header["BUNIT"] = unit.to_string("fits")
+        model.header["BUNIT"] = unit.to_string()   # as CCDData writes BUNIT: FITS has no "electron"
         hdus.append(model)
     hdus.append(fits.ImageHDU(np.asarray(result.fit_mask, dtype=np.uint8), name="FITMASK"))
     hdus.append(fits.ImageHDU(np.asarray(result.flags, dtype=np.uint8), name="FLAGS"))
@@ -380,10 +380,13 @@ def _background_table(result, unit):
     table = QTable({
         "x_power": np.array([m for m, _ in terms], dtype=np.int16),
         "y_power": np.array([n for _, n in terms], dtype=np.int16),
-        "value": values * unit,
-        "error": errors * unit,
+        "value": values,
+        "error": errors,
     })
     hdu = fits.table_to_hdu(table)
+    # TUNIT as CCDData writes BUNIT (FITS has no "electron"), read back by `_fits_unit`.
+    for name in ("value", "error"):
+        hdu.columns.change_attrib(name, "unit", unit.to_string())
     hdu.name = "BKGCOEF"
     return hdu
 

@@ -244,3 +244,23 @@ def test_background_is_rebuilt_exactly(degree, tmp_path):
     np.testing.assert_array_equal(again.background.value, expected)
     assert u.allclose(again.background, result.background, rtol=1e-10,
                       atol=1e-10 * result.background.unit)
+
+
+def test_result_in_electrons_round_trips(tmp_path):
+    # FITS has no unit "electron": BUNIT and TUNIT are written as CCDData writes BUNIT
+    # (the model's BUNIT used to raise here).
+    reference, target, _ = make_image_pair(shape=(48, 48), density=100, seed=10)
+    # the simulated adu are electrons at gain 1
+    reference = CCDData(reference.data, unit="electron", meta=reference.meta)
+    target = CCDData(target.data, unit="electron", meta=target.meta)
+    result = DifferenceImager(kernel_size=7, flat=1, sky=0,
+                              background_degree=1).fit(reference, target)
+    path = tmp_path / "electrons.fits"
+    write_result(result, path)
+    again = read_result(path)
+    assert again.difference.unit == u.electron
+    assert again.model.unit == u.electron
+    np.testing.assert_allclose(again.difference.data, result.difference.data)
+    assert u.allclose(again.background_coefficients, result.background_coefficients)
+    assert u.allclose(again.background_error, result.background_error)
+    assert again.background_coefficients.unit == u.electron
