@@ -24,7 +24,8 @@ from ._tolerances import passes_converged
 from ..model._torch import flush_denormals, to_numpy, to_tensor
 from ..exceptions import ConvergenceWarning, DIAError
 from .solvers import choose_solver, solve_cg, solve_direct, solve_iterative
-from .solvers.cg import continue_fit, start_factor
+from .solvers.choice import DIRECT_MAX_WORK_CPU, DIRECT_MAX_WORK_GPU
+from .solvers.cg import ProductBudgetExceeded, continue_fit, start_factor
 from .solvers.gauss_newton import pack, resume
 
 __all__ = []
@@ -44,6 +45,19 @@ MAX_ROBUST_STEPS = 10
 #: linearly (re-weighted Huber), so a more precise solve buys nothing
 #: (50 -> 29 products at 1000 x 1000, the same decrements).
 ROBUST_STEP_RTOL = 0.1
+
+#: Most products of the robust pass's matrix-free solver before it gives way to
+#: the direct solver. Its Toeplitz preconditioner assumes weights that vary slowly
+#: across a kernel; on simulated frames the pass takes 15-30 products, on the
+#: crowded pyDIA frames, whose bright stars make the weights vary within a kernel,
+#: 200-1000, and the fit after it, preconditioned by the same factor, thousands
+#: (4-40 s for a 512 x 512 frame, against 3-8 s by the direct solver).
+ROBUST_PRODUCT_BUDGET = 60
+
+#: The direct solver replaces a robust pass over budget only up to this many
+#: times the work at which ``solver='auto'`` chooses it (``N_pixels K**4``):
+#: up to about 1000 x 1000 pixels with a 19 x 19 kernel on a CPU.
+DIRECT_FALLBACK_FACTOR = 10
 
 #: Most fits with ``reference_noise=True``, each with the reference variance
 #: propagated through the previous pass's ``K**2``.
@@ -178,9 +192,28 @@ def solve_robust(problem, settings):
         solver = choose_solver(problem.shape, problem.kernel_size, problem.device, twin.loss,
                                kernel_terms=problem.kernel_terms, n_pixels=problem.n_data)
     steps = dict(max_iter=MAX_ROBUST_STEPS, max_polish_iter=MAX_ROBUST_STEPS)
+    direct = lambda: solve_direct(  # noqa: E731
+        twin, max_bytes=strip_budget(twin, settings.max_memory), **steps)
     if solver == "direct":
-        return solve_direct(twin, max_bytes=strip_budget(twin, settings.max_memory), **steps)
-    return solve_cg(twin, step_rtol=ROBUST_STEP_RTOL, **steps)
+        return direct()
+    budget = None
+    if settings.name == "auto" and direct_affordable(twin):
+        budget = ROBUST_PRODUCT_BUDGET
+    try:
+        return solve_cg(twin, step_rtol=ROBUST_STEP_RTOL, product_budget=budget, **steps)
+    except ProductBudgetExceeded as exc:
+        # The Toeplitz preconditioner is far from the normal matrix here (weights
+        # that vary within a kernel); the direct solver's exact factor then also
+        # preconditions the fit proper (`solve_newton`, `continue_fit`).
+        log.info("robust pass: %s; the direct solver takes over", exc)
+        return direct()
+
+
+def direct_affordable(problem):
+    """Whether the direct solver may replace a matrix-free pass over its budget."""
+    limit = DIRECT_MAX_WORK_GPU if problem.device.type == "cuda" else DIRECT_MAX_WORK_CPU
+    work = problem.n_data * (problem.kernel_terms * problem.kernel_size ** 2) ** 2
+    return work <= DIRECT_FALLBACK_FACTOR * limit
 
 
 def resume_fit(problem, state, settings):

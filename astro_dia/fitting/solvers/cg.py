@@ -30,7 +30,11 @@ from .._normal import add_regularization, cholesky
 from .gauss_newton import (gauss_newton, irls_weights, linear_start, pack, polish_if_stalled,
                            start_weights, unpack)
 
-__all__ = ["solve_cg"]
+__all__ = ["solve_cg", "ProductBudgetExceeded"]
+
+
+class ProductBudgetExceeded(RuntimeError):
+    """A matrix-free fit needed more products than its ``product_budget``."""
 
 #: Relative residual of the solves of `continue_fit`'s steps (and what the
 #: forcing of `FORCING` loosens near the tolerance).
@@ -91,6 +95,8 @@ class ConjugateGradientMetric:
         self.problem = problem
         self.rtol, self.max_cg_iter = rtol, max_cg_iter
         self.n_products = 0
+        #: Most products before `ProductBudgetExceeded` is raised (None: no limit).
+        self.budget = None
         #: Relative residual the last solve reached.
         self.solve_residual = 0.0
         #: Decrement tolerance of the Gauss-Newton steps being solved for
@@ -115,6 +121,7 @@ class ConjugateGradientMetric:
         metric = cls.__new__(cls)
         metric.problem, metric.rtol, metric.max_cg_iter = problem, rtol, max_cg_iter
         metric.n_products, metric.goal, metric.n_kernel = 0, None, problem.n_kernel
+        metric.budget = None
         metric.solve_residual = 0.0
         metric.weights, metric.factor = weights, factor
         metric._fixed = True
@@ -235,6 +242,9 @@ class ConjugateGradientMetric:
     def apply(self, vector):
         """``A^T W A vector`` (plus the quadratic kernel terms' Hessian), matrix-free."""
         self.n_products += 1
+        if self.budget is not None and self.n_products > self.budget:
+            raise ProductBudgetExceeded(
+                f"{self.n_products} products exceed the budget of {self.budget}")
         problem = self.problem
         with torch.no_grad():
             kernel, coefficients = unpack(problem, vector)
@@ -310,7 +320,8 @@ class ConjugateGradientMetric:
 
 
 def solve_cg(problem, *, max_iter=50, max_reweight=50, rtol=1e-2, max_cg_iter=500,
-             max_polish_iter=2000, prepare=None, step_rtol=None, start=None):
+             max_polish_iter=2000, prepare=None, step_rtol=None, start=None,
+             product_budget=None):
     """
     Fit by matrix-free conjugate gradients and Gauss-Newton steps on the exact objective.
 
@@ -338,20 +349,31 @@ def solve_cg(problem, *, max_iter=50, max_reweight=50, rtol=1e-2, max_cg_iter=50
     start : tensor, optional
         Parameters to start the Gauss-Newton steps from instead of the
         linear start; see `~astro_dia.solvers.gauss_newton.start_weights`.
+    product_budget : int, optional
+        Most products with the normal matrix: beyond them
+        `ProductBudgetExceeded` is raised (the caller then takes the direct
+        solver, see ``astro_dia.fitting._fitting.solve_robust``).
 
     Returns
     -------
     state : ``astro_dia.fitting._problem.FitState``
         With ``metric`` (the `ConjugateGradientMetric`) attached.
+
+    Raises
+    ------
+    ProductBudgetExceeded
+        With ``product_budget``, when the fit needs more products.
     """
     metric = ConjugateGradientMetric(problem, start_weights(problem, start), rtol=rtol,
                                      max_cg_iter=max_cg_iter)
+    metric.budget = product_budget
     theta = linear_start(problem, metric, prepare) if start is None else start
     if step_rtol is not None:
         metric.rtol = step_rtol
     state = gauss_newton(problem, theta, metric, max_iter=max_iter, max_reweight=max_reweight)
     state = polish_if_stalled(problem, state, metric.factor, max_iter=max_polish_iter)
     state.n_products = metric.n_products
+    metric.budget = None        # the metric lives on in the state (errors, resumed fits)
     return state
 
 
