@@ -73,3 +73,14 @@ def test_solve_cg_raises_beyond_its_budget(pair, monkeypatch):
         solve_cg(problem, product_budget=2)
     state = solve_cg(problem, product_budget=10_000)
     assert 2 < state.n_products <= 10_000 and state.metric.budget is None
+
+
+def test_unconverged_robust_pass_is_refitted_by_the_direct_solver(pair, monkeypatch, caplog):
+    # one Gauss-Newton step (and one L-BFGS iteration): the matrix-free pass stops short
+    monkeypatch.setattr(_fitting, "MAX_ROBUST_STEPS", 1)
+    with caplog.at_level(logging.INFO, logger=_fitting.__name__):
+        auto = _fit(pair)
+    assert "maximum number of iterations" in caplog.text and TAKES_OVER in caplog.text
+    direct = _fit(pair, solver="direct")
+    assert auto.scale_factor == pytest.approx(direct.scale_factor,
+                                              abs=0.01 * direct.scale_factor_error)
