@@ -24,7 +24,7 @@ from ._tolerances import passes_converged
 from ..model._torch import flush_denormals, to_numpy, to_tensor
 from ..exceptions import ConvergenceWarning, DIAError
 from .solvers import choose_solver, solve_cg, solve_direct, solve_iterative
-from .solvers.choice import DIRECT_MAX_WORK_CPU, DIRECT_MAX_WORK_GPU
+from .solvers.choice import direct_work
 from .solvers.cg import ProductBudgetExceeded, continue_fit, start_factor
 from .solvers.gauss_newton import pack, resume
 
@@ -218,9 +218,8 @@ def solve_robust(problem, settings):
 
 def direct_affordable(problem):
     """Whether the direct solver may replace a matrix-free pass over its budget."""
-    limit = DIRECT_MAX_WORK_GPU if problem.device.type == "cuda" else DIRECT_MAX_WORK_CPU
-    work = problem.n_data * (problem.kernel_terms * problem.kernel_size ** 2) ** 2
-    return work <= DIRECT_FALLBACK_FACTOR * limit
+    return direct_work(problem.n_data, problem.kernel_size, problem.kernel_terms,
+                       problem.device) <= DIRECT_FALLBACK_FACTOR
 
 
 def resume_fit(problem, state, settings):

@@ -64,6 +64,15 @@ def choose_solver(shape, kernel_size, device, loss=None, *, kernel_terms=1, n_pi
         return "iterative"
     if n_pixels is None:
         n_pixels = shape[0] * shape[1]
+    return "direct" if direct_work(n_pixels, kernel_size, kernel_terms, device) <= 1 else "cg"
+
+
+def direct_work(n_pixels, kernel_size, kernel_terms, device):
+    """
+    The direct solver's matrix-product work, ``N_pixels (T K**2)**2``, over its limit.
+
+    The limit is `DIRECT_MAX_WORK_CPU` or `DIRECT_MAX_WORK_GPU` for ``device``:
+    ``solver='auto'`` takes the direct solver up to 1.
+    """
     limit = DIRECT_MAX_WORK_GPU if device.type == "cuda" else DIRECT_MAX_WORK_CPU
-    work = n_pixels * (kernel_terms * kernel_size ** 2) ** 2
-    return "direct" if work <= limit else "cg"
+    return n_pixels * (kernel_terms * kernel_size ** 2) ** 2 / limit
