@@ -25,7 +25,7 @@ from ..detection.candidates import transients_in
 from ..detection.significance import compute_significance
 from ..photometry.measure import photometry_prepared
 from ..reference import build_reference
-from ..result.io import _read_result_pixels
+from ..result.io import read_result
 from ._across_epochs import StackedSignificance, group_candidates
 from ._epochs import read_frames, register_frames
 from ._line_defects import mask_line_defects
@@ -121,7 +121,7 @@ def _detect(outcomes, psf, threshold, shape, frames):
     tables = []
     lines, filters = {}, {}
     for epoch, outcome in outcomes:
-        result = _read_result_pixels(outcome.output, model=True)
+        result = read_result(outcome.output, wcs=False)
         causes = (getattr(result, "quality", None) or {}).get("causes", ())
         frames["quality"][epoch] = ",".join(causes)
         lines[epoch] = mask_line_defects(result)
@@ -195,7 +195,7 @@ def _measure(outcomes, frames, sources, psf, reference_flux, reference_flux_err,
     """
     rows = []
     for epoch, outcome in outcomes:
-        result = _read_result_pixels(outcome.output, model=False)
+        result = read_result(outcome.output, model=False, wcs=False)
         mask_line_defects(result, lines[epoch])
         target = filters[epoch].photometry_target
         with warnings.catch_warnings():

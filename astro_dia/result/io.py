@@ -144,13 +144,22 @@ def write_result(result, path, *, overwrite=False, include_model=True,
                       include_covariance=include_covariance)
 
 
-def read_result(path):
+def read_result(path, *, model=True, wcs=True):
     """
     Read a fit result written by `write_result`.
 
     Parameters
     ----------
     path : str or path-like
+    model : bool, optional
+        Read the model image too (default). False leaves ``model`` None,
+        for a reader that does not need it.
+    wcs : bool, optional
+        Give the difference image its WCS, parsed from the header as
+        `~astropy.nddata.CCDData.read` does (default). False reads the
+        pixels, mask, uncertainty and header alone, in native byte order and
+        several times faster, for a reader that needs only the pixels (a
+        series' detection and photometry passes).
 
     Returns
     -------
@@ -172,17 +181,7 @@ def read_result(path):
     ValueError
         If it is a FITS file but not one written by `write_result`.
     """
-    return DifferenceResult.read(path)
-
-
-def _read_result_pixels(path, *, model=True):
-    """
-    `read_result` for a reader of the pixels alone (private: the series' passes).
-
-    The difference image comes without its WCS, in native byte order; the
-    model only with ``model``. The rest is as `read_result` gives it.
-    """
-    return DifferenceResult(**read_result_fields(path, model=model, wcs=False))
+    return DifferenceResult(**read_result_fields(path, model=model, wcs=wcs))
 
 
 # -- private helpers -----------------------------------------------------------

@@ -204,13 +204,11 @@ def test_read_result_does_not_repeat_astropys_date_fix_notice(tmp_path):
 
 
 def test_pixels_only_read_is_the_full_read_without_the_wcs(fitted, tmp_path):
-    from astro_dia.result.io import _read_result_pixels
-
     path = tmp_path / "result.fits"
     write_result(fitted, path)
     full = read_result(path)
     for model in (True, False):
-        lean = _read_result_pixels(path, model=model)
+        lean = read_result(path, model=model, wcs=False)
         assert_same_image(lean.difference, full.difference)
         assert lean.difference.data.dtype == np.dtype(float)      # native byte order
         assert lean.difference.wcs is None and full.difference.wcs is not None
