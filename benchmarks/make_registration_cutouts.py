@@ -7,7 +7,12 @@ the cutouts (the tests must find it):
 
 - ``pydia_reg_ref.fits``: AKB13475I0028 (night 56481, PFWHM 4.73 px);
 - ``pydia_reg_img.fits``: AKB13475I0113 (night 56507, PFWHM 5.37 px), whose
-  stars sit about (dx, dy) = (+29.8, -8.9) pixels from the reference's.
+  stars sit about (dx, dy) = (+29.8, -8.9) pixels from the reference's;
+- ``pydia_reg_0103.fits``, ``pydia_reg_0104.fits``: AKB13475I0103 and
+  AKB13475I0104 (night 56507, 3.7 minutes apart, PFWHM 4.69 and 4.76 px,
+  the same pointing to 0.1 px, about (dx, dy) = (+13.6, -30.3) from the
+  reference's): a pair whose difference cancels the static sky, for the
+  noise of registered frames.
 
 Rows 150-349 and columns 150-349 (0-based) of both, 200 x 200, stored as
 float32 (the original int16 pixels, exactly). Each file keeps the original
@@ -27,7 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_real_cutouts import PYDIA_CARDS, PYDIA_COMMIT, cut_header, read  # noqa: E402
 from real_pairs import PYDIA_DIR, default_data_dir  # noqa: E402
 
-FRAMES = {"ref": "AKB13475I0028.fits", "img": "AKB13475I0113.fits"}
+FRAMES = {"ref": "AKB13475I0028.fits", "img": "AKB13475I0113.fits",
+          "0103": "AKB13475I0103.fits", "0104": "AKB13475I0104.fits"}
 #: (y0, x0) of both cutouts, and their size.
 CORNER, SIZE = (150, 150), 200
 

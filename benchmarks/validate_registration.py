@@ -41,6 +41,19 @@ scipy only, ``tests/registration/checks.py``):
   per-pixel uncertainty cannot follow correlated noise (``meas`` >
   ``prop``).
 
+Noise between exposures: the sky of this field is not noise (unresolved
+stars, the same in every exposure), so the propagated uncertainty is also
+compared with the noise itself. For pairs of exposures of the main night
+taken minutes apart with the same seeing (``EXPOSURE_PAIRS``), both
+registered onto the reference, ``checks.exposure_noise_ratio`` gives the
+scatter of ``first - s second`` (the static sky cancels) over
+``sqrt(sigma_1**2 + s**2 sigma_2**2)`` on the faintest 20% (``sky``) and
+40% of the reference's pixels; ``raw`` is the same on the exposures' own
+grid (the same pointing to 0.25 px), the noise model itself; ``rho`` the
+raw difference's neighbour correlations (x, y) over its uncertainty, and
+``pred`` the registered / raw ratio they predict for bilinear weights
+(``checks.resampled_variance``).
+
 Reference: ``build_reference`` on the 34 frames of nights 56470-56482
 (the frames the series offers for a reference), default settings: the
 frames chosen, the FWHM, NCOMBINE and the time.
@@ -71,6 +84,11 @@ from tests.registration import checks  # noqa: E402
 #: Bright isolated stars: no neighbour peaking above this fraction of the star's
 #: peak within ISOLATION times the broader FWHM of the two frames.
 ISOLATION, NEIGHBOUR_FRACTION = 2.5, 0.3
+
+#: Exposures of the night MJD 56507 taken 3-6 minutes apart, with PFWHM equal
+#: to 0.07 px and flux scales to 3%.
+EXPOSURE_PAIRS = (("0084", "0085"), ("0103", "0104"), ("0108", "0109"), ("0112", "0113"),
+                  ("0123", "0124"), ("0126", "0127"), ("0131", "0132"), ("0136", "0137"))
 
 
 def read(path):
@@ -162,6 +180,41 @@ def print_registration(rows):
           f"scatter / propagated {spread([r['injected'] for r in rows])}")
 
 
+def exposure_noise(folder, reference):
+    """The propagated uncertainty against the noise between two exposures (see above)."""
+    print(f"\n{'pair':>9} {'PFWHM':>11} | {'sky':>5} {'40%':>5} | {'raw sky':>7} "
+          f"{'raw 40%':>7} | {'rho x':>5} {'rho y':>5} {'pred':>5} {'sky/raw':>7}")
+    ratios = []
+    for first, second in EXPOSURE_PAIRS:
+        exposures = [read(os.path.join(folder, f"AKB13475I{n}.fits")) for n in (first, second)]
+        alignments = [find_transform(e, reference, saturation=PYDIA_SATURATION)
+                      for e in exposures]
+        registered = [register(e, reference, alignment=a) for e, a in zip(exposures, alignments)]
+        good = ~registered[0].mask & ~registered[1].mask
+        row = []
+        for fraction in (20, 40):
+            sky = reference.data < np.percentile(reference.data, fraction)
+            row.append(checks.exposure_noise_ratio(*registered, sky & good)[0])
+        raw = exposures[0].data
+        for fraction in (20, 40):
+            sky = raw < np.percentile(raw, fraction)
+            row.append(checks.exposure_noise_ratio(*exposures, sky)[0])
+        rho = checks.exposure_noise_correlation(*exposures, raw < np.percentile(raw, 20))
+        predicted = np.sqrt(np.mean([
+            checks.resampled_variance(a.transform, e.shape, reference.shape, rho)
+            / checks.resampled_variance(a.transform, e.shape, reference.shape)
+            for e, a in zip(exposures, alignments)]))
+        fwhm = [e.header["PFWHM"] for e in exposures]
+        print(f"{first}-{second} {fwhm[0]:5.2f} {fwhm[1]:5.2f} | {row[0]:5.3f} {row[1]:5.3f} | "
+              f"{row[2]:7.3f} {row[3]:7.3f} | {rho[0]:5.3f} {rho[1]:5.3f} {predicted:5.3f} "
+              f"{row[0] / row[2]:7.3f}")
+        ratios.append(row)
+    ratios = np.array(ratios)
+    print(f"registered, scatter / propagated on the sky: {ratios[:, 0].min():.3f}-"
+          f"{ratios[:, 0].max():.3f} (40%: {ratios[:, 1].min():.3f}-{ratios[:, 1].max():.3f}); "
+          f"raw {ratios[:, 2].min():.3f}-{ratios[:, 2].max():.3f}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=default_data_dir(), help="folder of the real frames")
@@ -176,6 +229,7 @@ def main(argv=None):
     print(f"Registration onto {PYDIA_REFERENCE} (PFWHM {reference.header['PFWHM']:.2f} px), "
           "method='auto' (no WCS: stars), resample=True\n")
     print_registration(register_series(folder, chosen, reference))
+    exposure_noise(folder, reference)
 
     early = [read(os.path.join(folder, n)) for n in names
              if fits.getval(os.path.join(folder, n), "MJD-OBS") < 56500]

@@ -197,15 +197,20 @@ def sky_correlation(image, *, box=32):
     deviations (faint stars left in the sky would dominate a plain mean).
     """
     residual, sky = sky_pixels(image, box=box)
-    sky = sky & (np.abs(residual) < 5 * mad_std(residual[sky]))
-    r = np.where(sky, residual, 0.0)
+    return _lag_correlations(residual, sky)
+
+
+def _lag_correlations(values, usable):
+    """Correlations at the `LAGS` over pairs of ``usable`` pixels both within 5 MAD std."""
+    usable = usable & (np.abs(values) < 5 * mad_std(values[usable]))
+    r = np.where(usable, values, 0.0)
     ny, nx = r.shape
-    variance = np.sum(r ** 2) / np.sum(sky)
+    variance = np.sum(r ** 2) / np.sum(usable)
     rho = []
     for dy, dx in LAGS:
         a = (slice(0, ny - dy), slice(max(-dx, 0), nx - max(dx, 0)))
         b = (slice(dy, ny), slice(max(dx, 0), nx - max(-dx, 0)))
-        both = sky[a] & sky[b]
+        both = usable[a] & usable[b]
         rho.append(float(np.sum(r[a] * r[b] * both) / np.sum(both) / variance))
     return np.array(rho)
 
@@ -276,6 +281,42 @@ def resampled_sky_noise(image, reference, alignment):
             "white": float(np.sqrt(resampled_variance(*shapes))),
             "correlated": float(np.sqrt(resampled_variance(*shapes, rho))),
             "rho": rho}
+
+
+def exposure_noise_ratio(first, second, pixels):
+    """
+    Scatter of two exposures' difference over its propagated uncertainty.
+
+    Two exposures of one field on one grid, with the same seeing: ``first
+    - s second`` (``s`` their ratio, the median ratio on ``pixels``, less
+    the median difference there) cancels the static sky -- stars,
+    unresolved stars, flat-field errors -- and leaves the exposures' noise.
+    Returns the MAD standard deviation of that difference over
+    ``sqrt(sigma_1**2 + s**2 sigma_2**2)`` on ``pixels`` (1 when the
+    uncertainties describe the noise), and the number of pixels.
+    """
+    z = _exposure_difference(first, second, pixels)
+    return float(mad_std(z[pixels])), int(pixels.sum())
+
+
+def _exposure_difference(first, second, pixels):
+    """``(first - s second - offset) / sqrt(sigma_1**2 + s**2 sigma_2**2)``, as an image."""
+    a, b = np.asarray(first.data, float), np.asarray(second.data, float)
+    scale = np.median(a[pixels]) / np.median(b[pixels])
+    difference = a - scale * b
+    difference -= np.median(difference[pixels])
+    return difference / np.hypot(_sigma(first), scale * _sigma(second))
+
+
+def exposure_noise_correlation(first, second, pixels):
+    """
+    Correlations at the `LAGS` of two exposures' difference over its uncertainty.
+
+    As `exposure_noise_ratio`, on ``pixels`` (pairs of them both within 5
+    MAD standard deviations): the noise's own correlation between
+    neighbouring pixels, which a per-pixel uncertainty leaves out.
+    """
+    return _lag_correlations(_exposure_difference(first, second, pixels), pixels)
 
 
 def injected_noise_ratio(image, reference, alignment, *, seed=0):

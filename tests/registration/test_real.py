@@ -11,9 +11,13 @@ the broader the PSF, which would otherwise count against the
 registration). After registration, with star matching alone and
 with a WCS off by a pixel, the centroids must agree with the reference's to
 |median| <= 0.05 px and rms <= 0.1 px, and the aperture fluxes with the
-original frame's to 0.5%.
+original frame's to 0.5%. ``pydia_reg_0103.fits`` and ``pydia_reg_0104.fits``,
+two exposures 3.7 minutes apart with the same seeing, measure the noise
+itself: their difference cancels the static sky.
 """
 
+import astropy.units as u
+import ccdproc
 import numpy as np
 import pytest
 from astropy.nddata import CCDData, StdDevUncertainty
@@ -101,3 +105,28 @@ def test_uncertainty_propagation(frames):
     assert noise["white"] < 0.9
     assert abs(noise["propagated"] / noise["white"] - 1) < 0.01
     assert abs(noise["measured"] / noise["correlated"] - 1) < 0.05
+
+
+def test_propagated_uncertainty_is_the_noise_between_two_exposures(frames):
+    # The sky of this crowded field is not noise: unresolved stars, the same in
+    # every exposure, scatter 1.4-3.5 times the noise. Two exposures minutes apart
+    # with the same seeing differ by their noise alone; registered onto the
+    # reference (about 13.6 and 30.3 px away, bilinear weights of fractions 0.4
+    # and 0.3), their difference must scatter as their propagated uncertainties
+    # say, on the sky: the faintest fifth of the reference's pixels.
+    _, reference, _ = frames
+    exposures = [ccdproc.create_deviation(read_cutout(f"pydia_reg_{name}.fits"),
+                                          gain=GAIN * u.electron / u.adu,
+                                          readnoise=READ_NOISE * u.electron)
+                 for name in ("0103", "0104")]
+    registered = [register(exposure, reference) for exposure in exposures]
+    assert all(image.meta["REGNSTAR"] >= 15 for image in registered)
+    sky = reference.data < np.percentile(reference.data, 20)
+    ratio, n_pixels = checks.exposure_noise_ratio(
+        *registered, sky & ~registered[0].mask & ~registered[1].mask)
+    assert n_pixels > 5000
+    assert abs(ratio - 1) < 0.05
+    # The noise model itself, on the exposures' own grid (the same pointing to 0.1 px).
+    first = exposures[0].data
+    raw_ratio, _ = checks.exposure_noise_ratio(*exposures, first < np.percentile(first, 20))
+    assert abs(raw_ratio - 1) < 0.05
