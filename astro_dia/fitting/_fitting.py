@@ -127,10 +127,10 @@ def run_fit(problem, noise_model, terms, valid, settings, *, clip, check_pixels)
     with flush_denormals():
         state, outliers = solve_clipped(problem, refinement, settings, clip, check_pixels)
         if refinement.wants("fit"):
-            passes = state.pass_scale_factors
+            passes, robust = state.pass_scale_factors, state.robust_converged
             refinement.apply(problem, state.kernel, state.coefficients, "fit")
             state = resume_fit(problem, state, settings)
-            state.pass_scale_factors = passes
+            state.pass_scale_factors, state.robust_converged = passes, robust
     if not state.converged:
         warnings.warn(
             f"the {state.solver} solver stopped after {state.n_iterations} iterations "
@@ -180,6 +180,7 @@ def solve_clipped(problem, refinement, settings, clip, check_pixels):
         state = resume_fit(problem, state, settings)
         passes.append(float(problem.scale_factor(state.kernel)))
     state.pass_scale_factors = tuple(passes)
+    state.robust_converged = bool(robust.converged)
     return state, to_numpy(outliers).astype(bool)
 
 
@@ -192,17 +193,14 @@ def solve_robust(problem, settings, *, estimate_scale=False):
     ``estimate_scale`` (the 'uniform' model, whose variance is unknown
     until a fit has residuals) the variance is set from the residuals of
     the linear start (`scale_from_start`), since the Huber loss has a
-    scale. A pass that ends without converging is warned about
-    (`ConvergenceWarning`): the outliers are judged at its model.
+    scale. A pass that ends without converging is logged here and warned
+    about by the guard (``ROBUST``, `astro_dia.fitting._guard`): the
+    outliers are judged at its model.
     """
     state = robust_pass(problem, settings, estimate_scale)
     if not state.converged:
-        warnings.warn(
-            f"the robust pass before outlier rejection stopped after {state.n_iterations} "
-            f"steps without converging ({state.message}): the pixels it rejected are judged "
-            f"at a model short of the robust optimum, and P may be off by a few sigma_P; "
-            f"compare with solver='direct' (where the frame allows it) or clip=None",
-            ConvergenceWarning)
+        log.info("robust pass: stopped after %d steps without converging (%s)",
+                 state.n_iterations, state.message)
     return state
 
 

@@ -39,6 +39,11 @@ issues one `~astro_dia.exceptions.FitQualityWarning` per cause found:
     its Huber loss underfits the cores of bright stars, and on real pairs
     its P differs from the fit proper's by tens of sigma_P by design
     (measured: 0.952 against 0.997 on the ProperImage pair).
+``ROBUST``
+    The robust pass before rejection stopped at its step limit without
+    converging: the pixels it rejected are judged at a model short of the
+    robust optimum (on crowded real frames such outliers moved P by up to
+    2.5 sigma_P), whatever the fit proper does with them.
 ``REFNOISE``
     Without ``reference_noise=True``, the reference's noise is predicted to
     bias P by more than sigma_P (first order, an attenuation: see
@@ -249,8 +254,8 @@ def rejected_flux_fraction(star_model, sigma, outliers, reference, kernel, media
 
 
 def assess_fit(z, kernel, *, n_outliers, star_model, sigma, outliers, reference, median,
-               scale_factor_error=None, pass_scale_factors=(), predicted_bias=None,
-               bias_source=None, refitted_bias=None, trusted=True):
+               scale_factor_error=None, pass_scale_factors=(), robust_converged=None,
+               predicted_bias=None, bias_source=None, refitted_bias=None, trusted=True):
     """
     Measure a fit's quality and warn once for each cause of doubt found.
 
@@ -274,6 +279,8 @@ def assess_fit(z, kernel, *, n_outliers, star_model, sigma, outliers, reference,
     pass_scale_factors : sequence of float, optional
         P of the robust pass, then of each fit on the clipped pixels (the
         last is the final one's); empty without rejection.
+    robust_converged : bool or None, optional
+        Whether the robust pass converged (None without rejection).
     predicted_bias : float or None, optional
         The first-order bias of P from the reference's noise (a fit
         without ``reference_noise``).
@@ -352,6 +359,12 @@ def assess_fit(z, kernel, *, n_outliers, star_model, sigma, outliers, reference,
             f"which pixels are rejected depends on the model, and P on which pixels are "
             f"rejected. Compare with clip=None and check the saturation level and the "
             f"registration")
+    if robust_converged is False:
+        found["ROBUST"] = (
+            "the robust pass before outlier rejection stopped at its step limit without "
+            "converging: the pixels it rejected are judged at a model short of the robust "
+            "optimum, and P may be off by a few sigma_P. Compare with solver='direct' "
+            "(where the frame allows it) and with clip=None")
     if attenuates(predicted_bias, final, scale_factor_error):
         found["REFNOISE"] = (
             f"the reference's noise is predicted to bias P by {predicted_bias:+.3g} "

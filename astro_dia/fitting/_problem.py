@@ -33,6 +33,9 @@ class FitState:
     #: P of each fit on the clipped pixels, in the order they were made
     #: (the robust pass's first), for the guard.
     pass_scale_factors: tuple = ()
+    #: Whether the robust pass before clipping converged (None without
+    #: rejection), for the guard.
+    robust_converged: object = None
 
 
 class FitProblem:

@@ -69,7 +69,8 @@ class SeriesResult:
         columns of the difference masked for a band across the image: a
         smear from a saturated star, a bad row or column of the frame),
         ``quality`` (the fit-quality causes the guard found,
-        see :ref:`fit_quality`; their warnings are not repeated per frame)
+        see :ref:`fit_quality`, and ``UNCONVERGED`` for a fit that stopped at
+        its iteration limit; their warnings are not repeated per frame)
         and ``error`` (empty for a frame that went through).
     candidates : `~astropy.table.QTable`
         The sources of change (``candidates.ecsv``), one row per source:
@@ -109,10 +110,14 @@ class SeriesResult:
     psf_kind: str = "epsf"
 
 
+#: In ``frames['quality']``: the fit stopped at its iteration limit (``DIA_CONV`` false).
+UNCONVERGED = "UNCONVERGED"
+
+
 def _detect(outcomes, psf, threshold, shape, frames):
     """Candidates of every differenced epoch and their stacked significance.
 
-    Also copies each fit's fit-quality causes into ``frames['quality']``,
+    Also copies each fit's fit-quality causes (and `UNCONVERGED`) into ``frames['quality']``,
     and returns for the photometry the line defects masked at each epoch
     (`mask_line_defects`) and its matched filter (whose target PSF the
     photometry fits).
@@ -122,7 +127,9 @@ def _detect(outcomes, psf, threshold, shape, frames):
     lines, filters = {}, {}
     for epoch, outcome in outcomes:
         result = read_result(outcome.output, wcs=False)
-        causes = (getattr(result, "quality", None) or {}).get("causes", ())
+        causes = list((getattr(result, "quality", None) or {}).get("causes", ()))
+        if not result.converged:
+            causes.append(UNCONVERGED)    # its ConvergenceWarning is not repeated per frame
         frames["quality"][epoch] = ",".join(causes)
         lines[epoch] = mask_line_defects(result)
         frames["line_defects"][epoch] = sum(len(found) for found in lines[epoch])

@@ -310,6 +310,7 @@ def assemble_result(state, problem, inputs, outliers, config, errors=None):
                          reference=reference, median=median,
                          scale_factor_error=errors["scale_factor_error"],
                          pass_scale_factors=state.pass_scale_factors,
+                         robust_converged=state.robust_converged,
                          predicted_bias=predicted_bias,
                          bias_source=None if check is None else check[1],
                          refitted_bias=config.get("refitted_bias"),

@@ -9,12 +9,12 @@ import torch
 from astro_dia import DifferenceImager
 from astro_dia.fitting import _fitting
 from astro_dia.fitting.solvers import choose_solver
-from astro_dia.exceptions import ConvergenceWarning
+from astro_dia.exceptions import FitQualityWarning
 from astro_dia.fitting.solvers.cg import ProductBudgetExceeded
 from astro_dia.simulate import make_image_pair
 
 TAKES_OVER = "the direct solver takes over"
-UNCONVERGED = "robust pass before outlier rejection stopped after 1 steps without converging"
+UNCONVERGED = "robust pass before outlier rejection stopped at its step limit"
 
 
 @pytest.fixture(scope="module")
@@ -82,22 +82,24 @@ def test_unconverged_robust_pass_is_refitted_by_the_direct_solver(pair, monkeypa
     monkeypatch.setattr(_fitting, "MAX_ROBUST_STEPS", 1)
     # the direct solver's pass, one step long too, stops short as well: both warn
     with caplog.at_level(logging.INFO, logger=_fitting.__name__), \
-            pytest.warns(ConvergenceWarning, match=UNCONVERGED):
+            pytest.warns(FitQualityWarning, match=UNCONVERGED):
         auto = _fit(pair)
     assert "maximum number of iterations" in caplog.text and TAKES_OVER in caplog.text
-    with pytest.warns(ConvergenceWarning, match=UNCONVERGED):
+    with pytest.warns(FitQualityWarning, match=UNCONVERGED):
         direct = _fit(pair, solver="direct")
     assert auto.scale_factor == pytest.approx(direct.scale_factor,
                                               abs=0.01 * direct.scale_factor_error)
 
 
 @pytest.mark.parametrize("solver", ["cg", "direct"])
-def test_an_unconverged_robust_pass_warns_whatever_the_solver(pair, monkeypatch, solver):
+def test_an_unconverged_robust_pass_is_a_guard_cause_whatever_the_solver(pair, monkeypatch, solver):
     # an explicit solver is kept, so nothing takes over: the pass's own state is judged
     monkeypatch.setattr(_fitting, "MAX_ROBUST_STEPS", 1)
-    with pytest.warns(ConvergenceWarning, match=UNCONVERGED) as caught:
-        _fit(pair, solver=solver)
+    with pytest.warns(FitQualityWarning, match=UNCONVERGED) as caught:
+        result = _fit(pair, solver=solver)
     assert sum("robust pass" in str(w.message) for w in caught) == 1
+    assert "ROBUST" in result.quality["causes"]
+    assert "ROBUST" in result.difference.header["DIA_QUAL"]
 
 
 def test_the_robust_pass_converges_within_its_steps_on_a_simulated_pair(pair, monkeypatch):
@@ -105,5 +107,6 @@ def test_the_robust_pass_converges_within_its_steps_on_a_simulated_pair(pair, mo
     original = _fitting.robust_pass
     monkeypatch.setattr(_fitting, "robust_pass",
                         lambda *args: states.append(original(*args)) or states[-1])
-    _fit(pair)      # no warning: the suite turns warnings into errors
+    result = _fit(pair)      # no warning: the suite turns warnings into errors
     assert states[0].converged and states[0].n_iterations < _fitting.MAX_ROBUST_STEPS
+    assert "ROBUST" not in result.quality["causes"]

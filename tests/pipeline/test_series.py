@@ -97,6 +97,22 @@ def test_a_frame_that_cannot_be_registered_is_recorded_and_the_rest_go_on(tmp_pa
     assert set(result.light_curves["epoch"]) == {0, 1, 2, 3}
 
 
+def test_a_fit_that_stopped_at_its_iteration_limit_is_marked_in_the_frames_table(tmp_path):
+    # Its ConvergenceWarning is not repeated per frame in a series: the table says it.
+    reference, targets, _ = make_variable_series(2, shape=(150, 150), shift=2.0, density=40,
+                                                 seed=5)
+    result = process_series(targets, tmp_path, reference=reference,
+                            imager=DifferenceImager(kernel_size=7, flat=1, max_iter=1),
+                            progress=False, plots=False)
+    assert all("UNCONVERGED" in quality.split(",") for quality in result.frames["quality"])
+    assert list(result.frames["error"]) == ["", ""]
+
+
+def test_converged_fits_are_not_marked(series):
+    result = series[0]
+    assert not any("UNCONVERGED" in quality for quality in result.frames["quality"])
+
+
 def test_frames_without_an_observation_time_are_refused(tmp_path):
     reference, targets, _ = make_variable_series(2, shape=(100, 100), seed=6)
     target = targets[0].copy()
