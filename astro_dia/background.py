@@ -43,8 +43,8 @@ def background_basis(shape, degree, *, region=None):
         ``(ny, nx)`` of the full image.
     degree : int
         Polynomial degree; 0 gives one constant image.
-    region : tuple of slice, optional
-        Evaluate only on this part of the image.
+    region : (slice, slice), optional
+        Evaluate only on this part of the image (rows, columns).
 
     Returns
     -------
@@ -52,9 +52,10 @@ def background_basis(shape, degree, *, region=None):
         In the order of `polynomial_terms`.
     """
     ny, nx = shape
-    y, x = np.mgrid[0:ny, 0:nx].astype(float)
+    # A column of y and a row of x: each term is an outer product, no grid.
+    y, x = np.arange(ny, dtype=float)[:, None], np.arange(nx, dtype=float)[None, :]
     if region is not None:
-        y, x = y[region], x[region]
+        y, x = y[region[0]], x[:, region[1]]
     return basis_at(shape, degree, x, y)
 
 
@@ -82,10 +83,12 @@ def basis_at(shape, degree, x, y):
     [1.0, 0.0, 0.5]
     """
     ny, nx = shape
-    x, y = np.broadcast_arrays(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     eta = (x - (nx - 1) / 2) / nx
     xi = (y - (ny - 1) / 2) / ny
-    return np.stack([eta ** m * xi ** n for m, n in polynomial_terms(degree)])
+    full = np.broadcast_shapes(x.shape, y.shape)
+    return np.stack([np.broadcast_to(eta ** m * xi ** n, full)
+                     for m, n in polynomial_terms(degree)])
 
 
 def evaluate_background(coefficients, shape, *, region=None):

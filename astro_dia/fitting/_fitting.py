@@ -127,10 +127,8 @@ def run_fit(problem, noise_model, terms, valid, settings, *, clip, check_pixels)
     with flush_denormals():
         state, outliers = solve_clipped(problem, refinement, settings, clip, check_pixels)
         if refinement.wants("fit"):
-            passes, robust = state.pass_scale_factors, state.robust_converged
             refinement.apply(problem, state.kernel, state.coefficients, "fit")
             state = resume_fit(problem, state, settings)
-            state.pass_scale_factors, state.robust_converged = passes, robust
     if not state.converged:
         warnings.warn(
             f"the {state.solver} solver stopped after {state.n_iterations} iterations "
@@ -193,19 +191,10 @@ def solve_robust(problem, settings, *, estimate_scale=False):
     ``estimate_scale`` (the 'uniform' model, whose variance is unknown
     until a fit has residuals) the variance is set from the residuals of
     the linear start (`scale_from_start`), since the Huber loss has a
-    scale. A pass that ends without converging is logged here and warned
-    about by the guard (``ROBUST``, `astro_dia.fitting._guard`): the
-    outliers are judged at its model.
+    scale. A pass that ends without converging is warned about by the
+    guard (``ROBUST``, `astro_dia.fitting._guard`): the outliers are judged
+    at its model.
     """
-    state = robust_pass(problem, settings, estimate_scale)
-    if not state.converged:
-        log.info("robust pass: stopped after %d steps without converging (%s)",
-                 state.n_iterations, state.message)
-    return state
-
-
-def robust_pass(problem, settings, estimate_scale):
-    """`solve_robust`'s fit: the solver for the robust twin of ``problem``, with its fallback."""
     twin = robust_twin(problem)
     prepare = scale_from_start(twin) if estimate_scale else None
     solver = settings.name
@@ -268,7 +257,7 @@ def direct_affordable(problem):
 
 
 def resume_fit(problem, state, settings):
-    """Continue a fit after the problem's weights or fit mask changed."""
+    """Continue a fit after the problem's weights or fit mask changed (its pass record kept)."""
     if state.solver == "iterative":
         resumed = solve_iterative(problem, state.kernel, state.coefficients,
                                   max_iter=settings.max_iter, cholesky_factor=None)
@@ -277,6 +266,8 @@ def resume_fit(problem, state, settings):
                          max_polish_iter=settings.max_iter)
     resumed.n_iterations += state.n_iterations
     resumed.solver = state.solver
+    resumed.pass_scale_factors = state.pass_scale_factors
+    resumed.robust_converged = state.robust_converged
     return resumed
 
 

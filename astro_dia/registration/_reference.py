@@ -12,7 +12,8 @@ import zlib
 import numpy as np
 
 from ._inputs import RegistrationError, read_frame, saturation_level
-from ._stars import centroid_box, find_stars, raw_centroids, reject_moved
+from ._gaussians import gaussian_centroids
+from ._stars import centroid_box, find_stars, reject_moved
 from ..fitting._validation import positive_number
 
 __all__ = []
@@ -117,8 +118,8 @@ class ReferenceStars:
             box, (np.full((len(self._stars), 2), np.nan), np.zeros(len(self._stars), bool)))
         todo = np.unique(index[~done[index]])
         if len(todo):
-            values[todo] = raw_centroids(self._data, self._mask, self._stars.x[todo],
-                                         self._stars.y[todo], box=box, sky=self._stars.sky)
+            values[todo] = gaussian_centroids(self._data, self._mask, self._stars.x[todo],
+                                              self._stars.y[todo], box=box, sky=self._stars.sky)
             done[todo] = True
         return reject_moved(values[index], self._stars.x[index], self._stars.y[index], fwhm)
 

@@ -192,17 +192,6 @@ def centroid_box(fwhm):
     return 2 * int(round(fwhm)) + 1
 
 
-def raw_centroids(data, mask, x, y, *, box, sky=0.0):
-    """
-    2-D Gaussian centroids in a ``box``-pixel box near ``x, y``, unchecked.
-
-    Those of photutils' ``centroid_2dg`` (`gaussian_centroids` fits all the
-    stars at once); NaN where the box leaves the image or the fit fails.
-    `fit_centroids` adds the check on how far they moved.
-    """
-    return gaussian_centroids(data, mask, x, y, box=box, sky=sky)
-
-
 def reject_moved(xy, x, y, fwhm):
     """``xy`` with NaN where a centroid moved more than half the FWHM from ``x, y``."""
     xy = np.array(xy, float)
@@ -220,5 +209,5 @@ def fit_centroids(data, mask, x, y, *, fwhm, sky=0.0):
     asymmetric or the field crowded; NaN where the fit fails or the box
     leaves the image. The box is ``2 round(fwhm) + 1`` pixels wide.
     """
-    xy = raw_centroids(data, mask, x, y, box=centroid_box(fwhm), sky=sky)
+    xy = gaussian_centroids(data, mask, x, y, box=centroid_box(fwhm), sky=sky)
     return reject_moved(xy, x, y, fwhm)

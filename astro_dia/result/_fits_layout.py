@@ -22,7 +22,7 @@ from astropy.nddata import CCDData, StdDevUncertainty
 from astropy.table import QTable
 from astropy.wcs import FITSFixedWarning
 
-from ..background import polynomial_terms
+from ..background import background_basis, polynomial_terms
 
 __all__ = ["RESULT_FORMAT_VERSION", "write_result_file", "result_hdulist",
            "read_result_fields"]
@@ -179,8 +179,8 @@ def read_result_fields(path, *, model=True, wcs=True):
     unit = difference.unit
     coefficients = u.Quantity(values, unit).ravel()
     degree = int(info["DIA_BDEG"])
-    background = u.Quantity(_background(coefficients.value, difference.shape, degree), unit,
-                            copy=False)
+    background = np.tensordot(coefficients.value, background_basis(difference.shape, degree),
+                              axes=1) * unit
     has_errors = bool(info["DIA_HERR"])
     model = None
     if model_data is not None:
@@ -312,23 +312,6 @@ def _table_column(hdu, name, unit):
     if stored and unit is not None:
         values = u.Quantity(values, _fits_unit(stored)).to_value(unit)
     return values
-
-
-def _background(coefficients, shape, degree):
-    """
-    The background image: the coefficients times the terms of `background_basis`.
-
-    Each term is the outer product of its factors in y and x (the same
-    numbers as ``background_basis``, without a grid of coordinates); a
-    constant background is the constant itself.
-    """
-    if degree == 0:
-        return np.full(shape, float(coefficients[0]))
-    ny, nx = shape
-    eta = (np.arange(nx, dtype=float) - (nx - 1) / 2) / nx
-    xi = (np.arange(ny, dtype=float) - (ny - 1) / 2) / ny
-    basis = np.stack([np.outer(xi ** n, eta ** m) for m, n in polynomial_terms(degree)])
-    return np.tensordot(coefficients, basis, axes=1)
 
 
 def _quality_from_cards(info):

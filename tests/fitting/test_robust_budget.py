@@ -104,9 +104,9 @@ def test_an_unconverged_robust_pass_is_a_guard_cause_whatever_the_solver(pair, m
 
 def test_the_robust_pass_converges_within_its_steps_on_a_simulated_pair(pair, monkeypatch):
     states = []
-    original = _fitting.robust_pass
-    monkeypatch.setattr(_fitting, "robust_pass",
-                        lambda *args: states.append(original(*args)) or states[-1])
+    original = _fitting.solve_robust
+    monkeypatch.setattr(_fitting, "solve_robust",
+                        lambda *args, **kwargs: states.append(original(*args, **kwargs)) or states[-1])
     result = _fit(pair)      # no warning: the suite turns warnings into errors
     assert states[0].converged and states[0].n_iterations < _fitting.MAX_ROBUST_STEPS
     assert "ROBUST" not in result.quality["causes"]

@@ -25,11 +25,11 @@ def uniform_pair():
 def test_the_robust_pass_takes_its_variance_from_the_linear_start(uniform_pair, monkeypatch,
                                                                   solver):
     twins, states = [], []
-    make_twin, run_pass = _fitting.robust_twin, _fitting.robust_pass
+    make_twin, run_pass = _fitting.robust_twin, _fitting.solve_robust
     monkeypatch.setattr(_fitting, "robust_twin",
                         lambda problem: twins.append(make_twin(problem)) or twins[-1])
-    monkeypatch.setattr(_fitting, "robust_pass",
-                        lambda *args: states.append(run_pass(*args)) or states[-1])
+    monkeypatch.setattr(_fitting, "solve_robust",
+                        lambda *args, **kwargs: states.append(run_pass(*args, **kwargs)) or states[-1])
     DifferenceImager(kernel_size=9, noise_model="uniform", solver=solver).fit(*uniform_pair)
     (twin,), (state,) = twins, states
     # the MAD of the start's residuals: the noise, where the placeholder was 1 adu**2

@@ -65,13 +65,13 @@ def test_reference_centroids_fitted_once(pairs, monkeypatch):
     monkeypatch.setattr(_register, "MATCH_SIGMA", np.inf)
     reference, images = pairs
     fitted = []
-    original = _reference.raw_centroids
+    original = _reference.gaussian_centroids
 
     def counting(data, mask, x, y, **kwargs):
         fitted.append(len(x))
         return original(data, mask, x, y, **kwargs)
 
-    monkeypatch.setattr(_reference, "raw_centroids", counting)
+    monkeypatch.setattr(_reference, "gaussian_centroids", counting)
     known = ReferenceStars(reference)
     find_transform(images[0], reference, method="stars", reference_stars=known)
     first = sum(fitted)
